@@ -1,0 +1,35 @@
+"""The one `accelerate.Accelerator` of a process, and precision helpers.
+
+One process on CPU here; `accelerate launch` spreads the same loops over GPUs. Accelerate keeps global
+state, so the accelerator is created once per process with the job's precision.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+
+from reftune.errors import ConfigError
+
+_ACCELERATOR: Accelerator | None = None
+MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def get_accelerator(precision: str = "fp32") -> Accelerator:
+    global _ACCELERATOR
+    if precision not in MIXED:
+        raise ConfigError(f"precision: '{precision}' is not one of fp32, bf16, fp16")
+    if _ACCELERATOR is None:
+        _ACCELERATOR = Accelerator(mixed_precision=MIXED[precision])
+    elif _ACCELERATOR.mixed_precision != MIXED[precision]:
+        raise ConfigError(f"precision: this process already runs in {_ACCELERATOR.mixed_precision}; "
+                          f"start a new process for {precision}")
+    return _ACCELERATOR
+
+
+def check_finite(loss: torch.Tensor, where: str) -> None:
+    from reftune.errors import TrainingDiverged
+    if not torch.isfinite(loss).all():
+        raise TrainingDiverged(f"{where}: loss is {loss.item()} (NaN/inf); the run stopped and its last good "
+                               f"checkpoint is kept — lower the learning rate or use fp32")

@@ -1,0 +1,71 @@
+"""Checkpoint I/O, in one place: HF-format model + tokenizer, value head, and resumable trainer state.
+
+A checkpoint directory holds `save_pretrained` files (loadable by any HF tool), `value_head.safetensors`
+when a value head exists, and `trainer_state.pt` (optimizer, scheduler, RNG states, counters) when the
+run can resume from it. Writes go to a temporary sibling directory renamed into place, so a run killed
+mid-write keeps its previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+STATE_FILE = "trainer_state.pt"
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(path: str | Path, model, tokenizer, value_head: torch.nn.Module | None = None,
+                    state: dict[str, Any] | None = None) -> Path:
+    """Atomically write a checkpoint directory (model in HF format + optional value head and state)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if value_head is not None:
+        save_file({k: v.detach().contiguous() for k, v in value_head.state_dict().items()}, tmp / VALUE_HEAD_FILE)
+    if state is not None:
+        torch.save(state, tmp / STATE_FILE)
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_value_head(path: str | Path, value_head: torch.nn.Module) -> bool:
+    """Load the value head saved next to a model, if any. Returns whether one was found."""
+    f = Path(path) / VALUE_HEAD_FILE
+    if not f.is_file():
+        return False
+    value_head.load_state_dict(load_file(f))
+    return True
+
+
+def load_state(path: str | Path) -> dict[str, Any] | None:
+    f = Path(path) / STATE_FILE
+    return torch.load(f, weights_only=False) if f.is_file() else None
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / "config.json").is_file()

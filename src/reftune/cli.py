@@ -1,0 +1,58 @@
+"""The `reftune` command: `run` (the whole method), `sft`, `rl`, `eval` (one stage each), `config`.
+
+Each command takes an optional YAML config (`-c FILE`) and `key=value` overrides, e.g.
+    reftune run out_dir=runs/a rl.kl_coef=0.05
+    reftune eval model.name_or_path=runs/a/reft/best eval.split=test
+User errors print one line and exit 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from reftune.config import EvalJob, RLJob, RunConfig, SFTJob, describe, load_config
+from reftune.errors import UserError
+
+COMMANDS = {"run": RunConfig, "sft": SFTJob, "rl": RLJob, "eval": EvalJob}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reftune", description="Reinforced fine-tuning of causal LMs (ReFT, GRPO, R^3).")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, cls in COMMANDS.items():
+        s = sub.add_parser(name, help=(cls.__doc__ or "").strip().splitlines()[0])
+        s.add_argument("-c", "--config", help="YAML config file")
+        s.add_argument("--model", help="shorthand for model.name_or_path=...")
+        s.add_argument("--resume", action="store_true", help="continue the run in out_dir from its checkpoints")
+        s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.epochs=3")
+    c = sub.add_parser("config", help="print every field of a command's config with its default and doc")
+    c.add_argument("which", choices=list(COMMANDS), nargs="?", default="run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "config":
+        for key, default, text in describe(COMMANDS[args.which]):
+            print(f"{key:28} {default:14} {text}")
+        return 0
+    try:
+        overrides = list(args.overrides) + ([f"model.name_or_path={args.model}"] if args.model else [])
+        cfg = load_config(COMMANDS[args.command], args.config, overrides)
+        from reftune import stages  # heavy imports (torch, transformers) only after the config is valid
+        result = getattr(stages, args.command)(cfg, resume=args.resume)
+    except UserError as e:
+        print(f"reftune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"reftune {args.command}: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+    if isinstance(result, dict):
+        import json
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

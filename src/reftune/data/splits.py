@@ -1,0 +1,59 @@
+"""Train / extra / validation / test splits for any dataset named in `DataConfig`.
+
+The synthetic task generates disjoint splits by question. Real datasets read their training file and hold
+out `val_fraction` of it (seeded) as validation, so checkpoints are never chosen on the test set.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+from reftune.config import DataConfig
+from reftune.data.example import Example
+from reftune.errors import UserError
+
+
+def load_splits(cfg: DataConfig, log=print) -> dict[str, list[Example]]:
+    """{"train", "extra", "val", "test"}: lists of Examples ("extra" is answer-only, possibly empty)."""
+    if cfg.name == "synthetic":
+        from reftune.tasks.synthetic import generate_splits
+        sizes = {"train": cfg.n_train, "extra": cfg.n_extra, "val": cfg.n_val, "test": cfg.n_test}
+        return generate_splits(cfg.seed, sizes, cfg.min_steps, cfg.max_steps, cfg.cot, cfg.max_value)
+    from reftune.data.loaders import load_dataset
+    if cfg.path is None:
+        raise UserError(f"data.path: dataset '{cfg.name}' needs its training file (data.path=...)")
+    loaded = load_dataset(cfg.name, cfg.path, skip_invalid=cfg.skip_invalid)
+    if loaded.skipped:
+        log(f"skipped {len(loaded.skipped)} invalid records in {cfg.path} (first: {loaded.skipped[0]})")
+    examples = list(loaded.examples)
+    random.Random(cfg.seed).shuffle(examples)
+    n_val = max(1, int(len(examples) * cfg.val_fraction))
+    val, train = examples[:n_val], examples[n_val:]
+    if cfg.max_examples is not None:
+        train, val = train[:cfg.max_examples], val[:max(1, cfg.max_examples // 4)]
+    test: list[Example] = []
+    if cfg.test_path:
+        test = list(load_dataset("mathqa" if cfg.name == "mathqa" else ("gsm8k" if cfg.name == "gsm8k" else "reft"),
+                                 cfg.test_path, skip_invalid=cfg.skip_invalid).examples)
+        if cfg.max_examples is not None:
+            test = test[:max(1, cfg.max_examples // 4)]
+    if cfg.cot == "program":
+        for e in train:
+            if e.cot is not None and "def solution" not in e.cot:
+                raise UserError(f"data.cot=program but example {e.id} has a natural-language rationale; "
+                                f"use a P-CoT file (e.g. svamp_python_sdp.json)")
+    if not train:
+        raise UserError(f"data: the training split of {cfg.path} is empty")
+    return {"train": train, "extra": [], "val": val, "test": test}
+
+
+def save_splits(splits: dict[str, list[Example]], folder: str | Path) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, examples in splits.items():
+        with (folder / f"{name}.jsonl").open("w") as f:
+            for e in examples:
+                f.write(json.dumps(asdict(e)) + "\n")

@@ -1,0 +1,38 @@
+"""Greedy evaluation: accuracy on a split, with every question's output saved as JSONL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from reftune.batching import encode
+from reftune.data.example import Example
+from reftune.prompts import build_prompt
+from reftune.rewards import grade
+from reftune.rollout import HFSampler
+
+
+def evaluate(model, tokenizer, examples: list[Example], *, template: str = "reft", cot: str = "nl",
+             batch_size: int = 128, max_new_tokens: int = 96, sandbox=None, out_path: str | Path | None = None,
+             desc: str = "eval") -> dict:
+    """Greedy-decode every example; returns {"accuracy", "n", "answered"}; writes JSONL if `out_path`."""
+    sampler = HFSampler(model, tokenizer, batch_size=batch_size, device=model.device)
+    records = []
+    for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False, dynamic_ncols=True):
+        chunk = examples[start:start + batch_size]
+        prompts = [encode(tokenizer, build_prompt(e.question, template, tokenizer)) for e in chunk]
+        samples = sampler.generate(prompts, 1, temperature=0.0, max_new_tokens=max_new_tokens)
+        for ex, text, g in zip(chunk, samples.texts, grade(samples.texts, chunk, cot, sandbox)):
+            records.append({"id": ex.id, "question": ex.question, "gold": ex.answer, "output": text,
+                            "pred": g.pred, "correct": g.correct, "error": g.error})
+    n = len(records)
+    result = {"accuracy": sum(r["correct"] for r in records) / max(n, 1), "n": n,
+              "answered": sum(r["pred"] is not None for r in records) / max(n, 1)}
+    if out_path is not None:
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        with Path(out_path).open("w") as f:
+            for r in records:
+                f.write(json.dumps(r) + "\n")
+    return result

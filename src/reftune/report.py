@@ -1,0 +1,58 @@
+"""`report.md` for a run directory: the results table and PNG curves (reward, KL, validation accuracy)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reftune.logger import read_metrics
+
+LABELS = {"warmup": "(a) warm-up (SFT, few epochs)", "sft": "(b) SFT baseline (best val epoch)",
+          "reft": "(c) ReFT from warm-up", "reft_extra": "(d) ReFT + answer-only questions"}
+
+
+def _plot(records: list[dict], key: str, path: Path, title: str) -> bool:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        if key in r and r.get("stage") != "eval":
+            series.setdefault(r["stage"], []).append((r["step"], r[key]))
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for stage, pts in series.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=stage, marker="o" if len(pts) < 30 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else {}
+    records = read_metrics(run_dir)
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    lines = [f"# reftune run: {run_dir.name}", "", "Greedy accuracy (checkpoints chosen on validation, never on test).", "",
+             "| model | val | test |", "|---|---|---|"]
+    names = sorted({k.split("/")[0] for k in results}, key=lambda n: list(LABELS).index(n) if n in LABELS else 99)
+    for name in names:
+        cells = [f"{results[f'{name}/{s}']['accuracy'] * 100:.1f}" if f"{name}/{s}" in results else "–" for s in ("val", "test")]
+        lines.append(f"| {LABELS.get(name, name)} | {cells[0]} | {cells[1]} |")
+    lines += ["", "Config: `config.yaml`. Metrics: `metrics.jsonl` (also in TensorBoard under `tb/`).", ""]
+    for key, title in (("reward", "RL reward (mean over rollouts)"), ("kl", "KL to the reference (per sequence)"),
+                       ("val_accuracy", "validation accuracy")):
+        if _plot(records, key, plots / f"{key}.png", title):
+            lines += [f"![{title}](plots/{key}.png)", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

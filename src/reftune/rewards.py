@@ -1,0 +1,52 @@
+"""Grading completions and the ReFT reward, shared by RL, evaluation and voting.
+
+`grade` turns completions into (answer, correct) pairs: N-CoT answers are read by `reftune.answers`
+after the final-answer marker; P-CoT completions are programs, run in `reftune.sandbox`, whose return
+value is the answer. `reft_reward` maps a grade to 1 / 0.1 / 0 as in the paper: the partial reward goes
+to a wrong but extracted *numeric* answer (it rewards producing a well-formed answer at all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reftune.answers import answers_match, extract_answer, normalize_answer
+from reftune.data.example import Example
+
+
+@dataclass
+class Grade:
+    """pred: the normalised answer (None when nothing could be extracted); error: why a program failed."""
+
+    pred: str | None
+    correct: bool
+    error: str | None = None
+
+
+def grade(texts: list[str], examples: list[Example], cot: str = "nl", sandbox=None) -> list[Grade]:
+    """Grade completion i against examples[i]. cot="program" executes each completion in `sandbox`."""
+    if cot == "program":
+        if sandbox is None:
+            from reftune.sandbox import ProgramSandbox
+            sandbox = ProgramSandbox()
+        results = sandbox.run_many(texts)
+        raw = [r.value if r.ok else None for r in results]
+        errors = [None if r.ok else r.error for r in results]
+    else:
+        raw = [extract_answer(t, ex.answer_type) for t, ex in zip(texts, examples)]
+        errors = [None] * len(texts)
+    grades = []
+    for value, err, ex in zip(raw, errors, examples):
+        pred = normalize_answer(value, ex.answer_type) if value is not None else None
+        ok = value is not None and answers_match(value, ex.answer, ex.answer_type, options=ex.meta.get("options"))
+        grades.append(Grade(pred=pred, correct=ok, error=err))
+    return grades
+
+
+def reft_reward(g: Grade, answer_type: str = "numeric", correct: float = 1.0, partial: float = 0.1) -> float:
+    """1 for a correct answer, `partial` for an extracted wrong numeric answer, 0 otherwise."""
+    if g.correct:
+        return correct
+    if g.pred is not None and answer_type == "numeric":
+        return partial
+    return 0.0
