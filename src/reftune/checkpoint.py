@@ -34,7 +34,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | Path, model, tokenizer, value_head: torch.nn.Module | None = None,
                     state: dict[str, Any] | None = None) -> Path:
     """Atomically write a checkpoint directory (model in HF format + optional value head and state)."""
-    path = Path(path)
+    path = recover(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -53,6 +53,15 @@ def save_checkpoint(path: str | Path, model, tokenizer, value_head: torch.nn.Mod
     return path
 
 
+def recover(path: str | Path) -> Path:
+    """Undo a save interrupted between its two renames: `X.old` exists but `X` does not."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.is_dir():
+        old.rename(path)
+    return path
+
+
 def load_value_head(path: str | Path, value_head: torch.nn.Module) -> bool:
     """Load the value head saved next to a model, if any. Returns whether one was found."""
     f = Path(path) / VALUE_HEAD_FILE
@@ -63,9 +72,9 @@ def load_value_head(path: str | Path, value_head: torch.nn.Module) -> bool:
 
 
 def load_state(path: str | Path) -> dict[str, Any] | None:
-    f = Path(path) / STATE_FILE
+    f = recover(path) / STATE_FILE
     return torch.load(f, weights_only=False) if f.is_file() else None
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / "config.json").is_file()
+    return (recover(path) / "config.json").is_file()

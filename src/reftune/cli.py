@@ -25,22 +25,30 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("-c", "--config", help="YAML config file")
         s.add_argument("--model", help="shorthand for model.name_or_path=...")
         s.add_argument("--resume", action="store_true", help="continue the run in out_dir from its checkpoints")
+        s.add_argument("--skip-invalid", action="store_true", help="skip malformed data records (counted in the log)")
         s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. sft.epochs=3")
     c = sub.add_parser("config", help="print every field of a command's config with its default and doc")
     c.add_argument("which", choices=list(COMMANDS), nargs="?", default="run")
+    c.add_argument("--markdown", action="store_true", help="print a markdown table (the docs' config reference)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "config":
-        for key, default, text in describe(COMMANDS[args.which]):
-            print(f"{key:28} {default:14} {text}")
+        rows = describe(COMMANDS[args.which])
+        if args.markdown:
+            print("| field | default | meaning |\n|---|---|---|")
+        for key, default, text in rows:
+            print(f"| `{key}` | `{default}` | {text} |" if args.markdown else f"{key:28} {default:14} {text}")
         return 0
     try:
         overrides = list(args.overrides) + ([f"model.name_or_path={args.model}"] if args.model else [])
+        overrides += ["data.skip_invalid=true"] if args.skip_invalid else []
         cfg = load_config(COMMANDS[args.command], args.config, overrides)
         from reftune import stages  # heavy imports (torch, transformers) only after the config is valid
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()  # reftune shows its own bars; HF's (one per checkpoint save) interleave
         result = getattr(stages, args.command)(cfg, resume=args.resume)
     except UserError as e:
         print(f"reftune {args.command}: error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -177,6 +178,10 @@ class EvalJob:
 # ----------------------------------------------------------------------------------------------------
 # Loading, overriding, validating
 
+# PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string; accept it wherever a float is expected.
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _coerce(value: Any, tp: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -204,6 +209,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             return value
         raise ConfigError(f"{name}: expected an integer, got {value!r}")
     if tp is float:
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{name}: expected a number, got {value!r}")
@@ -262,8 +269,10 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
             raise ConfigError(f"config file not found: {p}")
         try:
             data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        except yaml.YAMLError as e:  # PyYAML's message spans several lines; the CLI prints one
+            mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or str(e)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}: not valid YAML{where}: {' '.join(problem.split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of fields")
         for k, v in data.items():

@@ -95,10 +95,11 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     torch.manual_seed(cfg.seed)
     stages = Stages(run_dir)
     logger = MetricsLogger(run_dir)
-    splits = load_splits(cfg.data)
+    data_report: dict = {}
+    splits = load_splits(cfg.data, report=data_report)
     if "data" not in stages.done:
         save_splits(splits, run_dir / "data")
-        stages.finish("data", {k: len(v) for k, v in splits.items()})
+        stages.finish("data", {**{k: len(v) for k, v in splits.items()}, **data_report})
     sandbox = None
     if cfg.data.cot == "program":
         from reftune.sandbox import ProgramSandbox

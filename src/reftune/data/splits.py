@@ -16,8 +16,11 @@ from reftune.data.example import Example
 from reftune.errors import UserError
 
 
-def load_splits(cfg: DataConfig, log=print) -> dict[str, list[Example]]:
-    """{"train", "extra", "val", "test"}: lists of Examples ("extra" is answer-only, possibly empty)."""
+def load_splits(cfg: DataConfig, log=print, report: dict | None = None) -> dict[str, list[Example]]:
+    """{"train", "extra", "val", "test"}: lists of Examples ("extra" is answer-only, possibly empty).
+
+    report: if given, receives {"skipped": number of invalid records skipped} (with data.skip_invalid).
+    """
     if cfg.name == "synthetic":
         from reftune.tasks.synthetic import generate_splits
         sizes = {"train": cfg.n_train, "extra": cfg.n_extra, "val": cfg.n_val, "test": cfg.n_test}
@@ -26,6 +29,8 @@ def load_splits(cfg: DataConfig, log=print) -> dict[str, list[Example]]:
     if cfg.path is None:
         raise UserError(f"data.path: dataset '{cfg.name}' needs its training file (data.path=...)")
     loaded = load_dataset(cfg.name, cfg.path, skip_invalid=cfg.skip_invalid)
+    if report is not None:
+        report["skipped"] = len(loaded.skipped)
     if loaded.skipped:
         log(f"skipped {len(loaded.skipped)} invalid records in {cfg.path} (first: {loaded.skipped[0]})")
     examples = list(loaded.examples)
