@@ -20,6 +20,10 @@ def get_accelerator(precision: str = "fp32") -> Accelerator:
     global _ACCELERATOR
     if precision not in MIXED:
         raise ConfigError(f"precision: '{precision}' is not one of fp32, bf16, fp16")
+    if precision == "fp16" and not torch.cuda.is_available():
+        # On CPU, accelerate accepts fp16 but neither autocasts nor scales the loss: the run would silently be fp32.
+        raise ConfigError("precision: fp16 training needs a GPU (no fp16 autocast or loss scaling on CPU); "
+                          "use bf16 or fp32 (rl.rollout_precision=fp16 works on CPU)")
     if _ACCELERATOR is None:
         _ACCELERATOR = Accelerator(mixed_precision=MIXED[precision])
     elif _ACCELERATOR.mixed_precision != MIXED[precision]:

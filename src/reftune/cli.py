@@ -1,4 +1,5 @@
-"""The `reftune` command: `run` (the whole method), `sft`, `rl`, `eval` (one stage each), `config`.
+"""The `reftune` command: `run` (the whole method), `sft`, `rl`, `eval`, `verifier`, `selftrain` (one stage
+each), `config`.
 
 Each command takes an optional YAML config (`-c FILE`) and `key=value` overrides, e.g.
     reftune run out_dir=runs/a rl.kl_coef=0.05
@@ -11,10 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reftune.config import EvalJob, RLJob, RunConfig, SFTJob, describe, load_config
+from reftune.config import EvalJob, RLJob, RunConfig, SelfTrainJob, SFTJob, VerifierJob, describe, load_config
 from reftune.errors import UserError
 
-COMMANDS = {"run": RunConfig, "sft": SFTJob, "rl": RLJob, "eval": EvalJob}
+COMMANDS = {"run": RunConfig, "sft": SFTJob, "rl": RLJob, "eval": EvalJob, "verifier": VerifierJob,
+            "selftrain": SelfTrainJob}
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -108,6 +108,12 @@ class RLConfig:
     grad_clip: float = doc(1.0, "max gradient norm")
     correct_reward: float = doc(1.0, "reward for a correct final answer")
     partial_reward: float = doc(0.1, "reward for an extracted but wrong numeric answer (ReFT); 0 disables")
+    rewards: str = doc("reft", "reward functions and weights, e.g. 'reft' or 'r1_format_soft:0.5,r1_accuracy:1' or 'my_pkg.mod:fn:1.0'")
+    overlong_penalty: Optional[int] = doc(None, "DAPO soft overlong punishment: beyond max_new_tokens - N tokens the reward drops linearly to -1 at max_new_tokens; None = off")
+    dynamic_sampling: bool = doc(False, "DAPO dynamic sampling: drop groups whose rewards are all equal, refill with new questions")
+    max_refill_rounds: int = doc(3, "dynamic_sampling: most extra rollout rounds per iteration (then train on the groups kept)")
+    rollout_precision: Precision = doc("fp32", "rollout sampler precision: fp32 | bf16 | fp16 (the sampler/trainer mismatch is logged)")
+    tis_cap: Optional[float] = doc(None, "truncated IS correction for sampler/trainer mismatch: weight min(p_train/p_sampler, cap) per token; None = off")
     use_extra: bool = doc(False, "also train on the answer-only 'extra' questions")
     eval_every: int = doc(20, "validation accuracy every N iterations (best one kept)")
     save_every: int = doc(20, "resumable checkpoint every N iterations")
@@ -119,6 +125,53 @@ class EvalConfig:
     batch_size: int = doc(128, "questions per generation batch")
     max_new_tokens: int = doc(96, "longest generated answer")
     limit: Optional[int] = doc(None, "evaluate only the first N questions")
+
+
+@dataclass
+class InferenceConfig(EvalConfig):
+    """`reftune eval`'s settings: greedy decoding, plus k samples per question for inference-time scaling."""
+
+    num_samples: int = doc(0, "k samples per question for pass@k, voting@k, rerank@k (0 = greedy only)")
+    temperature: float = doc(1.0, "sampling temperature of the k samples")
+    top_p: float = doc(1.0, "nucleus sampling of the k samples")
+    verifier: Optional[str] = doc(None, "verifier checkpoint (`reftune verifier`) for rerank@k; None = no reranking")
+
+
+@dataclass
+class VerifierConfig:
+    num_samples: int = doc(8, "solutions sampled per question (training and validation questions), graded for labels")
+    temperature: float = doc(1.0, "sampling temperature")
+    top_p: float = doc(1.0, "nucleus sampling")
+    max_new_tokens: int = doc(96, "longest sampled solution")
+    gen_batch_size: int = doc(128, "sampled rows per generation batch")
+    max_questions: Optional[int] = doc(None, "sample only the first N training questions (smoke runs)")
+    init_from: Optional[str] = doc(None, "checkpoint the classifier starts from; None = the sampling model")
+    epochs: int = doc(2, "passes over the labelled solutions (best validation loss kept)")
+    lr: float = doc(1e-4, "learning rate (AdamW, linear warm-up 5% then linear decay)")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
+    batch_size: int = doc(32, "labelled solutions per optimizer step")
+    grad_clip: float = doc(1.0, "max gradient norm")
+
+
+@dataclass
+class SelfTrainConfig:
+    num_samples: int = doc(16, "solutions sampled per training question from the starting (warm-up) model")
+    temperature: float = doc(1.0, "sampling temperature")
+    top_p: float = doc(1.0, "nucleus sampling")
+    max_new_tokens: int = doc(96, "longest sampled solution")
+    gen_batch_size: int = doc(128, "sampled rows per generation batch")
+    max_correct: int = doc(10, "distinct correct, finished samples kept per question (added to the gold CoT)")
+
+
+@dataclass
+class CurriculumConfig:
+    name: Literal["none", "r3"] = doc("none", "RL start states: none (the question) | r3 (reverse curriculum from demonstration prefixes)")
+    schedule: Literal["staged", "mixed"] = doc("mixed", "r3: staged (from next to the answer back to the question) | mixed (all start states at once, the R^3 release)")
+    stages: int = doc(5, "staged: number of stages M (the first starts next to the answer, the last from the question)")
+    steps_per_stage: int = doc(40, "staged: RL iterations per stage (with advance_accuracy: the most per stage; 0 = no limit)")
+    advance_accuracy: Optional[float] = doc(None, "staged: advance once the stage's running train accuracy reaches this")
+    split: Literal["auto", "nl", "program", "tokens"] = doc("auto", "demonstration steps: lines (nl), statements (program), equal token chunks (tokens); auto = by content")
+    token_chunks: int = doc(8, "split=tokens: chunks per demonstration")
 
 
 @dataclass
@@ -135,6 +188,7 @@ class RunConfig:
     model: ModelConfig = section(ModelConfig, "model and tokenizer")
     sft: SFTConfig = section(SFTConfig, "SFT stages")
     rl: RLConfig = section(RLConfig, "RL stage")
+    curriculum: CurriculumConfig = section(CurriculumConfig, "RL start states (R^3 reverse curriculum)")
     eval: EvalConfig = section(EvalConfig, "evaluation")
 
 
@@ -161,18 +215,45 @@ class RLJob:
     data: DataConfig = section(DataConfig, "dataset and splits")
     model: ModelConfig = section(ModelConfig, "policy to start from (required: a checkpoint dir)")
     rl: RLConfig = section(RLConfig, "RL settings")
+    curriculum: CurriculumConfig = section(CurriculumConfig, "RL start states (R^3 reverse curriculum)")
     eval: EvalConfig = section(EvalConfig, "validation decoding")
 
 
 @dataclass
 class EvalJob:
-    """`reftune eval`: greedy accuracy of a checkpoint on a split, per-example outputs as JSONL."""
+    """`reftune eval`: greedy accuracy of a checkpoint on a split (+ pass@k, voting@k, rerank@k with eval.num_samples)."""
 
     out_dir: str = doc("runs/eval", "where results and per-example outputs go")
-    seed: int = doc(0, "seed")
+    seed: int = doc(0, "seed (of the k samples)")
     data: DataConfig = section(DataConfig, "dataset and splits")
     model: ModelConfig = section(ModelConfig, "checkpoint to evaluate (required)")
-    eval: EvalConfig = section(EvalConfig, "evaluation settings")
+    eval: InferenceConfig = section(InferenceConfig, "evaluation settings")
+
+
+@dataclass
+class VerifierJob:
+    """`reftune verifier`: sample solutions, label them with the grader, train a P(correct) classifier on them."""
+
+    out_dir: str = doc("runs/verifier", "run directory (the verifier is saved in best/)")
+    seed: int = doc(0, "sampling and training seed")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    data: DataConfig = section(DataConfig, "dataset: train questions to learn from, val questions to validate on")
+    model: ModelConfig = section(ModelConfig, "model that samples the solutions (required: a checkpoint dir)")
+    verifier: VerifierConfig = section(VerifierConfig, "sampling and training settings")
+
+
+@dataclass
+class SelfTrainJob:
+    """`reftune selftrain`: offline self-training: SFT on the gold CoTs plus the model's own correct samples."""
+
+    out_dir: str = doc("runs/selftrain", "run directory")
+    seed: int = doc(0, "sampling and training seed")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    data: DataConfig = section(DataConfig, "dataset and splits")
+    model: ModelConfig = section(ModelConfig, "warm-up model: samples the solutions, SFT continues from it (required)")
+    selftrain: SelfTrainConfig = section(SelfTrainConfig, "sampling and filtering settings")
+    sft: SFTConfig = section(SFTConfig, "SFT on the augmented data")
+    eval: EvalConfig = section(EvalConfig, "validation decoding")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -260,13 +341,26 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """`path` when it is a file, else the shipped config of that name (`-c r1` → reftune/configs/r1.yaml)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = SHIPPED_CONFIGS / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    if p.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(f.stem for f in SHIPPED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"config file not found: {p} (shipped configs: {names or 'none'})")
+
+
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
     """Build `cls` from defaults, then the YAML file, then `key=value` overrides (later wins)."""
     cfg = cls()
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+        p = resolve_config_path(path)
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:  # PyYAML's message spans several lines; the CLI prints one
@@ -290,24 +384,54 @@ def validate(cfg: Any) -> None:
         if value <= 0:
             raise ConfigError(f"{name}: must be > 0, got {value}")
 
-    for sec_name in ("sft", "rl", "eval"):
+    for sec_name in ("sft", "rl", "eval", "verifier", "selftrain"):
         sec = getattr(cfg, sec_name, None)
         if sec is None:
             continue
         for f in dataclasses.fields(sec):
             v = getattr(sec, f.name)
             if f.name in ("lr", "batch_size", "epochs", "steps", "prompts_per_step", "num_generations",
-                          "max_new_tokens", "ppo_epochs", "minibatches"):
+                          "max_new_tokens", "ppo_epochs", "minibatches", "gen_batch_size", "max_correct") or (
+                    f.name == "num_samples" and sec_name != "eval"):  # eval.num_samples=0 means greedy only
                 positive(f"{sec_name}.{f.name}", v)
+            if f.name == "num_samples" and v < 0:
+                raise ConfigError(f"{sec_name}.num_samples: must be >= 0, got {v}")
+            if f.name == "top_p" and not 0 < v <= 1:
+                raise ConfigError(f"{sec_name}.top_p: must be in (0, 1], got {v}")
     rl = getattr(cfg, "rl", None)
     if rl is not None:
         if not 0 < rl.lam <= 1 or not 0 < rl.gamma <= 1:
             raise ConfigError("rl.gamma and rl.lam must be in (0, 1]")
         if (rl.prompts_per_step * rl.num_generations) % rl.minibatches:
             raise ConfigError("rl.minibatches must divide rl.prompts_per_step * rl.num_generations")
+        from reftune.reward_fns import resolve_rewards
+        resolve_rewards(rl.rewards)  # names, weights, and user functions importable: fail before any training
+        if rl.overlong_penalty is not None and not 0 < rl.overlong_penalty <= rl.max_new_tokens:
+            raise ConfigError(f"rl.overlong_penalty: must be in 1..rl.max_new_tokens ({rl.max_new_tokens}), "
+                              f"got {rl.overlong_penalty}")
+        if rl.dynamic_sampling and rl.num_generations < 2:
+            raise ConfigError("rl.dynamic_sampling: needs rl.num_generations ≥ 2 (a group of one never disagrees)")
+        if rl.max_refill_rounds < 0:
+            raise ConfigError(f"rl.max_refill_rounds: must be ≥ 0, got {rl.max_refill_rounds}")
+        if rl.tis_cap is not None:
+            positive("rl.tis_cap", rl.tis_cap)
+            if rl.temperature != 1.0 or rl.top_p != 1.0:  # the sampler's log-probs are then of another distribution
+                raise ConfigError("rl.tis_cap: needs rl.temperature=1 and rl.top_p=1")
+    cur = getattr(cfg, "curriculum", None)
+    if cur is not None:
+        positive("curriculum.stages", cur.stages)
+        positive("curriculum.token_chunks", cur.token_chunks)
+        if cur.steps_per_stage < 0:
+            raise ConfigError(f"curriculum.steps_per_stage: must be ≥ 0, got {cur.steps_per_stage}")
+        if cur.advance_accuracy is not None and not 0 < cur.advance_accuracy <= 1:
+            raise ConfigError(f"curriculum.advance_accuracy: must be in (0, 1], got {cur.advance_accuracy}")
+        if cur.schedule == "staged" and cur.steps_per_stage == 0 and cur.advance_accuracy is None:
+            raise ConfigError("curriculum.steps_per_stage: 0 (no limit) needs curriculum.advance_accuracy")
     data = cfg.data
     if data.min_steps < 1 or data.max_steps < data.min_steps:
         raise ConfigError("data.min_steps must be ≥ 1 and ≤ data.max_steps")
+    if data.template == "r1" and data.cot == "program":
+        raise ConfigError("data.template: r1 wraps a natural-language chain of thought in <think>; use data.cot=nl")
 
 
 def to_dict(cfg: Any) -> dict:

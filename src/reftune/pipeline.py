@@ -7,7 +7,8 @@ one from its `last/` checkpoint):
   sft    — one SFT run: the warm-up model is its snapshot after `warmup_epochs` (`sft/epoch-K`); it goes
            on to `sft.epochs` (early stopping by `sft.patience`) and keeps the best validation
            checkpoint (`sft/best`): the paper's SFT baseline;
-  reft   — PPO from the warm-up model on the training questions (reference = warm-up model);
+  reft   — PPO from the warm-up model on the training questions (reference = warm-up model); with
+           curriculum=r3, rollouts start from prefixes of the demonstrations (`reftune.curriculum`);
   reft_extra — the same with the answer-only `extra` questions added (when `rl_extra`);
   eval   — greedy accuracy of every model on val and test → `results.json`, `eval/*.jsonl`;
   report — `report.md` with the results table and curves.
@@ -23,11 +24,13 @@ import torch
 
 from reftune.checkpoint import is_checkpoint, load_value_head, save_checkpoint
 from reftune.config import RunConfig, save_config
+from reftune.curriculum import from_config as curriculum_from_config
 from reftune.data.splits import load_splits, save_splits
 from reftune.errors import UserError
 from reftune.evaluate import evaluate
 from reftune.logger import MetricsLogger
 from reftune.modeling import PolicyWithValue, build_tiny_model, load_pretrained, train_tokenizer
+from reftune.prompts import build_prompt, build_target
 from reftune.rl import train_rl
 from reftune.sft import train_sft
 
@@ -60,6 +63,9 @@ def init_model(cfg, splits, run_dir: Path):
     if cfg.model.name_or_path is None:
         corpus = [e.question + "\n" + (e.cot or "") for e in splits["train"]]
         corpus += [e.meta.get("nl_cot", "") + "\n" + e.meta.get("program", "") for e in splits["train"]]
+        if cfg.data.template == "r1":  # a long instruction and tags in every sequence: learn them as tokens
+            corpus += [build_prompt(e.question, "r1") + build_target(e.cot, "r1", e.answer)
+                       for e in splits["train"] if e.cot]
         tokenizer = train_tokenizer(corpus, cfg.model.vocab_size)
         m = cfg.model
         lm = build_tiny_model(tokenizer, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
@@ -84,7 +90,8 @@ def run_rl_stage(cfg: RunConfig, name: str, train, val, warmup: Path, run_dir: P
         ref = load_pretrained(str(warmup))[0].eval().requires_grad_(False)
     info = train_rl(policy, ref, tokenizer, train, val, cfg.rl, out_dir=run_dir / name, logger=logger,
                     template=cfg.data.template, cot=cfg.data.cot, precision=cfg.precision, seed=cfg.seed,
-                    eval_batch_size=cfg.eval.batch_size, sandbox=sandbox, stage=name)
+                    eval_batch_size=cfg.eval.batch_size, sandbox=sandbox, stage=name,
+                    curriculum=curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed))
     stages.finish(name, info)
 
 

@@ -49,3 +49,18 @@ def build_prompt(question: str, template: str | Template, tokenizer=None) -> str
         raise ConfigError("data.template: 'chat' needs a tokenizer with a chat template (an instruct model)")
     messages = ([{"role": "system", "content": tpl.system}] if tpl.system else []) + [{"role": "user", "content": body}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def build_target(cot: str, template: str | Template, answer: str | None = None) -> str:
+    """The SFT target for a demonstration `cot` under `template`: the cot itself, except for ``r1``.
+
+    r1: the prompt ends inside ``<think>``, so the target closes the think block and states the answer,
+    ``"\\n{cot}\\n</think>\\n<answer>\\n{answer}\\n</answer>"`` (the R1 format `r1_format_strict` checks).
+    The cot keeps its own final-answer line ("The answer is N"), which greedy evaluation reads.
+    """
+    tpl = get_template(template) if isinstance(template, str) else template
+    if tpl is not TEMPLATES["r1"]:
+        return cot
+    if answer is None:
+        raise ValueError("the r1 target needs the answer")
+    return f"\n{cot.strip()}\n</think>\n<answer>\n{answer}\n</answer>"

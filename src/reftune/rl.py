@@ -1,27 +1,33 @@
 """The RL loop: PPO as in ReFT, and the other estimators of `reftune.algos`, in one function.
 
 Read it top to bottom; each iteration is
-  1. rollout   — sample `num_generations` responses per question (temperature 1, KV cache);
-  2. reward    — grade each response: 1 correct / 0.1 wrong number / 0 no answer, on the last token;
+  1. rollout   — sample `num_generations` responses per question (temperature 1, KV cache), in
+                 `rollout_precision`; with `dynamic_sampling` (DAPO), groups whose rewards all agree are
+                 dropped and refilled with new questions;
+  2. reward    — the weighted reward functions of `rl.rewards` (`reftune.reward_fns`), by default ReFT's
+                 1 correct / 0.1 wrong number / 0 no answer, on the last token; DAPO's overlong penalty;
   3. score     — log-probs (and values) of the sampled tokens under the policy, and under the frozen
                  reference (the warm-up model) for the KL;
   4. advantage — ReFT: per-token KL penalty −β·(log π − log π_ref) inside the reward, GAE, whitening;
                  other estimators (grpo, rloo, ...) by name from the registry;
-  5. update    — `ppo_epochs` passes of `minibatches` with the clipped policy and value losses;
-  6. log       — reward, accuracy, KL, entropy, clip fraction, approx-KL, value loss, explained variance,
-                 response length, seconds in rollout vs update; validation, best and resumable checkpoints.
+  5. update    — `ppo_epochs` passes of `minibatches` with the clipped policy and value losses (`tis_cap`:
+                 truncated importance weights p_trainer / p_sampler on the policy loss);
+  6. log       — reward (and reward/<fn> per function), accuracy, KL, entropy, clip fraction, approx-KL, value
+                 loss, explained variance, response length, sampler/trainer mismatch, seconds in rollout vs
+                 update; validation, best and resumable checkpoints.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from reftune import algos
-from reftune.accel import check_finite, get_accelerator
+from reftune.accel import DTYPES, check_finite, get_accelerator
 from reftune.batching import encode, join_prompt_response, positions
 from reftune.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
 from reftune.config import RLConfig
@@ -29,8 +35,9 @@ from reftune.data.example import Example
 from reftune.errors import UserError
 from reftune.evaluate import evaluate
 from reftune.prompts import build_prompt
-from reftune.rewards import grade, reft_reward
-from reftune.rollout import HFSampler
+from reftune.reward_fns import compute_rewards, resolve_rewards, reward_metrics
+from reftune.rewards import Grade
+from reftune.rollout import HFSampler, Samples
 
 
 def response_logprobs(model, input_ids, attention_mask, prompt_width: int, with_values: bool):
@@ -57,10 +64,61 @@ class _LMOnly(torch.nn.Module):
                        use_cache=False).logits, None
 
 
+@dataclass
+class ScoredRollout:
+    """Steps 1-2 for some questions: G samples each (row i*G+j is sample j of question idx[i]) and their scores.
+
+    starts: the R^3 start state of each question (None without a curriculum); parts: each reward function's
+    value per row (None = skipped); grades: the task's grade per row.
+    """
+
+    idx: list[int]
+    starts: list | None
+    samples: Samples
+    examples: list[Example]
+    scores: torch.Tensor
+    parts: dict[str, list]
+    grades: list[Grade]
+
+    def groups(self, keep: list[int], G: int) -> ScoredRollout:
+        """The questions at positions `keep`, in that order, with their G rows each."""
+        rows = [q * G + j for q in keep for j in range(G)]
+
+        def pick(xs):
+            return [xs[r] for r in rows]
+
+        s = self.samples
+        starts = None if self.starts is None else [self.starts[q] for q in keep]
+        return ScoredRollout([self.idx[q] for q in keep], starts,
+                             Samples(pick(s.prompt_ids), pick(s.response_ids), pick(s.logprobs), pick(s.finished),
+                                     pick(s.texts)),
+                             pick(self.examples), self.scores[rows], {k: pick(v) for k, v in self.parts.items()},
+                             pick(self.grades))
+
+    def __add__(self, other: ScoredRollout) -> ScoredRollout:
+        s, o = self.samples, other.samples
+        return ScoredRollout(self.idx + other.idx, None if self.starts is None else self.starts + other.starts,
+                             Samples(s.prompt_ids + o.prompt_ids, s.response_ids + o.response_ids,
+                                     s.logprobs + o.logprobs, s.finished + o.finished, s.texts + o.texts),
+                             self.examples + other.examples, torch.cat([self.scores, other.scores]),
+                             {k: v + other.parts[k] for k, v in self.parts.items()}, self.grades + other.grades)
+
+
+def informative_groups(scores: torch.Tensor, G: int) -> list[int]:
+    """DAPO's dynamic-sampling filter: positions of the groups (G consecutive rows of scores [n*G]) whose scores
+    are not all equal. A group that scored the same everywhere has zero group-relative advantage."""
+    by_group = scores.view(-1, G)
+    return torch.nonzero((by_group != by_group[:, :1]).any(-1)).flatten().tolist()
+
+
 def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example], cfg: RLConfig, *,
              out_dir: str | Path, logger, template: str = "reft", cot: str = "nl", precision: str = "fp32",
-             seed: int = 0, eval_batch_size: int = 128, sandbox=None, stage: str = "rl") -> dict:
+             seed: int = 0, eval_batch_size: int = 128, sandbox=None, stage: str = "rl", curriculum=None) -> dict:
     """Train `policy` (a `PolicyWithValue`) in place. ref_lm: frozen reference LM, or None when kl_in="none".
+
+    curriculum: a `reftune.curriculum.Curriculum` (R^3): rollouts start from a prefix of the question's
+    demonstration, appended to the prompt, so log-probs, KL and loss cover only what the policy writes;
+    the grade is of the whole solution (prefix + response). Validation always starts from the question.
 
     Returns {"best_val", "best_step"}; writes out_dir/best (highest validation accuracy) and out_dir/last.
     """
@@ -84,7 +142,10 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     core = acc.unwrap_model(policy)
     ref = _LMOnly(ref_lm).eval() if ref_lm is not None and cfg.kl_in != "none" else None
     sampler = HFSampler(core.lm, tokenizer, batch_size=max(B, 64), device=acc.device)
-    prompts = [encode(tokenizer, build_prompt(e.question, template, tokenizer)) for e in train]
+    prompt_texts = [build_prompt(e.question, template, tokenizer) for e in train]
+    prompts = [encode(tokenizer, t) for t in prompt_texts]
+    reward_fns = resolve_rewards(cfg.rewards)
+    rollout_dtype = DTYPES[cfg.rollout_precision]  # the sampler runs under autocast to it (the trainer: `precision`)
 
     step, best_val, best_step = 0, -1.0, -1
     state = load_state(out_dir / "last")
@@ -93,10 +154,13 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
         sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step, best_val, best_step = state["step"], state["best_val"], state["best_step"]
+        if curriculum is not None and state.get("curriculum") is not None:
+            curriculum.load_state_dict(state["curriculum"])
 
     def checkpoint(path: Path, with_state: bool) -> None:
         st = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(), "step": step,
-              "best_val": best_val, "best_step": best_step} if with_state else None
+              "best_val": best_val, "best_step": best_step,
+              "curriculum": curriculum.state_dict() if curriculum is not None else None} if with_state else None
         save_checkpoint(path, core.lm, tokenizer, value_head=core.value_head, state=st)
 
     def batch_indices(k: int) -> list[int]:
@@ -107,17 +171,50 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
             out.append(int(perm[pos % n]))
         return out
 
+    def rollout(idx: list[int], k: int) -> ScoredRollout:
+        """Steps 1 and 2 of iteration k for the questions `idx`."""
+        # 1. rollout: G samples per question, under rl.rollout_precision; R^3: continuing a start state
+        examples = [train[i] for i in idx for _ in range(G)]
+        starts = curriculum.choose([train[i] for i in idx], k) if curriculum is not None else None
+        batch_prompts = [prompts[i] + s.ids for i, s in zip(idx, starts)] if starts else [prompts[i] for i in idx]
+        with torch.autocast(acc.device.type, dtype=rollout_dtype, enabled=rollout_dtype != torch.float32):
+            samples = sampler.generate(batch_prompts, G, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+        if starts:  # R^3: the response completes the start state; the whole solution is what gets graded
+            samples.texts = curriculum.complete(starts, samples.texts, G)
+        # 2. reward: the weighted sum of rl.rewards (ReFT's 1 / 0.1 / 0 by default), plus DAPO's overlong penalty
+        scores, parts, grades = compute_rewards(
+            [prompt_texts[i] for i in idx for _ in range(G)], samples.texts, examples, reward_fns, cot=cot,
+            sandbox=sandbox, template=template, correct_reward=cfg.correct_reward, partial_reward=cfg.partial_reward,
+            completion_ids=samples.response_ids, max_new_tokens=cfg.max_new_tokens,
+            overlong_penalty=cfg.overlong_penalty)
+        return ScoredRollout(idx, starts, samples, examples, scores, parts, grades)
+
+    def dynamic_sampling(batch: ScoredRollout, k: int) -> tuple[ScoredRollout, float]:
+        """DAPO: keep the groups whose rewards differ; while fewer than prompts_per_step, roll out new questions
+        (up to max_refill_rounds rounds, seeded by (seed, k, round)). Returns (the first prompts_per_step kept
+        groups, kept share of all drawn groups). When no group differs at all, the first batch is kept as is."""
+        kept, drawn = batch.groups(informative_groups(batch.scores, G), G), len(batch.idx)
+        for r in range(cfg.max_refill_rounds):
+            if len(kept.idx) >= cfg.prompts_per_step:
+                break
+            g = torch.Generator().manual_seed(seed * 7919 + 1_000_003 * (r + 1) + k)
+            more = rollout(torch.randperm(len(train), generator=g)[:cfg.prompts_per_step].tolist(), k)
+            kept, drawn = kept + more.groups(informative_groups(more.scores, G), G), drawn + len(more.idx)
+        fraction = len(kept.idx) / drawn
+        if not kept.idx:
+            return batch, fraction
+        return kept.groups(list(range(min(len(kept.idx), cfg.prompts_per_step))), G), fraction
+
     bar = tqdm(total=cfg.steps, initial=step, desc=stage, dynamic_ncols=True)
     while step < cfg.steps:
-        # 1. rollout ------------------------------------------------------------------------------------
+        # 1. rollout and 2. reward (`rollout` above); DAPO's dynamic sampling drops groups that all agree --------
         t_start = time.time()
-        idx = batch_indices(step)
-        examples = [train[i] for i in idx for _ in range(G)]
-        samples = sampler.generate([prompts[i] for i in idx], G, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
-        # 2. reward -------------------------------------------------------------------------------------
-        grades = grade(samples.texts, examples, cot, sandbox)
-        scores = torch.tensor([reft_reward(g, e.answer_type, cfg.correct_reward, cfg.partial_reward)
-                               for g, e in zip(grades, examples)])
+        batch, kept_fraction = rollout(batch_indices(step), step), None
+        if cfg.dynamic_sampling:
+            batch, kept_fraction = dynamic_sampling(batch, step)
+        idx, starts, samples, examples = batch.idx, batch.starts, batch.samples, batch.examples
+        scores, reward_parts, grades = batch.scores, batch.parts, batch.grades
+        B, mb_size = len(examples), -(-len(examples) // cfg.minibatches)  # dynamic sampling may keep fewer rows
         t_rollout = time.time() - t_start
         # 3. score: old log-probs / values of the policy, reference log-probs ---------------------------
         ids, attn, mask, P = join_prompt_response(samples.prompt_ids, samples.response_ids, tokenizer.pad_token_id)
@@ -134,6 +231,12 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
                     ref_logp.append(response_logprobs(ref, ids[s:s + mb_size], attn[s:s + mb_size], P, False)[0])
         old_logp, old_values = torch.cat(old_logp), torch.cat(old_values)
         ref_logp = torch.cat(ref_logp) if ref is not None else None
+        sampler_logp = torch.zeros_like(old_logp)  # what the sampler gave the same tokens (its own precision)
+        for i, lp in enumerate(samples.logprobs):
+            sampler_logp[i, :len(lp)] = torch.tensor(lp)
+        is_weights = None
+        if cfg.tis_cap is not None:  # truncated IS: the update is on-policy for the trainer, not the sampler
+            is_weights = torch.exp(old_logp - sampler_logp).clamp(max=cfg.tis_cap) * mask
         # 4. advantages ---------------------------------------------------------------------------------
         beta_reward = cfg.kl_coef if cfg.kl_in == "reward" else 0.0
         token_rewards = algos.kl_penalized_rewards(scores.to(acc.device), old_logp, ref_logp, mask, beta_reward, kl_kind)
@@ -152,15 +255,16 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
                 with acc.autocast():
                     logp, values, logits = response_logprobs(policy, ids[j], attn[j], P, use_values)
                     pg_loss, pg_stats = algos.clipped_policy_loss(
-                        logp, old_logp[j], advantages[j], mask[j], cfg.clip, cfg.clip_high, cfg.loss_agg)
+                        logp, old_logp[j], advantages[j], mask[j], cfg.clip, cfg.clip_high, cfg.loss_agg,
+                        norm_const=cfg.max_new_tokens, is_weights=is_weights[j] if is_weights is not None else None)
                     loss = pg_loss
                     if use_values:
                         vf_loss, vf_stats = algos.clipped_value_loss(values, old_values[j], returns[j], mask[j],
-                                                                     cfg.value_clip, cfg.loss_agg)
+                                                                     cfg.value_clip, cfg.loss_agg, cfg.max_new_tokens)
                         loss = loss + cfg.vf_coef * vf_loss
                         pg_stats = {**pg_stats, **vf_stats, "value_loss": vf_loss.detach()}
                     if cfg.kl_in == "loss" and ref_logp is not None:
-                        kl_term = algos.kl_loss(logp, ref_logp[j], mask[j], kl_kind, cfg.loss_agg)
+                        kl_term = algos.kl_loss(logp, ref_logp[j], mask[j], kl_kind, cfg.loss_agg, cfg.max_new_tokens)
                         loss = loss + cfg.kl_coef * kl_term
                         pg_stats["kl_loss"] = kl_term.detach()
                 check_finite(loss, f"{stage} step {step}")
@@ -179,19 +283,25 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
         with torch.no_grad():
             kl_seq = (algos.masked_sum(old_logp - ref_logp, mask, dim=-1).mean() if ref_logp is not None
                       else torch.tensor(0.0))
-            sampler_logp = torch.zeros_like(old_logp)
-            for i, lp in enumerate(samples.logprobs):
-                sampler_logp[i, :len(lp)] = torch.tensor(lp)
             mismatch = (old_logp - sampler_logp).abs() * mask
+            seq_ratio = torch.exp(algos.masked_sum(old_logp - sampler_logp, mask, dim=-1))  # p_train / p_sampler
         record = {"reward": scores.mean().item(), "accuracy": sum(g.correct for g in grades) / B,
                   "answered": sum(g.pred is not None for g in grades) / B, "kl": kl_seq.item(),
                   "response_length": mask.sum(-1).mean().item(), "rollout_s": t_rollout, "update_s": t_update,
-                  "lr": sched.get_last_lr()[0], **{k: sum(v) / len(v) for k, v in stats.items()}}
+                  "lr": sched.get_last_lr()[0], **{k: sum(v) / len(v) for k, v in stats.items()},
+                  **reward_metrics(reward_parts)}
+        if kept_fraction is not None:
+            record["kept_fraction"] = kept_fraction
         if use_values:
             record["explained_variance"] = algos.explained_variance(old_values, returns, mask).item()
         if cfg.temperature == 1.0:  # sampler vs trainer log-probs of the same tokens
             record["logp_mismatch_mean"] = (mismatch.sum() / mask.sum().clamp(min=1)).item()
             record["logp_mismatch_max"] = mismatch.max().item()
+            record["seq_ratio_mean"], record["seq_ratio_max"] = seq_ratio.mean().item(), seq_ratio.max().item()
+        if is_weights is not None:
+            record["tis_weight_mean"] = algos.masked_mean(is_weights, mask).item()
+        if starts:  # R^3: accuracy per start state (acc_k/<k>); a staged schedule may move to its next stage
+            record.update(curriculum.update(step, [s.k for s in starts for _ in range(G)], [g.correct for g in grades]))
         logger.log(stage, step, **record)
         bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}", kl=f"{record['kl']:.3f}")
         bar.update(1)

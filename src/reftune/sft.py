@@ -23,7 +23,7 @@ from reftune.config import SFTConfig
 from reftune.data.example import Example
 from reftune.errors import UserError
 from reftune.evaluate import evaluate
-from reftune.prompts import build_prompt
+from reftune.prompts import build_prompt, build_target
 
 
 def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: SFTConfig, *, out_dir: str | Path,
@@ -32,8 +32,8 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
               sandbox=None, stage: str = "sft") -> dict:
     """Train `model` in place; returns {"best_val", "best_epoch", "epochs_run"}. Resumes from out_dir/last."""
     out_dir = Path(out_dir)
-    pairs = [encode_sft(tokenizer, build_prompt(e.question, template, tokenizer), e.cot, max_length)
-             for e in train if e.cot]
+    pairs = [encode_sft(tokenizer, build_prompt(e.question, template, tokenizer),
+                        build_target(e.cot, template, e.answer), max_length) for e in train if e.cot]
     if not pairs:
         raise UserError("SFT needs examples with a rationale (cot); the training split has none")
     if len(pairs) < cfg.batch_size:

@@ -1,4 +1,4 @@
-"""The commands behind the CLI: the whole run, or one stage (SFT, RL, eval) from a config."""
+"""The commands behind the CLI: the whole run, or one stage (SFT, RL, eval, verifier, selftrain) from a config."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from reftune.checkpoint import is_checkpoint, load_value_head
-from reftune.config import EvalJob, RLJob, RunConfig, SFTJob, save_config
+from reftune.config import EvalJob, RLJob, RunConfig, SelfTrainJob, SFTJob, VerifierJob, save_config
 from reftune.data.splits import load_splits
 from reftune.errors import UserError
 from reftune.evaluate import evaluate
@@ -50,6 +50,7 @@ def sft(cfg: SFTJob, resume: bool = False) -> dict:
 
 
 def rl(cfg: RLJob, resume: bool = False) -> dict:
+    from reftune.curriculum import from_config as curriculum_from_config
     from reftune.rl import train_rl
     start = _require_model(cfg)
     run_dir = prepare_run_dir(cfg.out_dir, resume)
@@ -66,7 +67,8 @@ def rl(cfg: RLJob, resume: bool = False) -> dict:
     logger = MetricsLogger(run_dir)
     info = train_rl(policy, ref, tokenizer, train, splits["val"], cfg.rl, out_dir=run_dir, logger=logger,
                     template=cfg.data.template, cot=cfg.data.cot, precision=cfg.precision, seed=cfg.seed,
-                    eval_batch_size=cfg.eval.batch_size, sandbox=_sandbox(cfg))
+                    eval_batch_size=cfg.eval.batch_size, sandbox=_sandbox(cfg),
+                    curriculum=curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed))
     logger.close()
     return info
 
@@ -77,11 +79,96 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
     if cfg.eval.split not in splits or not splits[cfg.eval.split]:
         raise UserError(f"eval.split: split '{cfg.eval.split}' is empty or unknown (have: "
                         f"{', '.join(k for k, v in splits.items() if v)})")
+    if cfg.eval.verifier and cfg.eval.num_samples < 1:
+        raise UserError("eval.verifier: reranking needs samples; set eval.num_samples=k (k >= 1)")
+    from reftune.accel import get_accelerator
+    from reftune.inference import evaluate_sampling, results_table
     examples = splits[cfg.eval.split][:cfg.eval.limit]
     lm, tokenizer = load_pretrained(path, cfg.model.gguf_file)
-    out = Path(cfg.out_dir)
+    lm.to(get_accelerator().device)
+    out, sandbox, ev = Path(cfg.out_dir), _sandbox(cfg), cfg.eval
     res = evaluate(lm, tokenizer, examples, template=cfg.data.template, cot=cfg.data.cot,
-                   batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens, sandbox=_sandbox(cfg),
-                   out_path=out / f"{cfg.eval.split}.jsonl")
+                   batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, sandbox=sandbox,
+                   out_path=out / f"{ev.split}.jsonl")
+    if ev.num_samples > 0:  # one sampling pass: pass@k, voting@k and (with a verifier) rerank@k
+        scorer = None
+        if ev.verifier:
+            from reftune.verifier import load_scorer
+            scorer = load_scorer(ev.verifier, cfg.data.template, batch_size=ev.batch_size,
+                                 max_length=cfg.model.max_length, device=lm.device)
+        res["sampling"] = evaluate_sampling(
+            lm, tokenizer, examples, ev.num_samples, temperature=ev.temperature, top_p=ev.top_p,
+            max_new_tokens=ev.max_new_tokens, template=cfg.data.template, cot=cfg.data.cot, batch_size=ev.batch_size,
+            sandbox=sandbox, seed=cfg.seed, scorer=scorer, out_path=out / f"{ev.split}_samples.jsonl")
     (out / "results.json").write_text(json.dumps(res, indent=2))
+    (out / "results.md").write_text(results_table(res, res.get("sampling"), f"{path or cfg.model.gguf_file} on {ev.split}"))
     return res
+
+
+def verifier(cfg: VerifierJob, resume: bool = False) -> dict:
+    """Sample and grade solutions on train (and val) questions, then train the P(correct) classifier on them."""
+    from reftune.accel import get_accelerator
+    from reftune.inference import cached_samples, sample_and_grade
+    from reftune.verifier import labelled_solutions, train_verifier
+    start = _require_model(cfg)
+    run_dir = prepare_run_dir(cfg.out_dir, resume)
+    save_config(cfg, run_dir / "config.yaml")
+    splits = load_splits(cfg.data)
+    v, sandbox = cfg.verifier, _sandbox(cfg)
+    questions = {"train": splits["train"][:v.max_questions], "val": splits["val"]}
+    lm, tokenizer = load_pretrained(start, cfg.model.gguf_file)
+    lm.to(get_accelerator(cfg.precision).device)
+
+    def sampled(name: str, seed: int) -> list[list[dict]]:  # reused from run_dir when resuming
+        return cached_samples(run_dir / f"samples_{name}.jsonl", questions[name], lambda: sample_and_grade(
+            lm, tokenizer, questions[name], v.num_samples, temperature=v.temperature, top_p=v.top_p,
+            max_new_tokens=v.max_new_tokens, template=cfg.data.template, cot=cfg.data.cot,
+            batch_size=v.gen_batch_size, sandbox=sandbox, seed=seed, desc=f"sample {name}"))
+
+    per_question = {"train": sampled("train", cfg.seed), "val": sampled("val", cfg.seed + 1)}
+    if v.init_from:
+        lm, tokenizer = load_pretrained(v.init_from)
+    items = {name: labelled_solutions(tokenizer, questions[name], per_question[name], cfg.data.template,
+                                      cfg.model.max_length) for name in questions}
+    logger = MetricsLogger(run_dir)
+    info = train_verifier(PolicyWithValue(lm), tokenizer, items["train"], items["val"], v, out_dir=run_dir,
+                          logger=logger, precision=cfg.precision, seed=cfg.seed)
+    logger.close()
+    info["sample_accuracy"] = {name: sum(y for _, y in items[name]) / max(len(items[name]), 1) for name in items}
+    (run_dir / "results.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def selftrain(cfg: SelfTrainJob, resume: bool = False) -> dict:
+    """Offline self-training: sample from the warm-up model, keep distinct correct solutions, SFT again."""
+    from reftune.accel import get_accelerator
+    from reftune.data.splits import save_splits
+    from reftune.inference import cached_samples, sample_and_grade
+    from reftune.self_training import augment_with_samples, augmentation_stats
+    from reftune.sft import train_sft
+    start = _require_model(cfg)
+    run_dir = prepare_run_dir(cfg.out_dir, resume)
+    save_config(cfg, run_dir / "config.yaml")
+    splits = load_splits(cfg.data)
+    st, sandbox = cfg.selftrain, _sandbox(cfg)
+    train = [e for e in splits["train"] if e.cot]
+    lm, tokenizer = load_pretrained(start, cfg.model.gguf_file)
+    lm.to(get_accelerator(cfg.precision).device)
+    per_question = cached_samples(run_dir / "samples_train.jsonl", train, lambda: sample_and_grade(
+        lm, tokenizer, train, st.num_samples, temperature=st.temperature, top_p=st.top_p,
+        max_new_tokens=st.max_new_tokens, template=cfg.data.template, cot=cfg.data.cot,
+        batch_size=st.gen_batch_size, sandbox=sandbox, seed=cfg.seed, desc="sample train"))
+    augmented = augment_with_samples(train, per_question, st.max_correct, cfg.data.template)
+    stats = augmentation_stats(train, augmented)
+    save_splits({"selftrain": augmented}, run_dir / "data")
+    last = run_dir / "last"
+    if is_checkpoint(last):
+        lm, tokenizer = load_pretrained(str(last))
+    logger = MetricsLogger(run_dir)
+    logger.log("selftrain", 0, **stats)
+    info = train_sft(lm, tokenizer, augmented, splits["val"], cfg.sft, out_dir=run_dir, logger=logger,
+                     template=cfg.data.template, cot=cfg.data.cot, max_length=cfg.model.max_length,
+                     precision=cfg.precision, seed=cfg.seed, eval_batch_size=cfg.eval.batch_size,
+                     max_new_tokens=cfg.eval.max_new_tokens, sandbox=sandbox, stage="selftrain")
+    logger.close()
+    return {**info, **stats}

@@ -25,7 +25,8 @@ def aggregate_loss(loss_mat: Tensor, mask: Tensor, mode: str, norm_const: float 
     "seq_mean_token_mean": mean over each response's tokens, then over responses (original GRPO); every
         response weighs the same, so each token of a long response weighs less.
     "seq_sum_norm": sum over each response's tokens / norm_const, then mean over responses (Dr. GRPO);
-        norm_const defaults to T = loss_mat.shape[1], a constant, so no length bias.
+        norm_const defaults to T = loss_mat.shape[1], the batch's padded width; pass a fixed one (the RL loop
+        passes max_new_tokens) so that it does not vary with the batch's longest response.
     In the sequence modes, the mean is over all B rows; a row with no masked token contributes 0.
     Raises ValueError on an unknown mode.
     """
@@ -95,11 +96,13 @@ def clipped_value_loss(
     mask: Tensor,
     clip: float = 0.2,
     agg: str = "token_mean",
+    norm_const: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped value loss: per token 0.5 * max((v - R)^2, (clip(v, v_old - clip, v_old + clip) - R)^2).
 
     values [B, T] carries the gradient; old_values (the critic at rollout time) and returns [B, T] are detached.
     The clipped term keeps the critic from moving more than `clip` per token away from its rollout estimate.
+    agg, norm_const: see `aggregate_loss`.
     Returns (loss, {"vf_clipfrac": fraction of masked tokens where the clipped term is the larger one}).
     """
     mask = mask.bool()
@@ -109,18 +112,19 @@ def clipped_value_loss(
     clipped_values = old_values + torch.clamp(values - old_values, -clip, clip)
     unclipped_sq = (values - returns).square()
     clipped_sq = (clipped_values - returns).square()
-    loss = aggregate_loss(0.5 * torch.maximum(unclipped_sq, clipped_sq), mask, agg)
+    loss = aggregate_loss(0.5 * torch.maximum(unclipped_sq, clipped_sq), mask, agg, norm_const)
     with torch.no_grad():
         vf_clipfrac = masked_mean((clipped_sq > unclipped_sq).to(values.dtype), mask)
     return loss, {"vf_clipfrac": vf_clipfrac}
 
 
-def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, kind: str = "k3", agg: str = "token_mean") -> Tensor:
+def kl_loss(logp: Tensor, ref_logp: Tensor, mask: Tensor, kind: str = "k3", agg: str = "token_mean",
+            norm_const: float | None = None) -> Tensor:
     """KL(policy || reference) as a loss term (GRPO puts it in the loss, PPO-ReFT in the reward).
 
-    logp [B, T] carries the gradient; ref_logp [B, T] is detached. kind: see `kl_estimate`; agg: see
-    `aggregate_loss`. Returns a scalar, to be scaled by the caller's coefficient.
+    logp [B, T] carries the gradient; ref_logp [B, T] is detached. kind: see `kl_estimate`; agg, norm_const:
+    see `aggregate_loss`. Returns a scalar, to be scaled by the caller's coefficient.
     """
     mask = mask.bool()
     kl = kl_estimate(_zero_outside(logp, mask), _zero_outside(ref_logp.detach(), mask), kind)
-    return aggregate_loss(kl, mask, agg)
+    return aggregate_loss(kl, mask, agg, norm_const)

@@ -1,0 +1,62 @@
+"""Offline self-training, the ReFT paper's baseline: SFT again on the gold CoTs plus the model's own correct ones.
+
+1. sample `num_samples` solutions per training question from the warm-up model (`inference.sample_and_grade`);
+2. keep, per question, up to `max_correct` *distinct* samples graded correct that ended with EOS
+   (a sample cut at `max_new_tokens` would teach the model not to stop), next to the gold CoT;
+3. run `sft.train_sft` on that augmented set, continuing from the warm-up model.
+
+Simplifications: "distinct" means different after collapsing whitespace; questions without a gold CoT
+(answer-only data) are not used here. Online self-training (resampling as training goes) belongs to the RL
+loop and is not implemented in this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from reftune.data.example import Example
+
+
+def _same_text(text: str) -> str:
+    return " ".join(text.split())
+
+
+def augment_with_samples(examples: list[Example], per_question: list[list[dict]], max_correct: int,
+                         template: str = "reft") -> list[Example]:
+    """Each example with a gold CoT, followed by up to `max_correct` distinct correct finished samples of it.
+
+    per_question[i]: the graded samples of examples[i] ({"text", "correct", "finished"}, as from
+    `inference.sample_and_grade`). A sample identical to the gold CoT or to an earlier kept sample is
+    skipped. Added examples copy the question and answer, with id "<id>#st<j>", the sample as `cot` and
+    meta["self_generated_from"] = the original id. Under the ``r1`` template only the think block (the text
+    before "</think>") is kept as the cot: SFT's `prompts.build_target` adds the closing and the answer back.
+    """
+    out = []
+    for ex, samples in zip(examples, per_question):
+        if not ex.cot:
+            continue
+        out.append(ex)
+        seen = {_same_text(ex.cot)}
+        for s in samples:
+            if len(seen) - 1 >= max_correct:
+                break
+            cot = s["text"].split("</think>", 1)[0].strip() if template == "r1" else s["text"].strip()
+            key = _same_text(cot)
+            if s["correct"] and s.get("finished", True) and key and key not in seen:
+                seen.add(key)
+                out.append(replace(ex, id=f"{ex.id}#st{len(seen) - 2}", cot=cot,
+                                   meta={**ex.meta, "self_generated_from": ex.id}))
+    return out
+
+
+def augmentation_stats(examples: list[Example], augmented: list[Example]) -> dict:
+    """How much self-generated data was added: questions with any, and the mean added per question."""
+    added: dict[str, int] = {}
+    for e in augmented:
+        source = e.meta.get("self_generated_from")
+        if source is not None:
+            added[source] = added.get(source, 0) + 1
+    with_cot = sum(1 for e in examples if e.cot)
+    return {"questions": with_cot, "questions_with_correct_samples": len(added),
+            "added": sum(added.values()), "added_per_question": sum(added.values()) / max(with_cot, 1),
+            "examples": len(augmented)}
