@@ -228,6 +228,7 @@ def test_rl_starts_from_demonstration_prefixes_and_logs_accuracy_per_k(tokenizer
     text + response, acc_k/<k> is logged, and the schedule's state is in the resumable checkpoint."""
     import torch
 
+    import reftune.reward_fns
     import reftune.rl
     from reftune.batching import encode
     from reftune.checkpoint import load_state
@@ -241,9 +242,9 @@ def test_rl_starts_from_demonstration_prefixes_and_logs_accuracy_per_k(tokenizer
     policy = PolicyWithValue(build_tiny_model(tokenizer, 32, 2, 2, 64, 320, seed=0))
     ref = build_tiny_model(tokenizer, 32, 2, 2, 64, 320, seed=0).eval().requires_grad_(False)
     prompts, graded = [], []
-    generate, grade = HFSampler.generate, reftune.rl.grade
+    generate, grade = HFSampler.generate, reftune.reward_fns.grade  # the grader the RL loop's rewards call
     monkeypatch.setattr(HFSampler, "generate", lambda self, p, *a, **k: prompts.append(p) or generate(self, p, *a, **k))
-    monkeypatch.setattr(reftune.rl, "grade",
+    monkeypatch.setattr(reftune.reward_fns, "grade",
                         lambda texts, exs, *a: graded.append((texts, exs)) or grade(texts, exs, *a))
 
     cfg = RLConfig(steps=2, prompts_per_step=4, num_generations=2, minibatches=2, max_new_tokens=8, eval_every=2)

@@ -10,14 +10,16 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_sft(tokenizer, prompt: str, target: str, max_length: int) -> tuple[list[int], list[int]]:
-    """(input ids, labels) for prompt + target + EOS; labels are -100 on the prompt (loss on the answer only).
+def encode_sft(tokenizer, prompt: str, target: str, max_length: int,
+               loss_on_prompt: bool = False) -> tuple[list[int], list[int]]:
+    """(input ids, labels) for prompt + target + EOS; labels are -100 on the prompt (loss on the answer only)
+    unless `loss_on_prompt` (plain language modelling of the whole text, for pretraining a base model).
 
     Too-long pairs are cut from the right: the prompt is kept whole when it fits.
     """
     p, t = encode(tokenizer, prompt), encode(tokenizer, target) + [tokenizer.eos_token_id]
     ids = (p + t)[:max_length]
-    labels = ([-100] * len(p) + t)[:max_length]
+    labels = ((p if loss_on_prompt else [-100] * len(p)) + t)[:max_length]
     return ids, labels
 
 

@@ -78,6 +78,7 @@ class SFTConfig:
     eval_every_epochs: int = doc(1, "validation accuracy every N epochs")
     patience: int = doc(0, "stop after N evaluations without a better validation accuracy (0 = never)")
     save_every_steps: int = doc(200, "write a resumable checkpoint every N steps")
+    loss_on_prompt: bool = doc(False, "also train on the prompt tokens (language-model pretraining of a base model)")
 
 
 @dataclass

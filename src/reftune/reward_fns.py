@@ -8,9 +8,9 @@ one value per completion; None means "does not apply" (e.g. no script letters to
 weighted sum and is logged as missing. In the spirit of TRL's reward functions, the dataset columns come as
 keyword lists too (`question=[...]`, `answer=[...]`, `answer_type=[...]`), along with the run's settings
 (`cot_kind`, `sandbox`, `template`, `correct_reward`, `partial_reward`), the sampled token ids
-(`completion_ids`) and the task's own grades (`grades`, see `reftune.rewards.grade`). A function should take
-`**kw` and ignore what it does not use, so a TRL-style `def score(completions, answer, **kw)` fits with a
-thin wrapper.
+(`completion_ids`) and the task's own grades (`grades`, see `reftune.rewards.grade`). Everything is passed
+by keyword, as TRL does, so a function takes `**kw` and ignores what it does not use: a TRL reward function
+such as `def score(completions, answer, **kwargs)` works unchanged (for plain-text, not chat, completions).
 
 Built-ins (`REWARD_FUNCTIONS`):
 - reft: 1 correct / `partial_reward` (0.1) wrong extracted number / 0 no answer (ReFT; P-CoT programs run
@@ -252,7 +252,7 @@ def compute_rewards(prompts: list[str], completions: list[str], examples: list[E
     scores = [0.0] * len(completions)
     parts: dict[str, list] = {}
     for name, weight, fn in fns:
-        values = list(fn(prompts, completions, examples, **kw))
+        values = list(fn(prompts=prompts, completions=completions, examples=examples, **kw))
         if len(values) != len(completions):
             raise UserError(f"rl.rewards: reward function '{name}' returned {len(values)} values for "
                             f"{len(completions)} completions")

@@ -192,7 +192,8 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     def dynamic_sampling(batch: ScoredRollout, k: int) -> tuple[ScoredRollout, float]:
         """DAPO: keep the groups whose rewards differ; while fewer than prompts_per_step, roll out new questions
         (up to max_refill_rounds rounds, seeded by (seed, k, round)). Returns (the first prompts_per_step kept
-        groups, kept share of all drawn groups). When no group differs at all, the first batch is kept as is."""
+        groups, share of all drawn groups that differ). When none differs at all, the first batch is kept as is
+        (its group advantages are zero). Rows are fewer than prompts_per_step * G when the rounds run out."""
         kept, drawn = batch.groups(informative_groups(batch.scores, G), G), len(batch.idx)
         for r in range(cfg.max_refill_rounds):
             if len(kept.idx) >= cfg.prompts_per_step:

@@ -33,7 +33,8 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
     """Train `model` in place; returns {"best_val", "best_epoch", "epochs_run"}. Resumes from out_dir/last."""
     out_dir = Path(out_dir)
     pairs = [encode_sft(tokenizer, build_prompt(e.question, template, tokenizer),
-                        build_target(e.cot, template, e.answer), max_length) for e in train if e.cot]
+                        build_target(e.cot, template, e.answer), max_length, cfg.loss_on_prompt)
+             for e in train if e.cot]
     if not pairs:
         raise UserError("SFT needs examples with a rationale (cot); the training split has none")
     if len(pairs) < cfg.batch_size:
