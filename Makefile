@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench paper clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
+
+# The README's results table: a shared base model (LM-pretrained on 8000 synthetic problems, data seed 4321),
+# then `reftune run` from it for 3 training seeds (2 at a time, one thread each); ~70 min on 2 cores.
+BASE := runs/base
+paper: $(STAMP)
+	test -f $(BASE)/last/config.json || $(BIN)/reftune sft out_dir=$(BASE) data.seed=4321 data.n_train=8000 \
+	  data.n_val=300 data.n_test=0 data.n_extra=0 data.n_pretrain=0 sft.loss_on_prompt=true sft.epochs=6 \
+	  sft.lr=3e-3 sft.eval_every_epochs=1 sft.patience=0
+	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper --parallel 2 \
+	  model.name_or_path=$(BASE)/last data.exclude_questions=$(BASE)/data rl_extra=true
 
 clean:
 	rm -rf $(VENV) runs

@@ -25,8 +25,9 @@ from reftune.tasks.synthetic import generate_splits
 TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "data.n_extra=64", "model.hidden_size=32",
         "model.num_layers=2", "model.intermediate_size=64", "sft.epochs=2", "warmup_epochs=1", "sft.batch_size=16",
         "rl.steps=2", "rl.prompts_per_step=8", "rl.num_generations=2", "rl.minibatches=2", "rl.eval_every=1",
-        "rl.max_new_tokens=16", "eval.max_new_tokens=16", "rl_extra=true"]
-MODELS = ["warmup", "sft", "reft", "reft_extra"]
+        "rl.max_new_tokens=16", "eval.max_new_tokens=16", "rl_extra=true", "data.n_pretrain=32", "pretrain.epochs=1",
+        "pretrain.batch_size=16"]
+MODELS = ["base", "warmup", "sft", "reft", "reft_extra"]
 RL_KEYS = {"reward", "accuracy", "kl", "entropy", "clipfrac", "approx_kl", "value_loss", "explained_variance",
            "response_length", "rollout_s", "update_s"}
 
@@ -51,7 +52,7 @@ def test_results_cover_every_model_and_split(finished):
         assert res["n"] == 32, key
         assert 0.0 <= res["accuracy"] <= res["answered"] + 1e-9 <= 1.0 + 1e-9
     assert json.loads((out / "results.json").read_text()) == results
-    assert set(json.loads((out / "stages.json").read_text())) == {"data", "init", "sft", "reft", "reft_extra", "eval"}
+    assert set(json.loads((out / "stages.json").read_text())) == {"data", "init", "pretrain", "sft", "reft", "reft_extra", "eval"}
 
 
 @pytest.mark.slow
@@ -137,7 +138,7 @@ def test_resume_redoes_only_the_unfinished_stages(finished, tmp_path):
     assert _rl_steps(after, "reft") == [1, 2]
     assert load_state(out / "reft_extra" / "last")["step"] == 3
     assert set(resumed) == set(results)
-    for m in ("warmup", "sft", "reft"):  # untouched checkpoints evaluate exactly as before
+    for m in ("base", "warmup", "sft", "reft"):  # untouched checkpoints evaluate exactly as before
         assert resumed[f"{m}/val"] == results[f"{m}/val"] and resumed[f"{m}/test"] == results[f"{m}/test"]
     assert json.loads((out / "results.json").read_text()) == resumed
     assert "reft_extra" in json.loads((out / "stages.json").read_text())

@@ -42,15 +42,17 @@ class DataConfig:
     test_path: Optional[str] = doc(None, "test file for real datasets (e.g. the ReFT release's *_test_set.json)")
     cot: Literal["nl", "program"] = doc("nl", "chain of thought kind: nl (N-CoT) or program (P-CoT, executed)")
     template: str = doc("reft", "prompt template preset (see reftune.prompts.TEMPLATES)")
-    n_train: int = doc(600, "synthetic: training questions with a rationale")
-    n_extra: int = doc(3000, "synthetic: extra answer-only training questions (used by RL when rl.use_extra)")
+    n_train: int = doc(500, "synthetic: training questions with a rationale")
+    n_extra: int = doc(4000, "synthetic: extra answer-only training questions (used by RL when rl.use_extra)")
+    n_pretrain: int = doc(8000, "synthetic: problems (disjoint from every split) whose full text pretrains the tiny default's base model")
     n_val: int = doc(500, "synthetic: validation questions (checkpoint selection)")
     n_test: int = doc(1000, "synthetic: held-out test questions (reported, never used for selection)")
     min_steps: int = doc(2, "synthetic: fewest reasoning steps per problem")
     max_steps: int = doc(4, "synthetic: most reasoning steps per problem")
-    max_value: int = doc(999, "synthetic: largest intermediate value")
+    max_value: int = doc(99, "synthetic: largest intermediate value")
     val_fraction: float = doc(0.1, "real data: share of the training file held out for validation")
     max_examples: Optional[int] = doc(None, "real data: keep only the first N training examples (smoke runs)")
+    exclude_questions: Optional[str] = doc(None, "synthetic: JSONL file (or folder of them) whose questions never enter a split, e.g. a base model's data/")
     skip_invalid: bool = doc(False, "skip malformed records (counted in the log) instead of stopping")
     seed: int = doc(1234, "data generation / split seed (fixed across training seeds)")
 
@@ -69,27 +71,38 @@ class ModelConfig:
 
 @dataclass
 class SFTConfig:
-    epochs: int = doc(40, "most epochs (early stopping may end sooner)")
+    epochs: int = doc(30, "most epochs (early stopping may end sooner)")
     lr: float = doc(1e-3, "peak learning rate (AdamW)")
     weight_decay: float = doc(0.01, "AdamW weight decay")
     warmup_ratio: float = doc(0.05, "share of steps with linear learning-rate warm-up (then linear decay)")
     batch_size: int = doc(32, "examples per optimizer step")
     grad_clip: float = doc(1.0, "max gradient norm")
-    eval_every_epochs: int = doc(1, "validation accuracy every N epochs")
-    patience: int = doc(0, "stop after N evaluations without a better validation accuracy (0 = never)")
+    eval_every_epochs: int = doc(2, "validation accuracy every N epochs")
+    patience: int = doc(4, "stop after N evaluations without a better validation accuracy (0 = never)")
     save_every_steps: int = doc(200, "write a resumable checkpoint every N steps")
     loss_on_prompt: bool = doc(False, "also train on the prompt tokens (language-model pretraining of a base model)")
 
 
 @dataclass
+class PretrainConfig(SFTConfig):
+    """Language-model pretraining of the tiny default's base model (SFT machinery, loss on all tokens)."""
+
+    epochs: int = doc(6, "epochs over the pretraining corpus (data.n_pretrain problems)")
+    lr: float = doc(3e-3, "peak learning rate (AdamW)")
+    eval_every_epochs: int = doc(2, "validation accuracy every N epochs")
+    patience: int = doc(0, "stop after N evaluations without a better validation accuracy (0 = never)")
+    loss_on_prompt: bool = doc(True, "train on the question too (plain language modelling)")
+
+
+@dataclass
 class RLConfig:
-    steps: int = doc(200, "RL iterations (rollout + update)")
+    steps: int = doc(100, "RL iterations (rollout + update)")
     prompts_per_step: int = doc(32, "questions sampled per iteration")
     num_generations: int = doc(4, "samples per question")
     temperature: float = doc(1.0, "rollout sampling temperature")
     top_p: float = doc(1.0, "rollout nucleus sampling")
     max_new_tokens: int = doc(96, "longest sampled response")
-    lr: float = doc(3e-4, "learning rate (AdamW, constant after warm-up)")
+    lr: float = doc(1e-4, "learning rate (AdamW, constant after warm-up)")
     warmup_steps: int = doc(5, "linear learning-rate warm-up in iterations")
     weight_decay: float = doc(0.0, "AdamW weight decay")
     advantage: str = doc("gae", "advantage estimator: gae | grpo | dr_grpo | rloo | reinforce_pp")
@@ -116,8 +129,8 @@ class RLConfig:
     rollout_precision: Precision = doc("fp32", "rollout sampler precision: fp32 | bf16 | fp16 (the sampler/trainer mismatch is logged)")
     tis_cap: Optional[float] = doc(None, "truncated IS correction for sampler/trainer mismatch: weight min(p_train/p_sampler, cap) per token; None = off")
     use_extra: bool = doc(False, "also train on the answer-only 'extra' questions")
-    eval_every: int = doc(20, "validation accuracy every N iterations (best one kept)")
-    save_every: int = doc(20, "resumable checkpoint every N iterations")
+    eval_every: int = doc(10, "validation accuracy every N iterations (best one kept)")
+    save_every: int = doc(10, "resumable checkpoint every N iterations")
 
 
 @dataclass
@@ -182,11 +195,12 @@ class RunConfig:
     out_dir: str = doc("runs/default", "run directory (created; reused with --resume)")
     seed: int = doc(0, "training seed (model init, sampling, batching)")
     precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
-    warmup_epochs: int = doc(3, "SFT warm-up epochs before RL (the paper's 1-2 epochs on large models)")
+    warmup_epochs: int = doc(2, "SFT warm-up epochs before RL (the paper uses 1-2)")
     sft_baseline: bool = doc(True, "also train the SFT baseline: continue SFT, best validation checkpoint")
     rl_extra: bool = doc(False, "also run ReFT with the extra answer-only questions")
     data: DataConfig = section(DataConfig, "dataset and splits")
     model: ModelConfig = section(ModelConfig, "model and tokenizer")
+    pretrain: PretrainConfig = section(PretrainConfig, "base-model pretraining (tiny default only; skipped with --model or data.n_pretrain=0)")
     sft: SFTConfig = section(SFTConfig, "SFT stages")
     rl: RLConfig = section(RLConfig, "RL stage")
     curriculum: CurriculumConfig = section(CurriculumConfig, "RL start states (R^3 reverse curriculum)")

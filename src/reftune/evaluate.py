@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from reftune.batching import encode
 from reftune.data.example import Example
+from reftune.jsonl import write_jsonl
 from reftune.prompts import build_prompt
 from reftune.rewards import grade
 from reftune.rollout import HFSampler
@@ -31,8 +31,5 @@ def evaluate(model, tokenizer, examples: list[Example], *, template: str = "reft
     result = {"accuracy": sum(r["correct"] for r in records) / max(n, 1), "n": n,
               "answered": sum(r["pred"] is not None for r in records) / max(n, 1)}
     if out_path is not None:
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        with Path(out_path).open("w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        write_jsonl(out_path, records)
     return result

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from reftune.answers import normalize_answer
 from reftune.batching import encode
 from reftune.data.example import Example
+from reftune.jsonl import write_jsonl
 from reftune.prompts import build_prompt
 from reftune.rewards import grade
 from reftune.rollout import HFSampler, Sampler
@@ -76,10 +77,7 @@ def cached_samples(path: str | Path, examples: list[Example], make: Callable[[],
         if [r["id"] for r in rows] == [e.id for e in examples]:
             return [r["samples"] for r in rows]
     per_question = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        for e, samples in zip(examples, per_question):
-            f.write(json.dumps({"id": e.id, "samples": samples}) + "\n")
+    write_jsonl(path, ({"id": e.id, "samples": samples} for e, samples in zip(examples, per_question)))
     return per_question
 
 
@@ -135,10 +133,7 @@ def evaluate_sampling(model, tokenizer, examples: list[Example], num_samples: in
     result = {"n": n, "k": k, "temperature": temperature, "top_p": top_p,
               **{key: value / max(n, 1) for key, value in totals.items()}}
     if out_path is not None:
-        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-        with Path(out_path).open("w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        write_jsonl(out_path, records)
     return result
 
 

@@ -4,6 +4,8 @@ Stages (each marked done in `stages.json`, so `--resume` skips finished stages a
 one from its `last/` checkpoint):
   data   — build or load the splits, saved as JSONL;
   init   — train the tokenizer and build the tiny model (or load --model), saved in HF format;
+  pretrain — tiny default only: language-model pretraining on `data.n_pretrain` problems disjoint from
+           every split (`pretrain/last`), the stand-in for the pretrained LM that ReFT starts from;
   sft    — one SFT run: the warm-up model is its snapshot after `warmup_epochs` (`sft/epoch-K`); it goes
            on to `sft.epochs` (early stopping by `sft.patience`) and keeps the best validation
            checkpoint (`sft/best`): the paper's SFT baseline;
@@ -61,8 +63,9 @@ def init_model(cfg, splits, run_dir: Path):
     if is_checkpoint(init):
         return load_pretrained(str(init))
     if cfg.model.name_or_path is None:
-        corpus = [e.question + "\n" + (e.cot or "") for e in splits["train"]]
-        corpus += [e.meta.get("nl_cot", "") + "\n" + e.meta.get("program", "") for e in splits["train"]]
+        texts = splits["train"] + splits.get("pretrain", [])
+        corpus = [e.question + "\n" + (e.cot or "") for e in texts]
+        corpus += [e.meta.get("nl_cot", "") + "\n" + e.meta.get("program", "") for e in texts]
         if cfg.data.template == "r1":  # a long instruction and tags in every sequence: learn them as tokens
             corpus += [build_prompt(e.question, "r1") + build_target(e.cot, "r1", e.answer)
                        for e in splits["train"] if e.cot]
@@ -114,11 +117,24 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     lm, tokenizer = init_model(cfg, splits, run_dir)
     stages.finish("init", {"parameters": sum(p.numel() for p in lm.parameters())})
 
+    base = run_dir / "init"
+    if cfg.model.name_or_path is None and splits.get("pretrain"):
+        # the tiny default has no pretrained LM to start from: pretrain one on disjoint problems
+        base = run_dir / "pretrain" / "last"
+        if "pretrain" not in stages.done:
+            if is_checkpoint(base):
+                lm, tokenizer = load_pretrained(str(base))
+            info = train_sft(lm, tokenizer, splits["pretrain"], splits["val"], cfg.pretrain,
+                             out_dir=run_dir / "pretrain", logger=logger, template=cfg.data.template,
+                             cot=cfg.data.cot, max_length=cfg.model.max_length, precision=cfg.precision,
+                             seed=cfg.seed, eval_batch_size=cfg.eval.batch_size,
+                             max_new_tokens=cfg.eval.max_new_tokens, sandbox=sandbox, stage="pretrain")
+            stages.finish("pretrain", info)
+
     sft_dir = run_dir / "sft"
     if "sft" not in stages.done:
         last = sft_dir / "last"
-        if is_checkpoint(last):
-            lm, tokenizer = load_pretrained(str(last))
+        lm, tokenizer = load_pretrained(str(last if is_checkpoint(last) else base))
         epochs = cfg.sft.epochs if cfg.sft_baseline else cfg.warmup_epochs
         sft_cfg = type(cfg.sft)(**{**cfg.sft.__dict__, "epochs": max(epochs, cfg.warmup_epochs)})
         info = train_sft(lm, tokenizer, splits["train"], splits["val"], sft_cfg, out_dir=sft_dir, logger=logger,
@@ -134,7 +150,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         run_rl_stage(cfg, "reft_extra", splits["train"] + splits["extra"], splits["val"], warmup, run_dir,
                      logger, stages, sandbox)
 
-    models = {"warmup": warmup}
+    models = {"base": base, "warmup": warmup}
     if cfg.sft_baseline:
         models["sft"] = sft_dir / "best"
     models["reft"] = run_dir / "reft" / "best"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reftune.logger import read_metrics
 
-LABELS = {"warmup": "(a) warm-up (SFT, few epochs)", "sft": "(b) SFT baseline (best val epoch)",
+LABELS = {"base": "base model (before SFT)", "warmup": "(a) warm-up (SFT, few epochs)", "sft": "(b) SFT baseline (best val epoch)",
           "reft": "(c) ReFT from warm-up", "reft_extra": "(d) ReFT + answer-only questions"}
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reftune.checkpoint import is_checkpoint, load_value_head
 from reftune.config import EvalJob, RLJob, RunConfig, SelfTrainJob, SFTJob, VerifierJob, save_config
-from reftune.data.splits import load_splits
+from reftune.data.splits import load_splits, save_splits
 from reftune.errors import UserError
 from reftune.evaluate import evaluate
 from reftune.logger import MetricsLogger
@@ -38,6 +38,7 @@ def sft(cfg: SFTJob, resume: bool = False) -> dict:
     run_dir = prepare_run_dir(cfg.out_dir, resume)
     save_config(cfg, run_dir / "config.yaml")
     splits = load_splits(cfg.data)
+    save_splits(splits, run_dir / "data")
     last = run_dir / "last"
     lm, tokenizer = load_pretrained(str(last)) if is_checkpoint(last) else init_model(cfg, splits, run_dir)
     logger = MetricsLogger(run_dir)

@@ -14,17 +14,22 @@ from pathlib import Path
 from reftune.config import DataConfig
 from reftune.data.example import Example
 from reftune.errors import UserError
+from reftune.jsonl import write_jsonl
 
 
 def load_splits(cfg: DataConfig, log=print, report: dict | None = None) -> dict[str, list[Example]]:
-    """{"train", "extra", "val", "test"}: lists of Examples ("extra" is answer-only, possibly empty).
+    """{"train", "extra", "val", "test", "pretrain"}: lists of Examples ("extra" is answer-only, possibly empty;
+    "pretrain" is the synthetic base model's corpus, empty for real data).
 
     report: if given, receives {"skipped": number of invalid records skipped} (with data.skip_invalid).
     """
     if cfg.name == "synthetic":
         from reftune.tasks.synthetic import generate_splits
-        sizes = {"train": cfg.n_train, "extra": cfg.n_extra, "val": cfg.n_val, "test": cfg.n_test}
-        return generate_splits(cfg.seed, sizes, cfg.min_steps, cfg.max_steps, cfg.cot, cfg.max_value)
+        # "pretrain" comes last, so the other splits are the same whatever its size
+        sizes = {"train": cfg.n_train, "extra": cfg.n_extra, "val": cfg.n_val, "test": cfg.n_test,
+                 "pretrain": cfg.n_pretrain}
+        exclude = read_questions(cfg.exclude_questions) if cfg.exclude_questions else None
+        return generate_splits(cfg.seed, sizes, cfg.min_steps, cfg.max_steps, cfg.cot, cfg.max_value, exclude)
     from reftune.data.loaders import load_dataset
     if cfg.path is None:
         raise UserError(f"data.path: dataset '{cfg.name}' needs its training file (data.path=...)")
@@ -52,13 +57,26 @@ def load_splits(cfg: DataConfig, log=print, report: dict | None = None) -> dict[
                                 f"use a P-CoT file (e.g. svamp_python_sdp.json)")
     if not train:
         raise UserError(f"data: the training split of {cfg.path} is empty")
-    return {"train": train, "extra": [], "val": val, "test": test}
+    return {"train": train, "extra": [], "val": val, "test": test, "pretrain": []}
+
+
+def read_questions(path: str | Path) -> set[str]:
+    """The `question` field of every line of a JSONL file, or of every `*.jsonl` file in a folder."""
+    p = Path(path)
+    files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    if not files or not all(f.is_file() for f in files):
+        raise UserError(f"data.exclude_questions: no JSONL file at {p}")
+    questions = set()
+    for f in files:
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    questions.add(json.loads(line)["question"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise UserError(f"{f}:{n}: not a JSON object with a 'question' field") from None
+    return questions
 
 
 def save_splits(splits: dict[str, list[Example]], folder: str | Path) -> None:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     for name, examples in splits.items():
-        with (folder / f"{name}.jsonl").open("w") as f:
-            for e in examples:
-                f.write(json.dumps(asdict(e)) + "\n")
+        write_jsonl(Path(folder) / f"{name}.jsonl", (asdict(e) for e in examples))

@@ -116,16 +116,17 @@ def generate_problem(rng: random.Random, min_steps: int, max_steps: int, max_val
 
 
 def generate_splits(seed: int, sizes: dict[str, int], min_steps: int = 2, max_steps: int = 4,
-                    cot: str = "nl", max_value: int = 999) -> dict[str, list[Example]]:
+                    cot: str = "nl", max_value: int = 999, exclude: set[str] | None = None) -> dict[str, list[Example]]:
     """Disjoint splits by question text: {split name: examples}, in the order of `sizes`.
 
     cot: "nl" puts the N-CoT in `Example.cot`, "program" the P-CoT (the other stays in `meta`).
     A split named "extra" is answer-only (cot=None): questions RL may use without rationales.
+    exclude: questions that must not appear in any split (e.g. a base model's pretraining corpus).
     """
     if cot not in ("nl", "program"):
         raise ValueError(f"cot must be 'nl' or 'program', got {cot!r}")
     rng = random.Random(seed)
-    seen: set[str] = set()
+    seen: set[str] = set(exclude or ())
     out: dict[str, list[Example]] = {}
     for split, size in sizes.items():
         examples: list[Example] = []
