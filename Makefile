@@ -25,15 +25,17 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
 
-# The README's results table: a shared base model (LM-pretrained on 8000 synthetic problems, data seed 4321),
-# then `reftune run` from it for 3 training seeds (2 at a time, one thread each); ~70 min on 2 cores.
+# The README's results table: a shared base model (LM-pretrained on 8000 2-4-step synthetic problems, data
+# seed 4321), then `reftune run` from it on 3-5-step problems for 3 training seeds (2 at a time, one thread each).
 BASE := runs/base
 paper: $(STAMP)
 	test -f $(BASE)/last/config.json || $(BIN)/reftune sft out_dir=$(BASE) data.seed=4321 data.n_train=8000 \
-	  data.n_val=300 data.n_test=0 data.n_extra=0 data.n_pretrain=0 sft.loss_on_prompt=true sft.epochs=6 \
+	  data.n_val=300 data.n_test=0 data.n_extra=0 data.n_pretrain=0 data.min_steps=2 data.max_steps=4 \
+	  sft.loss_on_prompt=true sft.epochs=6 \
 	  sft.lr=3e-3 sft.eval_every_epochs=1 sft.patience=0
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper --parallel 2 \
-	  model.name_or_path=$(BASE)/last data.exclude_questions=$(BASE)/data rl_extra=true
+	  model.name_or_path=$(BASE)/last data.exclude_questions=$(BASE)/data data.n_pretrain=0 \
+	  data.min_steps=3 data.max_steps=5 rl_extra=true
 
 clean:
 	rm -rf $(VENV) runs

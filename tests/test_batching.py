@@ -85,3 +85,9 @@ def test_join_prompt_response_with_empty_responses():
     assert ids.tolist() == [[5, 6, 0], [0, 7, 0]]
     assert attn.tolist() == [[1, 1, 0], [0, 1, 0]]
     assert rmask.tolist() == [[0], [0]]
+
+
+def test_encode_sft_loss_on_prompt_trains_on_every_token():
+    ids, labels = encode_sft(CharTokenizer(), "abc", "xy", max_length=100, loss_on_prompt=True)
+    assert ids == [A, B, C, X, Y, 1]
+    assert labels == ids  # plain language modelling: nothing masked

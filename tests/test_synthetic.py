@@ -100,3 +100,46 @@ def test_program_cot_puts_the_program_in_cot():
     with pytest.raises(ValueError, match="cot"):
         generate_splits(seed=1, sizes={"train": 1}, cot="python")
 
+
+
+def test_excluded_questions_never_enter_a_split():
+    base = generate_splits(7, {"train": 300}, 1, 2, max_value=20)["train"]
+    excluded = {e.question for e in base}
+    # the same seed would reproduce exactly these questions; exclusion must skip every one of them
+    again = generate_splits(7, {"train": 300, "test": 50}, 1, 2, max_value=20, exclude=excluded)
+    assert all(e.question not in excluded for split in again.values() for e in split)
+    assert len(again["train"]) == 300
+
+
+def test_exclude_questions_reads_a_folder_of_jsonl(tmp_path):
+    from reftune.config import RunConfig, load_config
+    from reftune.data.splits import load_splits, read_questions, save_splits
+    from reftune.errors import UserError
+
+    base = generate_splits(3, {"train": 40, "val": 10}, 2, 3)
+    save_splits(base, tmp_path / "data")
+    assert read_questions(tmp_path / "data") == {e.question for v in base.values() for e in v}
+    cfg = load_config(RunConfig, None, ["data.seed=3", "data.n_train=40", "data.n_val=10", "data.n_test=5",
+                                        "data.n_extra=0", "data.n_pretrain=0", "data.max_value=999",
+                                        "data.min_steps=2", "data.max_steps=3",
+                                        f"data.exclude_questions={tmp_path / 'data'}"])
+    splits = load_splits(cfg.data)
+    seen = read_questions(tmp_path / "data")
+    assert not any(e.question in seen for v in splits.values() for e in v)
+    (tmp_path / "bad.jsonl").write_text('{"q": 1}\n')
+    with pytest.raises(UserError, match="bad.jsonl:1"):
+        read_questions(tmp_path / "bad.jsonl")
+
+
+def test_pretrain_split_comes_last_and_leaves_other_splits_unchanged():
+    without = generate_splits(11, {"train": 30, "val": 10, "test": 10, "pretrain": 0}, 2, 4)
+    with_pre = generate_splits(11, {"train": 30, "val": 10, "test": 10, "pretrain": 50}, 2, 4)
+    for split in ("train", "val", "test"):
+        assert [e.question for e in without[split]] == [e.question for e in with_pre[split]]
+    assert len(with_pre["pretrain"]) == 50 and all(e.cot for e in with_pre["pretrain"])
+
+
+def test_pretrain_split_can_have_its_own_step_range():
+    s = generate_splits(5, {"train": 40, "pretrain": 40}, 3, 5, steps={"pretrain": (1, 2)})
+    assert all(3 <= e.meta["steps"] <= 5 for e in s["train"])
+    assert all(1 <= e.meta["steps"] <= 2 for e in s["pretrain"])

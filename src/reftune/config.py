@@ -47,8 +47,10 @@ class DataConfig:
     n_pretrain: int = doc(8000, "synthetic: problems (disjoint from every split) whose full text pretrains the tiny default's base model")
     n_val: int = doc(500, "synthetic: validation questions (checkpoint selection)")
     n_test: int = doc(1000, "synthetic: held-out test questions (reported, never used for selection)")
-    min_steps: int = doc(2, "synthetic: fewest reasoning steps per problem")
-    max_steps: int = doc(4, "synthetic: most reasoning steps per problem")
+    min_steps: int = doc(3, "synthetic: fewest reasoning steps per problem")
+    max_steps: int = doc(5, "synthetic: most reasoning steps per problem")
+    pretrain_min_steps: int = doc(2, "synthetic: fewest steps in the pretraining problems")
+    pretrain_max_steps: int = doc(4, "synthetic: most steps in the pretraining problems (shorter than the task's: the base must learn longer chains from the fine-tuning data)")
     max_value: int = doc(99, "synthetic: largest intermediate value")
     val_fraction: float = doc(0.1, "real data: share of the training file held out for validation")
     max_examples: Optional[int] = doc(None, "real data: keep only the first N training examples (smoke runs)")
@@ -445,6 +447,8 @@ def validate(cfg: Any) -> None:
     data = cfg.data
     if data.min_steps < 1 or data.max_steps < data.min_steps:
         raise ConfigError("data.min_steps must be ≥ 1 and ≤ data.max_steps")
+    if data.pretrain_min_steps < 1 or data.pretrain_max_steps < data.pretrain_min_steps:
+        raise ConfigError("data.pretrain_min_steps must be ≥ 1 and ≤ data.pretrain_max_steps")
     if data.template == "r1" and data.cot == "program":
         raise ConfigError("data.template: r1 wraps a natural-language chain of thought in <think>; use data.cot=nl")
 

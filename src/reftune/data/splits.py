@@ -29,7 +29,8 @@ def load_splits(cfg: DataConfig, log=print, report: dict | None = None) -> dict[
         sizes = {"train": cfg.n_train, "extra": cfg.n_extra, "val": cfg.n_val, "test": cfg.n_test,
                  "pretrain": cfg.n_pretrain}
         exclude = read_questions(cfg.exclude_questions) if cfg.exclude_questions else None
-        return generate_splits(cfg.seed, sizes, cfg.min_steps, cfg.max_steps, cfg.cot, cfg.max_value, exclude)
+        return generate_splits(cfg.seed, sizes, cfg.min_steps, cfg.max_steps, cfg.cot, cfg.max_value, exclude,
+                               steps={"pretrain": (cfg.pretrain_min_steps, cfg.pretrain_max_steps)})
     from reftune.data.loaders import load_dataset
     if cfg.path is None:
         raise UserError(f"data.path: dataset '{cfg.name}' needs its training file (data.path=...)")

@@ -116,12 +116,14 @@ def generate_problem(rng: random.Random, min_steps: int, max_steps: int, max_val
 
 
 def generate_splits(seed: int, sizes: dict[str, int], min_steps: int = 2, max_steps: int = 4,
-                    cot: str = "nl", max_value: int = 999, exclude: set[str] | None = None) -> dict[str, list[Example]]:
+                    cot: str = "nl", max_value: int = 999, exclude: set[str] | None = None,
+                    steps: dict[str, tuple[int, int]] | None = None) -> dict[str, list[Example]]:
     """Disjoint splits by question text: {split name: examples}, in the order of `sizes`.
 
     cot: "nl" puts the N-CoT in `Example.cot`, "program" the P-CoT (the other stays in `meta`).
     A split named "extra" is answer-only (cot=None): questions RL may use without rationales.
     exclude: questions that must not appear in any split (e.g. a base model's pretraining corpus).
+    steps: per-split (min_steps, max_steps) overriding the common range (e.g. easier pretraining problems).
     """
     if cot not in ("nl", "program"):
         raise ValueError(f"cot must be 'nl' or 'program', got {cot!r}")
@@ -135,7 +137,8 @@ def generate_splits(seed: int, sizes: dict[str, int], min_steps: int = 2, max_st
             attempts += 1
             if attempts > 50 * size + 1000:
                 raise ValueError(f"could not generate {size} distinct problems for split '{split}'")
-            ex = generate_problem(rng, min_steps, max_steps, max_value)
+            lo, hi = (steps or {}).get(split, (min_steps, max_steps))
+            ex = generate_problem(rng, lo, hi, max_value)
             if ex.question in seen:
                 continue
             seen.add(ex.question)
