@@ -86,3 +86,10 @@ def test_config_lists_every_field_with_its_doc():
 def test_usage_errors_come_from_argparse():
     proc = reftune("train")
     assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_overrides_may_follow_flags():
+    # `--resume key=value`: the override after the flag is still read (and here rejected by name)
+    assert_user_error(reftune("run", "--resume", "sft.epocs=3"), "run", "sft.epocs", "sft.epochs")
+    proc = reftune("run", "--resume", "--bogus-flag")
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus-flag" in proc.stderr

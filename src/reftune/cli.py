@@ -36,7 +36,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)  # key=value may also come after flags (`--resume a=b`)
+    if args.command != "config":
+        bad = [e for e in extra if e.startswith("-") or "=" not in e]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "config":
         rows = describe(COMMANDS[args.which])
         if args.markdown:

@@ -74,7 +74,7 @@ class ModelConfig:
 @dataclass
 class SFTConfig:
     epochs: int = doc(30, "most epochs (early stopping may end sooner)")
-    lr: float = doc(1e-3, "peak learning rate (AdamW)")
+    lr: float = doc(3e-4, "peak learning rate (AdamW)")
     weight_decay: float = doc(0.01, "AdamW weight decay")
     warmup_ratio: float = doc(0.05, "share of steps with linear learning-rate warm-up (then linear decay)")
     batch_size: int = doc(32, "examples per optimizer step")
