@@ -98,13 +98,13 @@ class PretrainConfig(SFTConfig):
 
 @dataclass
 class RLConfig:
-    steps: int = doc(100, "RL iterations (rollout + update)")
+    steps: int = doc(60, "RL iterations (rollout + update)")
     prompts_per_step: int = doc(32, "questions sampled per iteration")
     num_generations: int = doc(4, "samples per question")
     temperature: float = doc(1.0, "rollout sampling temperature")
     top_p: float = doc(1.0, "rollout nucleus sampling")
     max_new_tokens: int = doc(96, "longest sampled response")
-    lr: float = doc(1e-4, "learning rate (AdamW, constant after warm-up)")
+    lr: float = doc(3e-5, "learning rate (AdamW, constant after warm-up)")
     warmup_steps: int = doc(5, "linear learning-rate warm-up in iterations")
     weight_decay: float = doc(0.0, "AdamW weight decay")
     advantage: str = doc("gae", "advantage estimator: gae | grpo | dr_grpo | rloo | reinforce_pp")
