@@ -209,7 +209,8 @@ def test_verifier_trains_and_scores_in_unit_interval(lm, tokenizer, sampled, tmp
 
 # The commands, end to end at a tiny size ----------------------------------------------------------------
 
-TINY_DATA = ["data.n_train=16", "data.n_val=4", "data.n_test=4", "data.n_extra=0", "model.max_length=128"]
+TINY_DATA = ["data.n_train=16", "data.n_val=4", "data.n_test=4", "data.n_extra=0", "data.n_pretrain=0",
+             "data.min_steps=2", "data.max_steps=4", "data.max_value=999", "model.max_length=256"]
 
 
 def test_eval_verifier_selftrain_commands(lm, tokenizer, tmp_path):

@@ -24,6 +24,7 @@ from reftune.tasks.synthetic import generate_splits
 
 TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "data.n_extra=64", "model.hidden_size=32",
         "model.num_layers=2", "model.intermediate_size=64", "sft.epochs=2", "warmup_epochs=1", "sft.batch_size=16",
+        "sft.eval_every_epochs=1", "sft.patience=0",
         "rl.steps=2", "rl.prompts_per_step=8", "rl.num_generations=2", "rl.minibatches=2", "rl.eval_every=1",
         "rl.max_new_tokens=16", "eval.max_new_tokens=16", "rl_extra=true", "data.n_pretrain=32", "pretrain.epochs=1",
         "pretrain.batch_size=16"]
@@ -68,7 +69,7 @@ def test_eval_outputs_are_saved_per_question(finished):
             assert all(isinstance(r["output"], str) and isinstance(r["correct"], bool) for r in rows)
             assert sum(r["correct"] for r in rows) / 32 == results[f"{m}/{split}"]["accuracy"]
     data = sorted(p.name for p in (out / "data").glob("*.jsonl"))
-    assert data == ["extra.jsonl", "test.jsonl", "train.jsonl", "val.jsonl"]
+    assert data == ["extra.jsonl", "pretrain.jsonl", "test.jsonl", "train.jsonl", "val.jsonl"]
 
 
 @pytest.mark.slow
@@ -142,7 +143,7 @@ def test_resume_redoes_only_the_unfinished_stages(finished, tmp_path):
         assert resumed[f"{m}/val"] == results[f"{m}/val"] and resumed[f"{m}/test"] == results[f"{m}/test"]
     assert json.loads((out / "results.json").read_text()) == resumed
     assert "reft_extra" in json.loads((out / "stages.json").read_text())
-    assert len(list((out / "eval").glob("*.jsonl"))) == 8
+    assert len(list((out / "eval").glob("*.jsonl"))) == 2 * len(MODELS)
 
 
 def test_a_used_run_dir_needs_resume(tmp_path):
@@ -194,3 +195,17 @@ def test_a_huge_learning_rate_is_caught_as_divergence(tiny, tmp_path):
     with pytest.raises(TrainingDiverged, match="NaN/inf"):
         train_sft(lm, tok, splits["train"], splits["val"], cfg, out_dir=tmp_path,
                   logger=MetricsLogger(tmp_path, tensorboard=False), max_new_tokens=8)
+
+
+def test_sft_skips_examples_whose_prompt_fills_max_length(tmp_path):
+    splits = generate_splits(0, {"train": 16, "val": 4}, 2, 3)
+    tok = train_tokenizer([e.question + "\n" + e.cot for e in splits["train"]], 300)
+    lm = build_tiny_model(tok, 16, 1, 2, 32, 512, seed=0)
+    cfg = SFTConfig(epochs=1, batch_size=4, eval_every_epochs=1, save_every_steps=0)
+    splits["train"][0].question = "word " * 400  # longer than max_length on its own: no answer token fits
+    info = train_sft(lm, tok, splits["train"], splits["val"], cfg, out_dir=tmp_path / "a",
+                     logger=MetricsLogger(tmp_path / "a", tensorboard=False), max_length=200, max_new_tokens=8)
+    assert info["epochs_run"] == 1  # trained on the 15 that fit instead of producing a NaN loss
+    with pytest.raises(UserError, match="model.max_length"):
+        train_sft(lm, tok, splits["train"], splits["val"], cfg, out_dir=tmp_path / "b",
+                  logger=MetricsLogger(tmp_path / "b", tensorboard=False), max_length=8, max_new_tokens=8)

@@ -37,3 +37,14 @@ def check_finite(loss: torch.Tensor, where: str) -> None:
     if not torch.isfinite(loss).all():
         raise TrainingDiverged(f"{where}: loss is {loss.item()} (NaN/inf); the run stopped and its last good "
                                f"checkpoint is kept — lower the learning rate or use fp32")
+
+
+def optimizer_step(acc: Accelerator, loss: torch.Tensor, params, opt, grad_clip: float, sched=None) -> float:
+    """backward → clip → step (→ scheduler step) → zero grad, the same in every loop; returns the grad norm."""
+    acc.backward(loss)
+    grad_norm = acc.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    if sched is not None:
+        sched.step()
+    opt.zero_grad(set_to_none=True)
+    return float(grad_norm)

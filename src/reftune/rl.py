@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from reftune import algos
-from reftune.accel import DTYPES, check_finite, get_accelerator
+from reftune.accel import DTYPES, check_finite, get_accelerator, optimizer_step
 from reftune.batching import encode, join_prompt_response, positions
 from reftune.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
 from reftune.config import RLConfig
@@ -269,10 +269,7 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
                         loss = loss + cfg.kl_coef * kl_term
                         pg_stats["kl_loss"] = kl_term.detach()
                 check_finite(loss, f"{stage} step {step}")
-                acc.backward(loss)
-                acc.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip)
                 with torch.no_grad():
                     pg_stats["entropy"] = algos.masked_mean(algos.entropy_from_logits(logits.detach()), mask[j])
                 for k, v in {**pg_stats, "policy_loss": pg_loss.detach()}.items():

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from reftune.accel import check_finite, get_accelerator
+from reftune.accel import check_finite, get_accelerator, optimizer_step
 from reftune.batching import collate_sft, encode_sft
 from reftune.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
 from reftune.config import SFTConfig
@@ -37,6 +37,13 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
              for e in train if e.cot]
     if not pairs:
         raise UserError("SFT needs examples with a rationale (cot); the training split has none")
+    fitting = [p for p in pairs if any(label != -100 for label in p[1])]
+    if not fitting:
+        raise UserError(f"model.max_length={max_length} leaves no room for any answer after the prompt; raise it")
+    if len(fitting) < len(pairs):  # a prompt filling max_length has no target token: nothing to learn, NaN loss
+        tqdm.write(f"[{stage}] skipped {len(pairs) - len(fitting)} examples whose prompt fills "
+                   f"model.max_length={max_length}")
+    pairs = fitting
     if len(pairs) < cfg.batch_size:
         raise UserError(f"sft.batch_size={cfg.batch_size} is larger than the training split ({len(pairs)} "
                         f"examples with a rationale); lower sft.batch_size")
@@ -79,11 +86,7 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
             with acc.autocast():
                 loss = model(**batch).loss
             check_finite(loss, f"{stage} step {step}")
-            acc.backward(loss)
-            grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(acc, loss, model.parameters(), opt, cfg.grad_clip, sched)
             step += 1
             tokens += int(batch["attention_mask"].sum())
             bar.update(1)

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from reftune.accel import check_finite, get_accelerator
+from reftune.accel import check_finite, get_accelerator, optimizer_step
 from reftune.batching import encode, pad, positions
 from reftune.checkpoint import load_value_head, save_checkpoint
 from reftune.config import VerifierConfig
@@ -195,11 +195,7 @@ def train_verifier(policy: PolicyWithValue, tokenizer, train: list[tuple[list[in
                 logits = verifier(ids, attn)
             loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
             check_finite(loss, f"{stage} step {step}")
-            acc.backward(loss)
-            grad_norm = acc.clip_grad_norm_(verifier.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            grad_norm = optimizer_step(acc, loss, verifier.parameters(), opt, cfg.grad_clip, sched)
             step += 1
             bar.update(1)
             if step % 10 == 0 or step == total:
