@@ -30,6 +30,11 @@ def pad(seqs: list[list[int]], value: int, side: str = "right") -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [B, max_len], attention mask [B, max_len]) with padding on the left: prompts for generation."""
+    return pad(rows, pad_id, side="left"), pad([[1] * len(r) for r in rows], 0, side="left")
+
+
 def collate_sft(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     ids = pad([b[0] for b in batch], pad_id)
     labels = pad([b[1] for b in batch], -100)
@@ -48,8 +53,7 @@ def join_prompt_response(prompts: list[list[int]], responses: list[list[int]], p
     Returns input_ids [B, P+R], attention_mask [B, P+R], response_mask [B, R] and P (the prompt width):
     logits at column P-1+j predict response token j. One layout for the trainer's forward passes.
     """
-    prompt = pad(prompts, pad_id, side="left")
+    prompt, pmask = left_pad(prompts, pad_id)
     resp = pad(responses, pad_id, side="right") if max(map(len, responses)) else torch.full((len(responses), 1), pad_id)
-    pmask = pad([[1] * len(p) for p in prompts], 0, side="left")
     rmask = pad([[1] * len(r) for r in responses], 0, side="right") if max(map(len, responses)) else torch.zeros_like(resp)
     return torch.cat([prompt, resp], 1), torch.cat([pmask, rmask], 1), rmask, prompt.shape[1]

@@ -115,7 +115,3 @@ class PolicyWithValue(nn.Module):
                       output_hidden_states=with_values, use_cache=False)
         values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1) if with_values else None
         return out.logits, values
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from reftune.batching import pad, positions
+from reftune.batching import left_pad, positions
 
 
 @dataclass
@@ -85,8 +85,7 @@ class HFSampler:
 
     def _generate_chunk(self, prompts, G, temperature, top_p, max_new_tokens, generator):
         eos, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        ids = pad(prompts, pad_id, side="left").to(self.device)
-        attn = pad([[1] * len(p) for p in prompts], 0, side="left").to(self.device)
+        ids, attn = (t.to(self.device) for t in left_pad(prompts, pad_id))
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn), use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
         if G > 1:  # encode once, share the prompt's cache across the group's samples

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from reftune.accel import check_finite, get_accelerator, optimizer_step
-from reftune.batching import encode, pad, positions
+from reftune.batching import encode, left_pad, positions
 from reftune.checkpoint import load_value_head, save_checkpoint
 from reftune.config import VerifierConfig
 from reftune.data.example import Example
@@ -61,18 +61,13 @@ def encode_solution(tokenizer, prompt: str, completion: str, max_length: int) ->
     return ids[-max_length:]
 
 
-def _left_padded(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    return (pad(rows, pad_id, side="left").to(device),
-            pad([[1] * len(r) for r in rows], 0, side="left").to(device))
-
-
 @torch.no_grad()
 def _logits(verifier: Verifier, rows: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
     was_training = verifier.training
     verifier.eval()
     out = []
     for s in range(0, len(rows), batch_size):
-        ids, attn = _left_padded(rows[s:s + batch_size], pad_id, device)
+        ids, attn = (t.to(device) for t in left_pad(rows[s:s + batch_size], pad_id))
         out.append(verifier(ids, attn).float().cpu())
     verifier.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
@@ -189,7 +184,7 @@ def train_verifier(policy: PolicyWithValue, tokenizer, train: list[tuple[list[in
         verifier.train()
         for s in range(0, len(train), cfg.batch_size):
             batch = [train[j] for j in order[s:s + cfg.batch_size]]
-            ids, attn = _left_padded([b[0] for b in batch], pad_id, acc.device)
+            ids, attn = (t.to(acc.device) for t in left_pad([b[0] for b in batch], pad_id))
             labels = torch.tensor([b[1] for b in batch], device=acc.device)
             with acc.autocast():
                 logits = verifier(ids, attn)
