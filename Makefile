@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench paper clean
+.PHONY: demo test install bench paper estimators precision inference clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -34,8 +34,28 @@ paper: $(STAMP)
 	  sft.loss_on_prompt=true sft.epochs=6 \
 	  sft.lr=3e-3 sft.eval_every_epochs=1 sft.patience=0
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper --parallel 2 \
-	  model.name_or_path=$(BASE)/last data.exclude_questions=$(BASE)/data data.n_pretrain=0 \
-	  data.min_steps=3 data.max_steps=5 rl_extra=true
+	  model.name_or_path=$(BASE)/last $(PAPER_DATA) rl_extra=true
+
+# The task of the paper runs; the experiments below start from their checkpoints (`make paper` first).
+PAPER_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=3 data.max_steps=5
+PAPER_DONE := runs/paper/seed-2/reft/best/config.json
+# RL from the same warm-ups with 16 questions x 8 samples per iteration, 30 iterations, 3 seeds.
+COMPARE_RL := $(PAPER_DATA) rl.steps=30 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10
+
+# docs/estimators.md: PPO-ReFT vs GRPO vs RLOO vs REINFORCE++ at equal rollout tokens and wall-clock.
+estimators: $(STAMP)
+	test -f $(PAPER_DONE) || $(MAKE) paper
+	$(BIN)/python scripts/compare_rl.py --preset estimators --seeds 0 1 2 --out runs/estimators --parallel 2 $(COMPARE_RL)
+
+# docs/precision.md: fp32 vs bf16 vs fp16 rollouts, sampler-trainer mismatch and accuracy.
+precision: $(STAMP)
+	test -f $(PAPER_DONE) || $(MAKE) paper
+	$(BIN)/python scripts/compare_rl.py --preset precision --seeds 0 --out runs/precision --parallel 2 $(COMPARE_RL)
+
+# docs/inference.md: SFT/ReFT x greedy/voting/rerank/pass@16, offline/online self-training (Tables 4 and 2).
+inference: $(STAMP)
+	test -f $(PAPER_DONE) || $(MAKE) paper
+	$(BIN)/python scripts/inference_table.py --runs runs/paper --seeds 0 1 2 --out runs/inference --parallel 2 $(PAPER_DATA)
 
 clean:
 	rm -rf $(VENV) runs

@@ -66,7 +66,7 @@ def test_marker_priority_and_custom_markers():
     assert extract_answer("The answer is 9", markers=["Answer:"]) is None
     assert extract_answer("\\fbox{7}", markers=["\\fbox{...}"]) == "7"
     assert extract_answer("The answer is 9", markers=[]) is None
-    assert DEFAULT_MARKERS[0] == "The answer is" and "\\boxed{...}" in DEFAULT_MARKERS
+    assert DEFAULT_MARKERS[:2] == ("<answer>", "The answer is") and "\\boxed{...}" in DEFAULT_MARKERS
 
 
 @pytest.mark.parametrize(
@@ -271,3 +271,11 @@ def test_reft_mathqa_questions_all_have_five_options():
     records = json.loads((DATA / "mwp_reft" / "mathqa_test_set.json").read_text())
     assert all(len(mcq_options(r["question"])) == 5 for r in records)
     assert mcq_options(records[0]["question"])["a"] == "38"
+
+
+def test_r1_answer_tag_outranks_the_think_block():
+    r1 = "\nFirst 3 + 2 = 5. The answer is 5\n</think>\n<answer>\n7\n</answer>"
+    assert extract_answer(r1) == "7"
+    # an empty answer tag falls back to the lower-priority markers
+    assert extract_answer("The answer is 5\n</think>\n<answer>\n</answer>") == "5"
+    assert extract_answer("<answer> (c) </answer>", "mcq") == "c"

@@ -10,6 +10,9 @@ Assumptions and simplifications:
 - Markers are matched case-insensitively ("so the answer is 5" counts) and tried in priority order; within
   one marker the LAST occurrence wins (a model may restate or correct itself). When that occurrence has
   nothing parsable after it, earlier occurrences and then lower-priority markers are tried.
+- "<answer>" (the DeepSeek-R1 format's answer tag) comes first: an R1-style completion states its final
+  answer there, and its think block may say "The answer is" about an intermediate result. Only the first
+  non-empty line after the tag is read ("<answer>\n42\n</answer>" -> 42).
 - After a plain marker only the rest of its line is read; a marker ending in "{...}" (like "\\boxed{...}")
   reads its brace-balanced argument instead.
 - Percent: "12%" parses to 12.0, not 0.12, because GSM8K, SVAMP and MathQA state percentage answers in
@@ -27,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from reftune.errors import UserError
 
 DEFAULT_MARKERS: tuple[str, ...] = (
+    "<answer>",
     "The answer is",
     "Therefore, the answer is:",
     "Therefore, the answer is",

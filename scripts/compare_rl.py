@@ -1,0 +1,232 @@
+"""Variants of the RL stage side by side on the embedded default, at equal rollout tokens and equal wall-clock.
+
+    python scripts/compare_rl.py --preset estimators --warmups runs/paper --seeds 0 1 2 --out runs/estimators \\
+        --parallel 2 [key=value overrides for every RL run]
+
+Presets (PRESETS below): `estimators` = PPO-ReFT vs GRPO vs RLOO vs REINFORCE++ (each with its usual KL
+placement); `precision` = fp32 vs bf16 vs fp16 (training / rollout precision), with the sampler-trainer
+log-prob mismatch. `--variants` picks a subset.
+
+For each seed S and variant V, one `reftune rl` run starts from the same warm-up checkpoint
+(WARMUPS/seed-S/sft/epoch-K, written by `make paper`) on the same training questions, with the same number of
+samples per iteration; only the variant's settings differ. Each run logs its rollout tokens and seconds per
+iteration, validation accuracy every `rl.eval_every` iterations, and keeps its weights every
+`rl.snapshot_every` iterations.
+
+Budgets: T = the fewest rollout tokens any run generated in total, W = the least training wall-clock
+(rollout + update seconds, evaluation excluded) any run spent. For each run, the last snapshot within the
+budget is evaluated greedily on the test split (no choice is made on test: the snapshot is fixed by the
+budget alone); its validation accuracy comes from the run's own log. Writes OUT/table.md, OUT/table.json and
+OUT/curves.png (validation accuracy against rollout tokens and against wall-clock, mean ± sd over seeds,
+the warm-up at 0).
+
+`--parallel N` runs N jobs at once, each on one thread; wall-clock is then measured under the same
+contention for every run (each job shares the machine with N-1 others of the same kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from jobs import mean_sd, parallel_map, run_logged
+
+# preset -> variant -> (label, rl.* / top-level settings that make it the method as published)
+PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
+    "estimators": {
+        # ReFT's PPO: value head, GAE, per-token KL in the reward
+        "gae": ("PPO-ReFT (GAE)", {"rl.advantage": "gae", "rl.kl_in": "reward", "rl.kl_kind": "k1"}),
+        # DeepSeekMath: group z-scored outcome, k3 KL in the loss
+        "grpo": ("GRPO", {"rl.advantage": "grpo", "rl.kl_in": "loss", "rl.kl_kind": "k3"}),
+        "dr_grpo": ("Dr. GRPO", {"rl.advantage": "dr_grpo", "rl.kl_in": "loss", "rl.kl_kind": "k3",
+                                 "rl.loss_agg": "seq_sum_norm"}),
+        # leave-one-out baseline; REINFORCE++: batch-normalised returns; both with the KL in the reward
+        "rloo": ("RLOO", {"rl.advantage": "rloo", "rl.kl_in": "reward", "rl.kl_kind": "k1"}),
+        "reinforce_pp": ("REINFORCE++", {"rl.advantage": "reinforce_pp", "rl.kl_in": "reward", "rl.kl_kind": "k1"}),
+    },
+    "precision": {  # PPO-ReFT; training precision / rollout (sampler) precision
+        "fp32": ("fp32 / fp32", {"precision": "fp32", "rl.rollout_precision": "fp32"}),
+        "bf16": ("bf16 / bf16", {"precision": "bf16", "rl.rollout_precision": "bf16"}),
+        "fp32-bf16": ("fp32 / bf16 rollouts", {"precision": "fp32", "rl.rollout_precision": "bf16"}),
+        "fp32-fp16": ("fp32 / fp16 rollouts", {"precision": "fp32", "rl.rollout_precision": "fp16"}),
+    },
+}
+DEFAULT_VARIANTS = {"estimators": ["gae", "grpo", "rloo", "reinforce_pp"], "precision": ["fp32", "bf16", "fp32-fp16"]}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def curve(run: Path) -> list[dict]:
+    """Per evaluated iteration: step, cumulative rollout tokens and training seconds, validation accuracy, and
+    the sampler-trainer log-prob mismatch so far (mean of the per-iteration means, max of the maxima)."""
+    tokens = seconds = 0.0
+    mismatch: list[float] = []
+    mismatch_max = 0.0
+    at: dict[int, tuple[float, float, float, float]] = {}
+    out = []
+    for r in read_jsonl(run / "metrics.jsonl"):
+        if "rollout_tokens" in r:
+            tokens += r["rollout_tokens"]
+            seconds += r["rollout_s"] + r["update_s"]
+            mismatch.append(r.get("logp_mismatch_mean", float("nan")))
+            mismatch_max = max(mismatch_max, r.get("logp_mismatch_max", float("nan")))
+            at[r["step"]] = (tokens, seconds, sum(mismatch) / len(mismatch), mismatch_max)
+        elif "val_accuracy" in r and r["step"] in at:
+            t, sec, mm, mx = at[r["step"]]
+            out.append({"step": r["step"], "tokens": t, "seconds": sec, "val": r["val_accuracy"],
+                        "mismatch_mean": mm, "mismatch_max": mx})
+    return out
+
+
+def last_within(points: list[dict], key: str, budget: float) -> dict | None:
+    """The last evaluated point whose cumulative `key` is within the budget (None: none is)."""
+    inside = [p for p in points if p[key] <= budget * (1 + 1e-9)]
+    return inside[-1] if inside else None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--warmups", default="runs/paper", help="dir with seed-S/sft/epoch-K warm-up checkpoints")
+    p.add_argument("--warmup-epoch", type=int, default=2)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--preset", choices=list(PRESETS), default="estimators")
+    p.add_argument("--variants", nargs="+", help="a subset of the preset's variants (default: DEFAULT_VARIANTS)")
+    p.add_argument("--out", default=None, help="default: runs/<preset>")
+    p.add_argument("--parallel", type=int, default=1, help="jobs at once (each single-threaded when > 1)")
+    p.add_argument("--aggregate-only", action="store_true", help="only rebuild the table from finished runs")
+    p.add_argument("overrides", nargs="*", help="key=value for every RL run (data.*, rl.steps, ...)")
+    args = p.parse_args()
+    variants = PRESETS[args.preset]
+    args.variants = args.variants or DEFAULT_VARIANTS[args.preset]
+    unknown = [v for v in args.variants if v not in variants]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)} for preset {args.preset} (have: {', '.join(variants)})")
+    out, warmups = Path(args.out or f"runs/{args.preset}"), Path(args.warmups)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = 1 if args.parallel > 1 else None
+    runs = {(e, s): out / e / f"seed-{s}" for e in args.variants for s in args.seeds}
+
+    def warmup(s: int) -> Path:
+        return warmups / f"seed-{s}" / "sft" / f"epoch-{args.warmup_epoch}"
+
+    missing = [str(warmup(s)) for s in args.seeds if not (warmup(s) / "config.json").is_file()]
+    if missing:
+        print(f"compare_rl: no warm-up checkpoint at {', '.join(missing)}; run `make paper` first", file=sys.stderr)
+        return 2
+
+    def train(key) -> int:
+        e, s = key
+        run = runs[key]
+        if (run / "results.done").is_file():
+            return 0
+        resume = ["--resume"] if (run / "last" / "config.json").is_file() else []
+        opts = [f"{k}={v}" for k, v in variants[e][1].items()]
+        cmd = ["rl", *resume, f"out_dir={run}", f"seed={s}", f"model.name_or_path={warmup(s)}",
+               "rl.snapshot_every=10", *opts, *args.overrides]
+        run.mkdir(parents=True, exist_ok=True)
+        rc = run_logged(cmd, out / f"{e}-seed-{s}.log", threads)
+        if rc == 0:
+            (run / "results.done").write_text("ok\n")
+        return rc
+
+    if not args.aggregate_only:
+        codes = parallel_map(train, list(runs), args.parallel)
+        if any(codes):
+            print(f"compare_rl: {sum(1 for c in codes if c)} run(s) failed; see {out}/*.log", file=sys.stderr)
+
+    curves = {k: curve(r) for k, r in runs.items() if (r / "results.done").is_file()}
+    curves = {k: c for k, c in curves.items() if c}
+    if not curves:
+        print("compare_rl: no finished run", file=sys.stderr)
+        return 1
+    T = min(c[-1]["tokens"] for c in curves.values())
+    W = min(c[-1]["seconds"] for c in curves.values())
+    points = {k: {"tokens": last_within(c, "tokens", T), "seconds": last_within(c, "seconds", W)} for k, c in curves.items()}
+
+    def test_accuracy(key, point) -> float | None:
+        if point is None:
+            return None
+        run = runs[key]
+        res = run / f"test-step-{point['step']}" / "results.json"
+        if not res.is_file() and not args.aggregate_only:
+            cmd = ["eval", f"out_dir={res.parent}", f"model.name_or_path={run / ('step-' + str(point['step']))}",
+                   "eval.split=test", f"seed={key[1]}", *[o for o in args.overrides if o.startswith(("data.", "eval."))]]
+            run_logged(cmd, out / f"{key[0]}-seed-{key[1]}.log", threads)
+        return json.loads(res.read_text())["accuracy"] if res.is_file() else None
+
+    jobs = [(k, b) for k in points for b in ("tokens", "seconds")]
+    accs = dict(zip(jobs, parallel_map(lambda kb: test_accuracy(kb[0], points[kb[0]][kb[1]]), jobs, args.parallel)))
+
+    rows, data = [], {"tokens_budget": T, "seconds_budget": W, "runs": {}}
+    rows.append(f"Budgets: T = {T:,.0f} rollout tokens, W = {W:,.0f} s of training (rollout + update) per run. "
+                f"Mean ± sd over seeds {', '.join(map(str, args.seeds))}; accuracy in %.\n")
+    rows.append("| variant | settings | val @T | test @T | val @W | test @W | iterations @T ; @W | tokens per iteration "
+                "| s per iteration | mean / max \\|Δ log p\\| sampler vs trainer |")
+    rows.append("|---|---|---|---|---|---|---|---|---|---|")
+    for e in args.variants:
+        keys = [k for k in curves if k[0] == e]
+        if not keys:
+            continue
+        col = {b: {"val": [100 * points[k][b]["val"] for k in keys if points[k][b]],
+                   "test": [100 * accs[(k, b)] for k in keys if accs.get((k, b)) is not None],
+                   "step": [points[k][b]["step"] for k in keys if points[k][b]]} for b in ("tokens", "seconds")}
+        last = [curves[k][-1] for k in keys]
+        per_it_tokens = statistics.mean(c["tokens"] / c["step"] for c in last)
+        per_it_s = statistics.mean(c["seconds"] / c["step"] for c in last)
+        settings = " ".join(f"{k}={v}" for k, v in variants[e][1].items())
+        mismatch = f"{statistics.mean(c['mismatch_mean'] for c in last):.2g} / {max(c['mismatch_max'] for c in last):.2g}"
+        steps = f"{'/'.join(map(str, col['tokens']['step']))} ; {'/'.join(map(str, col['seconds']['step']))}"
+        rows.append(f"| {variants[e][0]} | {settings} | {mean_sd(col['tokens']['val'])} | {mean_sd(col['tokens']['test'])} | "
+                    f"{mean_sd(col['seconds']['val'])} | {mean_sd(col['seconds']['test'])} | {steps} | "
+                    f"{per_it_tokens:,.0f} | {per_it_s:.1f} | {mismatch} |")
+        data["runs"][e] = {"seeds": [k[1] for k in keys], "at_tokens": col["tokens"], "at_seconds": col["seconds"],
+                           "curves": {str(k[1]): curves[k] for k in keys}}
+    (out / "table.md").write_text("\n".join(rows) + "\n")
+    (out / "table.json").write_text(json.dumps(data, indent=2))
+    plot(curves, warmups, args, {v: lab for v, (lab, _) in variants.items()}, out / "curves.png")
+    print("\n".join(rows))
+    return 0
+
+
+def plot(curves: dict, warmups: Path, args, labels: dict[str, str], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = {}
+    for s in args.seeds:
+        res = warmups / f"seed-{s}" / "results.json"
+        if res.is_file() and "warmup/val" in (r := json.loads(res.read_text())):
+            start[s] = r["warmup/val"]["accuracy"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, label in ((axes[0], "tokens", "rollout tokens"), (axes[1], "seconds", "training wall-clock (s)")):
+        for e in args.variants:
+            keys = [k for k in curves if k[0] == e]
+            if not keys:
+                continue
+            n = min(len(curves[k]) for k in keys)
+            xs = [0.0] + [statistics.mean(curves[k][i][key] for k in keys) for i in range(n)]
+            ys = [[100 * start[k[1]] for k in keys if k[1] in start]] + [[100 * curves[k][i]["val"] for k in keys] for i in range(n)]
+            if not ys[0]:
+                xs, ys = xs[1:], ys[1:]
+            m = [statistics.mean(y) for y in ys]
+            sd = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
+            ax.plot(xs, m, marker="o", label=labels[e])
+            ax.fill_between(xs, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)], alpha=0.15)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[0].legend()
+    fig.suptitle(f"RL from the warm-up model, seeds {', '.join(map(str, args.seeds))} (mean ± sd)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
