@@ -39,6 +39,7 @@ def main() -> int:
     p.add_argument("--selftrain-samples", type=int, default=8, help="offline self-training: samples per training question")
     p.add_argument("--selftrain-epochs", type=int, default=4, help="offline self-training: SFT epochs (best on validation)")
     p.add_argument("--online-steps", type=int, default=60, help="online self-training: RL-loop iterations (ReFT's default)")
+    p.add_argument("--online-lr", type=float, default=3e-4, help="online self-training: lr (an NLL objective: the SFT lr)")
     p.add_argument("--parallel", type=int, default=1, help="jobs at once (each single-threaded when > 1)")
     p.add_argument("--aggregate-only", action="store_true")
     p.add_argument("overrides", nargs="*", help="key=value for every command (data.*, eval.*)")
@@ -76,7 +77,8 @@ def main() -> int:
             else:
                 steps.append((d / "train" / "best" / "config.json",
                               ["rl", f"out_dir={d / 'train'}", f"model.name_or_path={warmup}", f"seed={s}",
-                               "rl.objective=online_self_training", f"rl.steps={args.online_steps}", *data]))
+                               "rl.objective=online_self_training", f"rl.steps={args.online_steps}",
+                               f"rl.lr={args.online_lr}", *data]))
             steps.append((d / "eval" / "results.json",
                           ["eval", f"out_dir={d / 'eval'}", f"model.name_or_path={d / 'train' / 'best'}", f"seed={s}",
                            *test]))

@@ -93,3 +93,11 @@ def test_overrides_may_follow_flags():
     assert_user_error(reftune("run", "--resume", "sft.epocs=3"), "run", "sft.epocs", "sft.epochs")
     proc = reftune("run", "--resume", "--bogus-flag")
     assert proc.returncode == 2 and "unrecognized arguments: --bogus-flag" in proc.stderr
+
+
+def test_rm_malformed_pairs_line_names_file_and_line(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"question": "Q?", "chosen": "a", "rejected": "b"}\n{"question": "Q?", "chosen": "a"\n')
+    proc = reftune("rm", "--model", tmp_path, f"rm.pairs_path={pairs}", f"out_dir={tmp_path / 'rm'}")
+    assert_user_error(proc, "rm", f"{pairs}:2:", "malformed JSON line")
+    assert not (tmp_path / "rm").exists()  # refused before creating anything

@@ -12,14 +12,15 @@ import math
 import pytest
 import torch
 
-from reftune import algos
+from reftune import algos, stages
 from reftune.accel import get_accelerator
+from reftune.checkpoint import save_checkpoint
 from reftune.config import RLJob, load_config
 from reftune.errors import ConfigError
 from reftune.logger import MetricsLogger, read_metrics
 from reftune.modeling import PolicyWithValue, build_tiny_model, train_tokenizer
 from reftune.reward_fns import REWARD_FUNCTIONS
-from reftune.rl import ScoredRollout, informative_groups, train_rl
+from reftune.rl import ScoredRollout, informative_groups, self_training_rows, train_rl
 from reftune.rollout import Samples
 from reftune.tasks.synthetic import generate_splits
 
@@ -176,3 +177,68 @@ def test_the_r1_rewards_on_the_r1_template(tiny, tmp_path):
                          rewards="r1_format_strict:0.2,r1_format_soft:0.5,r1_accuracy:1,language_consistency:0.1")
     keys = {f"reward/{n}" for n in ("r1_format_strict", "r1_format_soft", "r1_accuracy")}
     assert_keys(records, COMMON | keys)
+
+
+def test_snapshots_and_rollout_token_counts(tiny, tmp_path):
+    records = rl_records(tiny, tmp_path, steps=2, snapshot_every=1)
+    for r in records:  # 4 questions x 2 samples, each response 1..max_new_tokens tokens
+        assert 8 <= r["rollout_tokens"] <= 8 * 8
+        assert r["rollout_tokens"] == pytest.approx(8 * r["response_length"])
+    assert (tmp_path / "step-1" / "config.json").is_file() and (tmp_path / "step-2" / "config.json").is_file()
+
+
+def test_snapshot_every_must_not_be_negative():
+    with pytest.raises(ConfigError, match="rl.snapshot_every"):
+        load_config(RLJob, None, ["rl.snapshot_every=-1"])
+    with pytest.raises(ConfigError, match="rl.eval_every"):
+        load_config(RLJob, None, ["rl.eval_every=0"])
+
+
+# --- a trained reward model as the reward ---------------------------------------------------------------
+
+def test_a_verifier_checkpoint_as_a_reward_beside_the_rule_based_one(tiny, tmp_path):
+    _, tok = tiny
+    verifier = PolicyWithValue(build_tiny_model(tok, 16, 1, 2, 32, 320, seed=1))
+    torch.nn.init.normal_(verifier.value_head.weight)
+    path = save_checkpoint(tmp_path / "verifier", verifier.lm, tok, value_head=verifier.value_head,
+                           reward_model={"kind": "verifier", "template": "reft", "max_length": 320})
+    records = rl_records(tiny, tmp_path / "rl", rewards="reft:1,reward_model:0.5", reward_model=str(path))
+    assert_keys(records, COMMON | {"reward/reft", "reward/reward_model"})
+    assert all(0.0 <= r["reward/reward_model"] <= 1.0 for r in records)
+    assert all(r["reward"] == pytest.approx(r["reward/reft"] + 0.5 * r["reward/reward_model"], abs=1e-5)
+               for r in records)
+
+
+# --- online self-training (ReFT's baseline) ---------------------------------------------------------------
+
+def test_self_training_rows_are_the_correct_finished_samples_and_the_gold_cots():
+    # two questions, three samples each: rows 0-2 of question A, rows 3-5 of question B (answer-only)
+    prompt_ids = [[1]] * 3 + [[2]] * 3
+    response_ids = [[10], [11], [12], [20], [21], [22]]
+    correct = [True, False, True, True, True, False]
+    finished = [True, True, False, True, True, True]  # row 2 is correct but was cut at max_new_tokens
+    rows = self_training_rows(prompt_ids, response_ids, correct, finished, [[1], [2]], [[99, 0], None])
+    assert rows == [([1], [10]), ([2], [20]), ([2], [21]), ([1], [99, 0])]
+    assert self_training_rows([[1]], [[10]], [False], [True], [[1]], [None]) == []
+
+
+def test_online_self_training_through_reftune_rl(tiny, tmp_path, monkeypatch):
+    """`reftune rl rl.objective=online_self_training`, 2 steps: loads no reference model, logs the rows it
+    trained on (a random model gets nothing right: the 4 questions' gold CoTs only) and no PPO quantities."""
+    _, tok = tiny
+    start = save_checkpoint(tmp_path / "start", build_tiny_model(tok, 32, 1, 2, 64, 320, seed=0), tok)
+    loads = []
+    real_load = stages.load_pretrained
+    monkeypatch.setattr(stages, "load_pretrained", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    cfg = load_config(RLJob, None, [
+        f"out_dir={tmp_path / 'rl'}", f"model.name_or_path={start}", "data.n_train=16", "data.n_val=4",
+        "data.n_test=4", "data.n_extra=0", "data.n_pretrain=0", "eval.max_new_tokens=8",
+        "rl.objective=online_self_training", *[f"rl.{k}={v}" for k, v in {**TINY, "steps": 2}.items()]])
+    info = stages.rl(cfg)
+    assert len(loads) == 1 and info["best_step"] in (1, 2)         # the policy only: no reference model
+    records = [r for r in read_metrics(tmp_path / "rl") if "reward" in r]
+    assert [r["step"] for r in records] == [1, 2]
+    assert_keys(records, {"reward", "accuracy", "nll_loss", "self_train_samples", "self_train_gold"},
+                absent={"policy_loss", "value_loss", "kl_loss", "clipfrac", "explained_variance"})
+    for r in records:
+        assert (r["self_train_samples"], r["self_train_gold"], r["kl"]) == (0, 4, 0)

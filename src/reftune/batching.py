@@ -10,6 +10,11 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def encode_target(tokenizer, target: str) -> list[int]:
+    """Token ids of an SFT target: the text, then EOS (the model learns to stop)."""
+    return encode(tokenizer, target) + [tokenizer.eos_token_id]
+
+
 def encode_sft(tokenizer, prompt: str, target: str, max_length: int,
                loss_on_prompt: bool = False) -> tuple[list[int], list[int]]:
     """(input ids, labels) for prompt + target + EOS; labels are -100 on the prompt (loss on the answer only)
@@ -17,7 +22,7 @@ def encode_sft(tokenizer, prompt: str, target: str, max_length: int,
 
     Too-long pairs are cut from the right: the prompt is kept whole when it fits.
     """
-    p, t = encode(tokenizer, prompt), encode(tokenizer, target) + [tokenizer.eos_token_id]
+    p, t = encode(tokenizer, prompt), encode_target(tokenizer, target)
     ids = (p + t)[:max_length]
     labels = ((p if loss_on_prompt else [-100] * len(p)) + t)[:max_length]
     return ids, labels

@@ -1,13 +1,15 @@
 """Checkpoint I/O, in one place: HF-format model + tokenizer, value head, and resumable trainer state.
 
 A checkpoint directory holds `save_pretrained` files (loadable by any HF tool), `value_head.safetensors`
-when a value head exists, and `trainer_state.pt` (optimizer, scheduler, RNG states, counters) when the
-run can resume from it. Writes go to a temporary sibling directory renamed into place, so a run killed
+when a value head exists, `trainer_state.pt` (optimizer, scheduler, RNG states, counters) when the
+run can resume from it, and `reward_model.json` when the value head is a reward model's score head (its kind:
+"verifier", a logit of P(correct), or "bradley_terry", an unbounded preference score). Writes go to a temporary sibling directory renamed into place, so a run killed
 mid-write keeps its previous checkpoint intact.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -19,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 STATE_FILE = "trainer_state.pt"
 VALUE_HEAD_FILE = "value_head.safetensors"
+REWARD_MODEL_FILE = "reward_model.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -32,8 +35,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, model, tokenizer, value_head: torch.nn.Module | None = None,
-                    state: dict[str, Any] | None = None) -> Path:
-    """Atomically write a checkpoint directory (model in HF format + optional value head and state)."""
+                    state: dict[str, Any] | None = None, reward_model: dict[str, Any] | None = None) -> Path:
+    """Atomically write a checkpoint directory (model in HF format + optional value head, state and
+    reward-model description, see `read_reward_model_info`)."""
     path = recover(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -44,6 +48,8 @@ def save_checkpoint(path: str | Path, model, tokenizer, value_head: torch.nn.Mod
         save_file({k: v.detach().contiguous() for k, v in value_head.state_dict().items()}, tmp / VALUE_HEAD_FILE)
     if state is not None:
         torch.save(state, tmp / STATE_FILE)
+    if reward_model is not None:
+        (tmp / REWARD_MODEL_FILE).write_text(json.dumps(reward_model, indent=2))
     old = path.with_name(path.name + ".old")
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -69,6 +75,12 @@ def load_value_head(path: str | Path, value_head: torch.nn.Module) -> bool:
         return False
     value_head.load_state_dict(load_file(f))
     return True
+
+
+def read_reward_model_info(path: str | Path) -> dict[str, Any] | None:
+    """The reward-model description saved with a checkpoint ({"kind", "template", "max_length"}), or None."""
+    f = recover(path) / REWARD_MODEL_FILE
+    return json.loads(f.read_text()) if f.is_file() else None
 
 
 def load_state(path: str | Path) -> dict[str, Any] | None:

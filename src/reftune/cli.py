@@ -1,4 +1,4 @@
-"""The `reftune` command: `run` (the whole method), `sft`, `rl`, `eval`, `verifier`, `selftrain` (one stage
+"""The `reftune` command: `run` (the whole method), `sft`, `rl`, `eval`, `verifier`, `rm`, `selftrain` (one stage
 each), `config`.
 
 Each command takes an optional YAML config (`-c FILE`) and `key=value` overrides, e.g.
@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reftune.config import EvalJob, RLJob, RunConfig, SelfTrainJob, SFTJob, VerifierJob, describe, load_config
+from reftune.config import EvalJob, RLJob, RMJob, RunConfig, SelfTrainJob, SFTJob, VerifierJob, describe, load_config
 from reftune.errors import UserError
 
-COMMANDS = {"run": RunConfig, "sft": SFTJob, "rl": RLJob, "eval": EvalJob, "verifier": VerifierJob,
+COMMANDS = {"run": RunConfig, "sft": SFTJob, "rl": RLJob, "eval": EvalJob, "verifier": VerifierJob, "rm": RMJob,
             "selftrain": SelfTrainJob}
 
 

@@ -107,6 +107,7 @@ class RLConfig:
     lr: float = doc(3e-5, "learning rate (AdamW, constant after warm-up)")
     warmup_steps: int = doc(5, "linear learning-rate warm-up in iterations")
     weight_decay: float = doc(0.0, "AdamW weight decay")
+    objective: Literal["ppo", "online_self_training"] = doc("ppo", "update after rollout + reward: ppo (clipped policy gradient on rl.advantage) | online_self_training (ReFT's baseline: NLL on the batch's correct finished samples + gold CoTs; no KL, reference, value head or advantages)")
     advantage: str = doc("gae", "advantage estimator: gae | grpo | dr_grpo | rloo | reinforce_pp")
     kl_coef: float = doc(0.01, "beta: KL penalty to the frozen reference (warm-up) model")
     kl_in: Literal["reward", "loss", "none"] = doc("reward", "where the KL goes: per-token in the reward (ReFT), in the loss (GRPO), or off")
@@ -125,6 +126,8 @@ class RLConfig:
     correct_reward: float = doc(1.0, "reward for a correct final answer")
     partial_reward: float = doc(0.1, "reward for an extracted but wrong numeric answer (ReFT); 0 disables")
     rewards: str = doc("reft", "reward functions and weights, e.g. 'reft' or 'r1_format_soft:0.5,r1_accuracy:1' or 'my_pkg.mod:fn:1.0'")
+    reward_model: Optional[str] = doc(None, "checkpoint of `reftune verifier` or `reftune rm` that the `reward_model` reward function scores with (list it in rl.rewards, e.g. 'reft:1,reward_model:0.5')")
+    reward_model_sigmoid: bool = doc(False, "reward_model: squash a Bradley-Terry score (unbounded) into (0, 1) with sigmoid; a verifier always gives P(correct) in [0, 1]")
     overlong_penalty: Optional[int] = doc(None, "DAPO soft overlong punishment: beyond max_new_tokens - N tokens the reward drops linearly to -1 at max_new_tokens; None = off")
     dynamic_sampling: bool = doc(False, "DAPO dynamic sampling: drop groups whose rewards are all equal, refill with new questions")
     max_refill_rounds: int = doc(3, "dynamic_sampling: most extra rollout rounds per iteration (then train on the groups kept)")
@@ -133,6 +136,7 @@ class RLConfig:
     use_extra: bool = doc(False, "also train on the answer-only 'extra' questions")
     eval_every: int = doc(10, "validation accuracy every N iterations (best one kept)")
     save_every: int = doc(10, "resumable checkpoint every N iterations")
+    snapshot_every: int = doc(0, "also keep the weights of every N-th iteration in out_dir/step-N (learning curves on held-out data); 0 = off")
 
 
 @dataclass
@@ -167,6 +171,19 @@ class VerifierConfig:
     weight_decay: float = doc(0.0, "AdamW weight decay")
     batch_size: int = doc(32, "labelled solutions per optimizer step")
     grad_clip: float = doc(1.0, "max gradient norm")
+
+
+@dataclass
+class RewardModelConfig(VerifierConfig):
+    """`reftune rm`'s settings: preference pairs (a file, or built from graded samples) and the Bradley-Terry fit."""
+
+    num_samples: int = doc(8, "solutions sampled per question when pairs are built from samples (training and validation questions)")
+    init_from: Optional[str] = doc(None, "checkpoint the reward model starts from; None = the sampling model")
+    epochs: int = doc(2, "passes over the training pairs (best validation pairwise accuracy kept)")
+    batch_size: int = doc(16, "pairs per optimizer step (each pair is two scored rows)")
+    pairs_path: Optional[str] = doc(None, "JSONL of training pairs {question or prompt, chosen, rejected}; None = every (correct, incorrect) pair of the model's own samples per training question")
+    val_pairs_path: Optional[str] = doc(None, "JSONL of validation pairs (same fields); None = pairs of the model's own samples on the val split")
+    max_pairs_per_question: int = doc(16, "pairs built from samples: at most N (correct, incorrect) pairs per question, drawn by seed")
 
 
 @dataclass
@@ -257,6 +274,18 @@ class VerifierJob:
     data: DataConfig = section(DataConfig, "dataset: train questions to learn from, val questions to validate on")
     model: ModelConfig = section(ModelConfig, "model that samples the solutions (required: a checkpoint dir)")
     verifier: VerifierConfig = section(VerifierConfig, "sampling and training settings")
+
+
+@dataclass
+class RMJob:
+    """`reftune rm`: train a Bradley-Terry reward model r(prompt, completion) on (chosen, rejected) pairs."""
+
+    out_dir: str = doc("runs/rm", "run directory (the reward model is saved in best/)")
+    seed: int = doc(0, "sampling, pair drawing and training seed")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    data: DataConfig = section(DataConfig, "dataset: train questions to build pairs from, val questions to validate on")
+    model: ModelConfig = section(ModelConfig, "model that samples the solutions and that the reward model starts from (required: a checkpoint dir)")
+    rm: RewardModelConfig = section(RewardModelConfig, "pairs and training settings")
 
 
 @dataclass
@@ -401,14 +430,15 @@ def validate(cfg: Any) -> None:
         if value <= 0:
             raise ConfigError(f"{name}: must be > 0, got {value}")
 
-    for sec_name in ("sft", "rl", "eval", "verifier", "selftrain"):
+    for sec_name in ("sft", "rl", "eval", "verifier", "rm", "selftrain"):
         sec = getattr(cfg, sec_name, None)
         if sec is None:
             continue
         for f in dataclasses.fields(sec):
             v = getattr(sec, f.name)
             if f.name in ("lr", "batch_size", "epochs", "steps", "prompts_per_step", "num_generations",
-                          "max_new_tokens", "ppo_epochs", "minibatches", "gen_batch_size", "max_correct") or (
+                          "max_new_tokens", "ppo_epochs", "minibatches", "gen_batch_size", "max_correct",
+                          "max_pairs_per_question", "eval_every", "save_every", "eval_every_epochs") or (
                     f.name == "num_samples" and sec_name != "eval"):  # eval.num_samples=0 means greedy only
                 positive(f"{sec_name}.{f.name}", v)
             if f.name == "num_samples" and v < 0:
@@ -421,13 +451,22 @@ def validate(cfg: Any) -> None:
             raise ConfigError("rl.gamma and rl.lam must be in (0, 1]")
         if (rl.prompts_per_step * rl.num_generations) % rl.minibatches:
             raise ConfigError("rl.minibatches must divide rl.prompts_per_step * rl.num_generations")
-        from reftune.reward_fns import resolve_rewards
-        resolve_rewards(rl.rewards)  # names, weights, and user functions importable: fail before any training
+        from reftune.reward_fns import NO_REWARD_MODEL, resolve_rewards
+        names = [n for n, _, _ in resolve_rewards(rl.rewards)]  # names, weights, user functions: fail before training
+        if "reward_model" in names and not rl.reward_model:
+            raise ConfigError(NO_REWARD_MODEL)
+        if rl.reward_model and "reward_model" not in names:
+            raise ConfigError(f"rl.reward_model: set, but rl.rewards={rl.rewards!r} does not use it; add it, "
+                              f"e.g. rl.rewards=reft:1,reward_model:0.5")
+        if rl.reward_model and not (Path(rl.reward_model) / "config.json").is_file():
+            raise ConfigError(f"rl.reward_model: {rl.reward_model} is not a checkpoint directory (no config.json)")
         if rl.overlong_penalty is not None and not 0 < rl.overlong_penalty <= rl.max_new_tokens:
             raise ConfigError(f"rl.overlong_penalty: must be in 1..rl.max_new_tokens ({rl.max_new_tokens}), "
                               f"got {rl.overlong_penalty}")
         if rl.dynamic_sampling and rl.num_generations < 2:
             raise ConfigError("rl.dynamic_sampling: needs rl.num_generations ≥ 2 (a group of one never disagrees)")
+        if rl.snapshot_every < 0:
+            raise ConfigError(f"rl.snapshot_every: must be ≥ 0, got {rl.snapshot_every}")
         if rl.max_refill_rounds < 0:
             raise ConfigError(f"rl.max_refill_rounds: must be ≥ 0, got {rl.max_refill_rounds}")
         if rl.tis_cap is not None:

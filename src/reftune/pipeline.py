@@ -33,7 +33,7 @@ from reftune.evaluate import evaluate
 from reftune.logger import MetricsLogger
 from reftune.modeling import PolicyWithValue, build_tiny_model, load_pretrained, train_tokenizer
 from reftune.prompts import build_prompt, build_target
-from reftune.rl import train_rl
+from reftune.rl import needs_reference, train_rl
 from reftune.sft import train_sft
 
 
@@ -89,7 +89,7 @@ def run_rl_stage(cfg: RunConfig, name: str, train, val, warmup: Path, run_dir: P
     if is_checkpoint(last):
         load_value_head(last, policy.value_head)
     ref = None
-    if cfg.rl.kl_in != "none":
+    if needs_reference(cfg.rl):
         ref = load_pretrained(str(warmup))[0].eval().requires_grad_(False)
     info = train_rl(policy, ref, tokenizer, train, val, cfg.rl, out_dir=run_dir / name, logger=logger,
                     template=cfg.data.template, cot=cfg.data.cot, precision=cfg.precision, seed=cfg.seed,

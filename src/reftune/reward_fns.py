@@ -8,7 +8,8 @@ one value per completion; None means "does not apply" (e.g. no script letters to
 weighted sum and is logged as missing. In the spirit of TRL's reward functions, the dataset columns come as
 keyword lists too (`question=[...]`, `answer=[...]`, `answer_type=[...]`), along with the run's settings
 (`cot_kind`, `sandbox`, `template`, `correct_reward`, `partial_reward`), the sampled token ids
-(`completion_ids`) and the task's own grades (`grades`, see `reftune.rewards.grade`). Everything is passed
+(`completion_ids`), the task's own grades (`grades`, see `reftune.rewards.grade`) and the trained reward model
+of `rl.reward_model` (`reward_scorer`, None without one). Everything is passed
 by keyword, as TRL does, so a function takes `**kw` and ignores what it does not use: a TRL reward function
 such as `def score(completions, answer, **kwargs)` works unchanged (for plain-text, not chat, completions).
 
@@ -17,7 +18,10 @@ Built-ins (`REWARD_FUNCTIONS`):
   in the sandbox when cot_kind="program");
 - accuracy: 1 correct / 0 otherwise, same grading;
 - r1_format_strict, r1_format_soft, r1_accuracy: the DeepSeek-R1 format and answer checks;
-- language_consistency: share of the reasoning's letters written in one script (latin by default).
+- language_consistency: share of the reasoning's letters written in one script (latin by default);
+- reward_model: the score of a trained reward model (`rl.reward_model`): P(correct) in [0, 1] from a
+  `reftune verifier` checkpoint, the unbounded Bradley-Terry score from a `reftune rm` one (in (0, 1) with
+  `rl.reward_model_sigmoid`). Sum it with a rule-based reward: "reft:1,reward_model:0.5".
 
 `rl.rewards` names them with optional weights, "r1_format_soft:0.5,r1_accuracy:1", or points at a user
 function by import path, "my_pkg.rewards:score" (weight optional: "my_pkg.rewards:score:2").
@@ -161,6 +165,21 @@ def language_consistency(prompts, completions, examples, *, script: str = "latin
     return [script_share(reasoning_text(p, c), script) for p, c in zip(prompts, completions)]
 
 
+# --- a trained reward model --------------------------------------------------------------------------
+
+NO_REWARD_MODEL = ("rl.rewards: 'reward_model' needs rl.reward_model=CKPT (a `reftune verifier` or `reftune rm` "
+                   "checkpoint)")
+
+
+@register_reward("reward_model")
+def reward_model(prompts, completions, examples, *, reward_scorer=None, **kw) -> list[float]:
+    """The trained reward model's score of each (full prompt text, completion): `kw["reward_scorer"]`, which the
+    RL loop builds once from `rl.reward_model` (`reftune.reward_model.load_reward_scorer`)."""
+    if reward_scorer is None:
+        raise ConfigError(NO_REWARD_MODEL)
+    return [float(v) for v in reward_scorer(prompts, completions)]
+
+
 # --- DAPO's soft overlong punishment -----------------------------------------------------------------
 
 def soft_overlong_penalty(lengths: list[int], max_len: int, cache: int) -> list[float]:
@@ -233,12 +252,14 @@ def compute_rewards(prompts: list[str], completions: list[str], examples: list[E
                     reward_fns: str | list[tuple[str, float, RewardFn]], *, cot: str = "nl", sandbox=None,
                     template: str = "reft", correct_reward: float = 1.0, partial_reward: float = 0.1,
                     completion_ids: list[list[int]] | None = None, max_new_tokens: int | None = None,
-                    overlong_penalty: int | None = None) -> tuple["torch.Tensor", dict[str, list], list[Grade]]:
+                    overlong_penalty: int | None = None,
+                    reward_scorer=None) -> tuple["torch.Tensor", dict[str, list], list[Grade]]:
     """Score every completion: scores [B] = sum_k weight_k * fn_k (None counts 0), plus the parts and grades.
 
     reward_fns: the `rl.rewards` string or its `resolve_rewards` result. The task's grades are computed once
     (the "accuracy" log) and passed to every function as `grades`. overlong_penalty (DAPO, with
     completion_ids and max_new_tokens) adds the part "overlong" with weight 1, see `soft_overlong_penalty`.
+    reward_scorer: (prompts, completions) → scores of a trained reward model, for the "reward_model" function.
     Returns (scores float32 [B], {name: per-completion values}, grades).
     """
     import torch  # here, not at the top: config validation imports this module and must stay light
@@ -248,7 +269,7 @@ def compute_rewards(prompts: list[str], completions: list[str], examples: list[E
     kw = {"question": [e.question for e in examples], "answer": [e.answer for e in examples],
           "answer_type": [e.answer_type for e in examples], "grades": grades, "cot_kind": cot, "sandbox": sandbox,
           "template": template, "correct_reward": correct_reward, "partial_reward": partial_reward,
-          "completion_ids": completion_ids}
+          "completion_ids": completion_ids, "reward_scorer": reward_scorer}
     scores = [0.0] * len(completions)
     parts: dict[str, list] = {}
     for name, weight, fn in fns:

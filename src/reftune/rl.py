@@ -15,6 +15,16 @@ Read it top to bottom; each iteration is
   6. log       — reward (and reward/<fn> per function), accuracy, KL, entropy, clip fraction, approx-KL, value
                  loss, explained variance, response length, sampler/trainer mismatch, seconds in rollout vs
                  update; validation, best and resumable checkpoints.
+
+`objective="online_self_training"` is the ReFT paper's online self-training baseline on the same loop: steps 1-3
+as above (the rewards are computed and logged; the score only feeds the mismatch log), then, instead of 4-5,
+`ppo_epochs` passes of `minibatches` of plain NLL, answer tokens only as in SFT, on the batch's samples graded
+correct that ended with EOS plus the gold CoT of each of its questions that has one (`self_training_rows`). No
+KL, no reference model, no value loss, no advantages. Rows are chosen by the task's grade, not the reward. It
+logs `self_train_samples` (correct samples used), `self_train_gold` (gold CoTs) and `nll_loss`.
+
+A trained reward model (`rl.reward_model`, for the `reward_model` reward function) is loaded once, frozen, on
+the training device, and reaches the reward functions as `reward_scorer`.
 """
 
 from __future__ import annotations
@@ -28,14 +38,15 @@ from tqdm.auto import tqdm
 
 from reftune import algos
 from reftune.accel import DTYPES, check_finite, get_accelerator, optimizer_step
-from reftune.batching import encode, join_prompt_response, positions
+from reftune.batching import encode, encode_target, join_prompt_response, positions
 from reftune.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
 from reftune.config import RLConfig
 from reftune.data.example import Example
 from reftune.errors import UserError
 from reftune.evaluate import evaluate
-from reftune.prompts import build_prompt
+from reftune.prompts import build_prompt, build_target
 from reftune.reward_fns import compute_rewards, resolve_rewards, reward_metrics
+from reftune.reward_model import load_reward_scorer
 from reftune.rewards import Grade
 from reftune.rollout import HFSampler, Samples
 
@@ -111,6 +122,24 @@ def informative_groups(scores: torch.Tensor, G: int) -> list[int]:
     return torch.nonzero((by_group != by_group[:, :1]).any(-1)).flatten().tolist()
 
 
+def needs_reference(cfg: RLConfig) -> bool:
+    """Whether the run uses the frozen reference model: a KL term, which online self-training has none of."""
+    return cfg.kl_in != "none" and cfg.objective == "ppo"
+
+
+def self_training_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], correct: list[bool],
+                       finished: list[bool], question_prompts: list[list[int]],
+                       gold_targets: list[list[int] | None]) -> list[tuple[list[int], list[int]]]:
+    """The (prompt, response) rows of online self-training's NLL update, the loss going on the responses.
+
+    First every sampled row (prompt_ids, response_ids, correct, finished: one per sample) graded correct that ended
+    with EOS, in order; then (question_prompts[q], gold_targets[q]) for each question q of the batch with a gold
+    target (None: an answer-only question).
+    """
+    rows = [(p, r) for p, r, ok, done in zip(prompt_ids, response_ids, correct, finished) if ok and done]
+    return rows + [(p, g) for p, g in zip(question_prompts, gold_targets) if g is not None]
+
+
 def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example], cfg: RLConfig, *,
              out_dir: str | Path, logger, template: str = "reft", cot: str = "nl", precision: str = "fp32",
              seed: int = 0, eval_batch_size: int = 128, sandbox=None, stage: str = "rl", curriculum=None) -> dict:
@@ -120,6 +149,8 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     demonstration, appended to the prompt, so log-probs, KL and loss cover only what the policy writes;
     the grade is of the whole solution (prefix + response). Validation always starts from the question.
 
+    ref_lm is not used (and need not be loaded) when `needs_reference(cfg)` is False.
+
     Returns {"best_val", "best_step"}; writes out_dir/best (highest validation accuracy) and out_dir/last.
     """
     out_dir = Path(out_dir)
@@ -128,7 +159,7 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     if len(train) < cfg.prompts_per_step:
         raise UserError(f"rl.prompts_per_step={cfg.prompts_per_step} is larger than the training split "
                         f"({len(train)} questions); lower rl.prompts_per_step")
-    use_values = cfg.advantage == "gae"
+    use_values = cfg.advantage == "gae" and cfg.objective == "ppo"
     estimator = algos.get_advantage_estimator(cfg.advantage)
     kl_kind = cfg.kl_kind
     algos.kl_estimate(torch.zeros(1), torch.zeros(1), kl_kind)  # fail fast on a bad rl.kl_kind
@@ -140,11 +171,17 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     policy, opt = acc.prepare(policy, opt)
     core = acc.unwrap_model(policy)
-    ref = _LMOnly(ref_lm).eval() if ref_lm is not None and cfg.kl_in != "none" else None
+    ref = _LMOnly(ref_lm).eval() if ref_lm is not None and needs_reference(cfg) else None
     sampler = HFSampler(core.lm, tokenizer, batch_size=max(B, 64), device=acc.device)
     prompt_texts = [build_prompt(e.question, template, tokenizer) for e in train]
     prompts = [encode(tokenizer, t) for t in prompt_texts]
     reward_fns = resolve_rewards(cfg.rewards)
+    reward_scorer = None  # rl.reward_model: loaded once, frozen, on the training device
+    if cfg.reward_model and any(name == "reward_model" for name, _, _ in reward_fns):
+        reward_scorer = load_reward_scorer(cfg.reward_model, template=template, sigmoid=cfg.reward_model_sigmoid,
+                                           batch_size=eval_batch_size, device=acc.device)
+    gold = ([encode_target(tokenizer, build_target(e.cot, template, e.answer)) if e.cot else None for e in train]
+            if cfg.objective == "online_self_training" else [])  # its gold CoT rows, tokenized once
     rollout_dtype = DTYPES[cfg.rollout_precision]  # the sampler runs under autocast to it (the trainer: `precision`)
 
     step, best_val, best_step = 0, -1.0, -1
@@ -186,7 +223,7 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
             [prompt_texts[i] for i in idx for _ in range(G)], samples.texts, examples, reward_fns, cot=cot,
             sandbox=sandbox, template=template, correct_reward=cfg.correct_reward, partial_reward=cfg.partial_reward,
             completion_ids=samples.response_ids, max_new_tokens=cfg.max_new_tokens,
-            overlong_penalty=cfg.overlong_penalty)
+            overlong_penalty=cfg.overlong_penalty, reward_scorer=reward_scorer)
         return ScoredRollout(idx, starts, samples, examples, scores, parts, grades)
 
     def dynamic_sampling(batch: ScoredRollout, k: int) -> tuple[ScoredRollout, float]:
@@ -205,6 +242,29 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
         if not kept.idx:
             return batch, fraction
         return kept.groups(list(range(min(len(kept.idx), cfg.prompts_per_step))), G), fraction
+
+    def self_training_update(batch: ScoredRollout) -> dict[str, list[float]]:
+        """Online self-training's update (instead of steps 4-5): token-mean NLL on `self_training_rows`."""
+        s = batch.samples
+        rows = self_training_rows(s.prompt_ids, s.response_ids, [g.correct for g in batch.grades], s.finished,
+                                  [prompts[i] for i in batch.idx], [gold[i] for i in batch.idx])
+        n_gold = sum(gold[i] is not None for i in batch.idx)
+        stats = {"self_train_samples": [len(rows) - n_gold], "self_train_gold": [n_gold]}
+        if not rows:
+            return stats
+        ids, attn, mask, P = join_prompt_response([p for p, _ in rows], [r for _, r in rows], tokenizer.pad_token_id)
+        ids, attn, mask = ids.to(acc.device), attn.to(acc.device), mask.to(acc.device).float()
+        size = -(-len(rows) // cfg.minibatches)
+        for _ in range(cfg.ppo_epochs):
+            perm = torch.randperm(len(rows))
+            for start in range(0, len(rows), size):
+                j = perm[start:start + size].to(acc.device)
+                with acc.autocast():
+                    loss = -algos.masked_mean(response_logprobs(policy, ids[j], attn[j], P, False)[0], mask[j])
+                check_finite(loss, f"{stage} step {step}")
+                optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip)
+                stats.setdefault("nll_loss", []).append(loss.item())
+        return stats
 
     bar = tqdm(total=cfg.steps, initial=step, desc=stage, dynamic_ncols=True)
     while step < cfg.steps:
@@ -238,42 +298,49 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
         is_weights = None
         if cfg.tis_cap is not None:  # truncated IS: the update is on-policy for the trainer, not the sampler
             is_weights = torch.exp(old_logp - sampler_logp).clamp(max=cfg.tis_cap) * mask
-        # 4. advantages ---------------------------------------------------------------------------------
-        beta_reward = cfg.kl_coef if cfg.kl_in == "reward" else 0.0
-        token_rewards = algos.kl_penalized_rewards(scores.to(acc.device), old_logp, ref_logp, mask, beta_reward, kl_kind)
-        advantages, returns = estimator(token_rewards, mask, values=old_values if use_values else None,
-                                        group_ids=group_ids, gamma=cfg.gamma, lam=cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = algos.masked_whiten(advantages, mask)
-        # 5. update -------------------------------------------------------------------------------------
+        # 4. advantages (ppo; online self-training has none) -----------------------------------------------
+        if cfg.objective == "ppo":
+            beta_reward = cfg.kl_coef if cfg.kl_in == "reward" else 0.0
+            token_rewards = algos.kl_penalized_rewards(scores.to(acc.device), old_logp, ref_logp, mask, beta_reward,
+                                                       kl_kind)
+            advantages, returns = estimator(token_rewards, mask, values=old_values if use_values else None,
+                                            group_ids=group_ids, gamma=cfg.gamma, lam=cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = algos.masked_whiten(advantages, mask)
+        # 5. update: the clipped PPO losses, or online self-training's NLL ----------------------------------
         t_update = time.time()
         policy.train()
         stats: dict[str, list[float]] = {}
-        for _ in range(cfg.ppo_epochs):
-            perm = torch.randperm(B)
-            for s in range(0, B, mb_size):
-                j = perm[s:s + mb_size].to(acc.device)
-                with acc.autocast():
-                    logp, values, logits = response_logprobs(policy, ids[j], attn[j], P, use_values)
-                    pg_loss, pg_stats = algos.clipped_policy_loss(
-                        logp, old_logp[j], advantages[j], mask[j], cfg.clip, cfg.clip_high, cfg.loss_agg,
-                        norm_const=cfg.max_new_tokens, is_weights=is_weights[j] if is_weights is not None else None)
-                    loss = pg_loss
-                    if use_values:
-                        vf_loss, vf_stats = algos.clipped_value_loss(values, old_values[j], returns[j], mask[j],
-                                                                     cfg.value_clip, cfg.loss_agg, cfg.max_new_tokens)
-                        loss = loss + cfg.vf_coef * vf_loss
-                        pg_stats = {**pg_stats, **vf_stats, "value_loss": vf_loss.detach()}
-                    if cfg.kl_in == "loss" and ref_logp is not None:
-                        kl_term = algos.kl_loss(logp, ref_logp[j], mask[j], kl_kind, cfg.loss_agg, cfg.max_new_tokens)
-                        loss = loss + cfg.kl_coef * kl_term
-                        pg_stats["kl_loss"] = kl_term.detach()
-                check_finite(loss, f"{stage} step {step}")
-                optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip)
-                with torch.no_grad():
-                    pg_stats["entropy"] = algos.masked_mean(algos.entropy_from_logits(logits.detach()), mask[j])
-                for k, v in {**pg_stats, "policy_loss": pg_loss.detach()}.items():
-                    stats.setdefault(k, []).append(float(v))
+        if cfg.objective == "online_self_training":
+            stats = self_training_update(batch)
+        else:
+            for _ in range(cfg.ppo_epochs):
+                perm = torch.randperm(B)
+                for s in range(0, B, mb_size):
+                    j = perm[s:s + mb_size].to(acc.device)
+                    with acc.autocast():
+                        logp, values, logits = response_logprobs(policy, ids[j], attn[j], P, use_values)
+                        pg_loss, pg_stats = algos.clipped_policy_loss(
+                            logp, old_logp[j], advantages[j], mask[j], cfg.clip, cfg.clip_high, cfg.loss_agg,
+                            norm_const=cfg.max_new_tokens, is_weights=is_weights[j] if is_weights is not None else None)
+                        loss = pg_loss
+                        if use_values:
+                            vf_loss, vf_stats = algos.clipped_value_loss(
+                                values, old_values[j], returns[j], mask[j], cfg.value_clip, cfg.loss_agg,
+                                cfg.max_new_tokens)
+                            loss = loss + cfg.vf_coef * vf_loss
+                            pg_stats = {**pg_stats, **vf_stats, "value_loss": vf_loss.detach()}
+                        if cfg.kl_in == "loss" and ref_logp is not None:
+                            kl_term = algos.kl_loss(logp, ref_logp[j], mask[j], kl_kind, cfg.loss_agg,
+                                                    cfg.max_new_tokens)
+                            loss = loss + cfg.kl_coef * kl_term
+                            pg_stats["kl_loss"] = kl_term.detach()
+                    check_finite(loss, f"{stage} step {step}")
+                    optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip)
+                    with torch.no_grad():
+                        pg_stats["entropy"] = algos.masked_mean(algos.entropy_from_logits(logits.detach()), mask[j])
+                    for k, v in {**pg_stats, "policy_loss": pg_loss.detach()}.items():
+                        stats.setdefault(k, []).append(float(v))
         sched.step()
         step += 1
         t_update = time.time() - t_update
@@ -285,7 +352,8 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
             seq_ratio = torch.exp(algos.masked_sum(old_logp - sampler_logp, mask, dim=-1))  # p_train / p_sampler
         record = {"reward": scores.mean().item(), "accuracy": sum(g.correct for g in grades) / B,
                   "answered": sum(g.pred is not None for g in grades) / B, "kl": kl_seq.item(),
-                  "response_length": mask.sum(-1).mean().item(), "rollout_s": t_rollout, "update_s": t_update,
+                  "response_length": mask.sum(-1).mean().item(), "rollout_tokens": int(mask.sum().item()),
+                  "rollout_s": t_rollout, "update_s": t_update,
                   "lr": sched.get_last_lr()[0], **{k: sum(v) / len(v) for k, v in stats.items()},
                   **reward_metrics(reward_parts)}
         if kept_fraction is not None:
@@ -313,5 +381,7 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
                 checkpoint(out_dir / "best", False)
         if step % cfg.save_every == 0 or step == cfg.steps:
             checkpoint(out_dir / "last", True)
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+            checkpoint(out_dir / f"step-{step}", False)
     bar.close()
     return {"best_val": best_val, "best_step": best_step}

@@ -6,8 +6,8 @@
 3. run `sft.train_sft` on that augmented set, continuing from the warm-up model.
 
 Simplifications: "distinct" means different after collapsing whitespace; questions without a gold CoT
-(answer-only data) are not used here. Online self-training (resampling as training goes) belongs to the RL
-loop and is not implemented in this module.
+(answer-only data) are not used here. Online self-training (resampling as training goes) is the RL loop's
+`rl.objective=online_self_training` (`reftune.rl`).
 """
 
 from __future__ import annotations
