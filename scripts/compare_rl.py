@@ -53,8 +53,23 @@ PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
         "fp32-bf16": ("fp32 / bf16 rollouts", {"precision": "fp32", "rl.rollout_precision": "bf16"}),
         "fp32-fp16": ("fp32 / fp16 rollouts", {"precision": "fp32", "rl.rollout_precision": "fp16"}),
     },
+    "r3": {  # R^3 on a long-chain task: the same PPO from the question only, or from demonstration prefixes
+        "reft": ("ReFT (PPO from the question)", {"curriculum.name": "none"}),
+        "r3_mixed": ("R^3 mixed", {"curriculum.name": "r3", "curriculum.schedule": "mixed"}),
+        "r3_staged": ("R^3 staged (3 stages x 10 it.)", {"curriculum.name": "r3", "curriculum.schedule": "staged",
+                                                         "curriculum.stages": "3", "curriculum.steps_per_stage": "10"}),
+    },
 }
-DEFAULT_VARIANTS = {"estimators": ["gae", "grpo", "rloo", "reinforce_pp"], "precision": ["fp32", "bf16", "fp32-fp16"]}
+DEFAULT_VARIANTS = {"estimators": ["gae", "grpo", "rloo", "reinforce_pp"], "precision": ["fp32", "bf16", "fp32-fp16"],
+                    "r3": ["reft", "r3_mixed", "r3_staged"]}
+# which key=value overrides each command accepts (by section); model.name_or_path is always set per command
+ACCEPTS = {"sft": ("data.", "model.", "sft.", "eval."), "rl": ("data.", "model.", "rl.", "curriculum.", "eval."),
+           "eval": ("data.", "model.", "eval.")}
+
+
+def for_command(command: str, overrides: list[str]) -> list[str]:
+    """The overrides `command` accepts, without model.name_or_path (set per command by this script)."""
+    return [o for o in overrides if o.startswith(ACCEPTS[command]) and not o.startswith("model.name_or_path=")]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -99,7 +114,11 @@ def main() -> int:
     p.add_argument("--out", default=None, help="default: runs/<preset>")
     p.add_argument("--parallel", type=int, default=1, help="jobs at once (each single-threaded when > 1)")
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild the table from finished runs")
-    p.add_argument("overrides", nargs="*", help="key=value for every RL run (data.*, rl.steps, ...)")
+    p.add_argument("--make-warmups", metavar="BASE", help="train missing warm-ups: `reftune sft` from BASE "
+                   "(snapshot_epoch=K, continued to the best validation epoch: the SFT baseline sft/best)")
+    p.add_argument("--also", action="append", default=[], metavar="LABEL=RELPATH",
+                   help="extra rows: WARMUPS/seed-S/RELPATH evaluated on val and test, e.g. 'SFT baseline=sft/best'")
+    p.add_argument("overrides", nargs="*", help="key=value for every command (data.*, model.*, rl.*, sft.*, ...)")
     args = p.parse_args()
     variants = PRESETS[args.preset]
     args.variants = args.variants or DEFAULT_VARIANTS[args.preset]
@@ -114,6 +133,17 @@ def main() -> int:
     def warmup(s: int) -> Path:
         return warmups / f"seed-{s}" / "sft" / f"epoch-{args.warmup_epoch}"
 
+    def make_warmup(s: int) -> int:
+        sft_dir = warmups / f"seed-{s}" / "sft"
+        if (warmup(s) / "config.json").is_file() and (sft_dir / "best" / "config.json").is_file():
+            return 0
+        resume = ["--resume"] if (sft_dir / "config.yaml").is_file() else []
+        return run_logged(["sft", *resume, f"out_dir={sft_dir}", f"seed={s}", f"model.name_or_path={args.make_warmups}",
+                           f"snapshot_epoch={args.warmup_epoch}", *for_command("sft", args.overrides)],
+                          warmups / f"seed-{s}-sft.log", threads)
+
+    if args.make_warmups and not args.aggregate_only:
+        parallel_map(make_warmup, args.seeds, args.parallel)
     missing = [str(warmup(s)) for s in args.seeds if not (warmup(s) / "config.json").is_file()]
     if missing:
         print(f"compare_rl: no warm-up checkpoint at {', '.join(missing)}; run `make paper` first", file=sys.stderr)
@@ -127,7 +157,7 @@ def main() -> int:
         resume = ["--resume"] if (run / "last" / "config.json").is_file() else []
         opts = [f"{k}={v}" for k, v in variants[e][1].items()]
         cmd = ["rl", *resume, f"out_dir={run}", f"seed={s}", f"model.name_or_path={warmup(s)}",
-               "rl.snapshot_every=10", *opts, *args.overrides]
+               "rl.snapshot_every=10", *opts, *for_command("rl", args.overrides)]
         run.mkdir(parents=True, exist_ok=True)
         rc = run_logged(cmd, out / f"{e}-seed-{s}.log", threads)
         if rc == 0:
@@ -148,26 +178,44 @@ def main() -> int:
     W = min(c[-1]["seconds"] for c in curves.values())
     points = {k: {"tokens": last_within(c, "tokens", T), "seconds": last_within(c, "seconds", W)} for k, c in curves.items()}
 
-    def test_accuracy(key, point) -> float | None:
-        if point is None:
-            return None
-        run = runs[key]
-        res = run / f"test-step-{point['step']}" / "results.json"
+    def accuracy(model: Path, split: str, res: Path, log: Path, seed: int) -> float | None:
+        """Greedy accuracy of `model` on `split`, cached in `res` (results.json of `reftune eval`)."""
         if not res.is_file() and not args.aggregate_only:
-            cmd = ["eval", f"out_dir={res.parent}", f"model.name_or_path={run / ('step-' + str(point['step']))}",
-                   "eval.split=test", f"seed={key[1]}", *[o for o in args.overrides if o.startswith(("data.", "eval."))]]
-            run_logged(cmd, out / f"{key[0]}-seed-{key[1]}.log", threads)
+            run_logged(["eval", f"out_dir={res.parent}", f"model.name_or_path={model}", f"eval.split={split}",
+                        f"seed={seed}", *for_command("eval", args.overrides)], log, threads)
         return json.loads(res.read_text())["accuracy"] if res.is_file() else None
 
-    jobs = [(k, b) for k in points for b in ("tokens", "seconds")]
-    accs = dict(zip(jobs, parallel_map(lambda kb: test_accuracy(kb[0], points[kb[0]][kb[1]]), jobs, args.parallel)))
+    def test_accuracy(key, budget) -> float | None:
+        """Test accuracy of run `key` at a budget point ("tokens" / "seconds"), or of its best-validation checkpoint."""
+        run, log = runs[key], out / f"{key[0]}-seed-{key[1]}.log"
+        if budget == "best":
+            return accuracy(run / "best", "test", run / "test-best" / "results.json", log, key[1])
+        point = points[key][budget]
+        if point is None:
+            return None
+        step = point["step"]
+        return accuracy(run / f"step-{step}", "test", run / f"test-step-{step}" / "results.json", log, key[1])
+
+    jobs = [(k, b) for k in points for b in ("tokens", "seconds", "best")]
+    accs = dict(zip(jobs, parallel_map(lambda kb: test_accuracy(*kb), jobs, args.parallel)))
+    also = [a.split("=", 1) for a in args.also]
+    also_jobs = [(label, rel, s, split) for label, rel in also for s in args.seeds for split in ("val", "test")]
+    also_accs = dict(zip(also_jobs, parallel_map(
+        lambda j: accuracy(warmups / f"seed-{j[2]}" / j[1], j[3], out / "also" / j[1].replace("/", "_") / f"seed-{j[2]}-{j[3]}"
+                           / "results.json", out / "also.log", j[2]), also_jobs, args.parallel)))
 
     rows, data = [], {"tokens_budget": T, "seconds_budget": W, "runs": {}}
     rows.append(f"Budgets: T = {T:,.0f} rollout tokens, W = {W:,.0f} s of training (rollout + update) per run. "
                 f"Mean ± sd over seeds {', '.join(map(str, args.seeds))}; accuracy in %.\n")
-    rows.append("| variant | settings | val @T | test @T | val @W | test @W | iterations @T ; @W | tokens per iteration "
-                "| s per iteration | mean / max \\|Δ log p\\| sampler vs trainer |")
-    rows.append("|---|---|---|---|---|---|---|---|---|---|")
+    rows.append("| variant | settings | val @T | test @T | val @W | test @W | test, best-val checkpoint (val) "
+                "| iterations @T ; @W | tokens per iteration | s per iteration "
+                "| mean / max \\|Δ log p\\| sampler vs trainer |")
+    rows.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, rel in also:
+        val = [100 * also_accs[(label, rel, s, "val")] for s in args.seeds if also_accs[(label, rel, s, "val")] is not None]
+        test = [100 * also_accs[(label, rel, s, "test")] for s in args.seeds if also_accs[(label, rel, s, "test")] is not None]
+        rows.append(f"| {label} | `{rel}` | {mean_sd(val)} | {mean_sd(test)} | | | | | | | |")
+        data.setdefault("also", {})[label] = {"path": rel, "val": val, "test": test}
     for e in args.variants:
         keys = [k for k in curves if k[0] == e]
         if not keys:
@@ -181,10 +229,14 @@ def main() -> int:
         settings = " ".join(f"{k}={v}" for k, v in variants[e][1].items())
         mismatch = f"{statistics.mean(c['mismatch_mean'] for c in last):.2g} / {max(c['mismatch_max'] for c in last):.2g}"
         steps = f"{'/'.join(map(str, col['tokens']['step']))} ; {'/'.join(map(str, col['seconds']['step']))}"
+        best = [100 * accs[(k, "best")] for k in keys if accs.get((k, "best")) is not None]
+        best_val = [100 * max(p["val"] for p in curves[k]) for k in keys]
         rows.append(f"| {variants[e][0]} | {settings} | {mean_sd(col['tokens']['val'])} | {mean_sd(col['tokens']['test'])} | "
-                    f"{mean_sd(col['seconds']['val'])} | {mean_sd(col['seconds']['test'])} | {steps} | "
+                    f"{mean_sd(col['seconds']['val'])} | {mean_sd(col['seconds']['test'])} | "
+                    f"{mean_sd(best)} ({mean_sd(best_val)}) | {steps} | "
                     f"{per_it_tokens:,.0f} | {per_it_s:.1f} | {mismatch} |")
         data["runs"][e] = {"seeds": [k[1] for k in keys], "at_tokens": col["tokens"], "at_seconds": col["seconds"],
+                           "best_val_checkpoint_test": best,
                            "curves": {str(k[1]): curves[k] for k in keys}}
     (out / "table.md").write_text("\n".join(rows) + "\n")
     (out / "table.json").write_text(json.dumps(data, indent=2))

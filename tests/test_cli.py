@@ -101,3 +101,12 @@ def test_rm_malformed_pairs_line_names_file_and_line(tmp_path):
     proc = reftune("rm", "--model", tmp_path, f"rm.pairs_path={pairs}", f"out_dir={tmp_path / 'rm'}")
     assert_user_error(proc, "rm", f"{pairs}:2:", "malformed JSON line")
     assert not (tmp_path / "rm").exists()  # refused before creating anything
+
+
+def test_sft_keeps_a_warm_up_snapshot(tmp_path):
+    out = tmp_path / "sft"
+    proc = reftune("sft", f"out_dir={out}", "snapshot_epoch=1", "sft.epochs=2", "sft.eval_every_epochs=1",
+                   "data.n_train=16", "sft.batch_size=8", "data.n_pretrain=0", *TINY)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "epoch-1" / "config.json").is_file() and (out / "best" / "config.json").is_file()
+    assert not (out / "epoch-2").exists()

@@ -233,6 +233,7 @@ class SFTJob:
     out_dir: str = doc("runs/sft", "run directory")
     seed: int = doc(0, "training seed")
     precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    snapshot_epoch: Optional[int] = doc(None, "also keep the weights after epoch K in out_dir/epoch-K (a warm-up model for `reftune rl`); early stopping waits for it")
     data: DataConfig = section(DataConfig, "dataset and splits")
     model: ModelConfig = section(ModelConfig, "model and tokenizer (a checkpoint dir to continue from)")
     sft: SFTConfig = section(SFTConfig, "SFT settings")

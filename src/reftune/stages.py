@@ -56,7 +56,8 @@ def sft(cfg: SFTJob, resume: bool = False) -> dict:
     info = train_sft(lm, tokenizer, splits["train"], splits["val"], cfg.sft, out_dir=run_dir, logger=logger,
                      template=cfg.data.template, cot=cfg.data.cot, max_length=cfg.model.max_length,
                      precision=cfg.precision, seed=cfg.seed, eval_batch_size=cfg.eval.batch_size,
-                     max_new_tokens=cfg.eval.max_new_tokens, sandbox=_sandbox(cfg))
+                     max_new_tokens=cfg.eval.max_new_tokens, sandbox=_sandbox(cfg),
+                     snapshot_epochs=(cfg.snapshot_epoch,) if cfg.snapshot_epoch else ())
     logger.close()
     return info
 
