@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench paper estimators precision inference clean
+.PHONY: demo test install bench base paper estimators precision inference r3 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -28,11 +28,13 @@ bench: $(STAMP)
 # The README's results table: a shared base model (LM-pretrained on 8000 2-4-step synthetic problems, data
 # seed 4321), then `reftune run` from it on 3-5-step problems for 3 training seeds (2 at a time, one thread each).
 BASE := runs/base
-paper: $(STAMP)
+base: $(STAMP)
 	test -f $(BASE)/last/config.json || $(BIN)/reftune sft out_dir=$(BASE) data.seed=4321 data.n_train=8000 \
 	  data.n_val=300 data.n_test=0 data.n_extra=0 data.n_pretrain=0 data.min_steps=2 data.max_steps=4 \
 	  sft.loss_on_prompt=true sft.epochs=6 \
 	  sft.lr=3e-3 sft.eval_every_epochs=1 sft.patience=0
+
+paper: base
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper --parallel 2 \
 	  model.name_or_path=$(BASE)/last $(PAPER_DATA) rl_extra=true
 
@@ -59,3 +61,13 @@ inference: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs
+
+# docs/r3.md: R^3 (mixed, staged) vs ReFT vs SFT on 6-8-step problems (the base saw 2-4). Warm-ups and SFT
+# baselines: `reftune sft` from the base with a snapshot at epoch 2; then RL as above, 3 seeds.
+R3_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=6 data.max_steps=8 \
+  model.max_length=384 rl.max_new_tokens=160 eval.max_new_tokens=160
+r3: base
+	$(BIN)/python scripts/compare_rl.py --preset r3 --seeds 0 1 2 --warmups runs/r3 --make-warmups $(BASE)/last \
+	  --out runs/r3/rl --parallel 2 --also "warm-up (SFT, 2 epochs)=sft/epoch-2" \
+	  --also "SFT baseline (best val epoch)=sft/best" \
+	  $(R3_DATA) sft.epochs=20 rl.steps=30 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10

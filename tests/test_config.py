@@ -165,3 +165,17 @@ def test_describe_documents_every_field(cls):
     assert undocumented == []
     # sections are documented too
     assert all(f.metadata.get("doc") for f in dataclasses.fields(cls))
+
+
+def test_a_recipe_file_serves_every_command(tmp_path):
+    from reftune.config import JOBS, SFTJob, RLJob
+    for job in JOBS:  # the shipped recipes load for every command; sections it lacks are skipped
+        for name in ("r1", "r3_long"):
+            load_config(job, name)
+    sft = load_config(SFTJob, "r1")
+    assert sft.data.template == "r1" and not hasattr(sft, "rl")
+    assert load_config(RLJob, "r1").rl.advantage == "grpo"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rl:\n  advantage: grpo\nrll:\n  lr: 1\n")  # a typo is still an error
+    with pytest.raises(ConfigError, match="rll"):
+        load_config(SFTJob, bad)

@@ -303,6 +303,8 @@ class SelfTrainJob:
     eval: EvalConfig = section(EvalConfig, "validation decoding")
 
 
+JOBS = (RunConfig, SFTJob, RLJob, EvalJob, VerifierJob, RMJob, SelfTrainJob)  # one config per command
+
 # ----------------------------------------------------------------------------------------------------
 # Loading, overriding, validating
 
@@ -403,9 +405,20 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"config file not found: {p} (shipped configs: {names or 'none'})")
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
-    """Build `cls` from defaults, then the YAML file, then `key=value` overrides (later wins)."""
+def _sections(cls: type) -> set[str]:
+    """Names of the sections (dataclass-valued fields) of a command's config."""
     cfg = cls()
+    return {f.name for f in dataclasses.fields(cls) if dataclasses.is_dataclass(getattr(cfg, f.name))}
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None):
+    """Build `cls` from defaults, then the YAML file, then `key=value` overrides (later wins).
+
+    A config file is a recipe shared by every command: its sections that another command has and `cls` has not
+    (e.g. `rl:` read by `reftune sft`) are skipped. Anything else unknown is an error, as in an override.
+    """
+    cfg = cls()
+    others = set().union(*(_sections(job) for job in JOBS)) - _sections(cls)
     if path is not None:
         p = resolve_config_path(path)
         try:
@@ -417,7 +430,8 @@ def load_config(cls: type, path: str | Path | None = None, overrides: list[str] 
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping of fields")
         for k, v in data.items():
-            _set(cfg, str(k), v)
+            if str(k) not in others:
+                _set(cfg, str(k), v)
     for text in overrides or []:
         key, value = parse_override(text)
         _set(cfg, key, value)
