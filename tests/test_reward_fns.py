@@ -225,3 +225,13 @@ def test_the_shipped_r1_config_loads_by_name():
         load_config(RunConfig, "r1", ["data.cot=program"])
     with pytest.raises(ConfigError, match="config file not found: no_such_config .*r1"):
         load_config(RunConfig, "no_such_config")
+
+
+def test_r1_compact_is_the_r1_format_after_the_short_prompt():
+    prompt = build_prompt("What is 2 + 2?", "r1_compact")
+    assert prompt == build_prompt("What is 2 + 2?", "reft") + "<think>"
+    target = build_target("2 + 2 = 4\nThe answer is 4", "r1_compact", "4")
+    assert target == build_target("2 + 2 = 4\nThe answer is 4", "r1", "4")
+    assert REWARD_FUNCTIONS["r1_format_strict"]([prompt], [target], [EX]) == [1.0]
+    cfg = load_config(RunConfig, "r1_compact")
+    assert (cfg.data.template, cfg.rl.advantage, cfg.rl.rewards) == ("r1_compact", "grpo", "r1_format_soft:0.5,r1_accuracy:1")

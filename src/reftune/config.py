@@ -503,8 +503,9 @@ def validate(cfg: Any) -> None:
         raise ConfigError("data.min_steps must be ≥ 1 and ≤ data.max_steps")
     if data.pretrain_min_steps < 1 or data.pretrain_max_steps < data.pretrain_min_steps:
         raise ConfigError("data.pretrain_min_steps must be ≥ 1 and ≤ data.pretrain_max_steps")
-    if data.template == "r1" and data.cot == "program":
-        raise ConfigError("data.template: r1 wraps a natural-language chain of thought in <think>; use data.cot=nl")
+    if data.template in ("r1", "r1_compact") and data.cot == "program":
+        raise ConfigError(f"data.template: {data.template} wraps a natural-language chain of thought in <think>; "
+                          f"use data.cot=nl")
 
 
 def to_dict(cfg: Any) -> dict:

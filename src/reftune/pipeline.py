@@ -32,7 +32,7 @@ from reftune.errors import UserError
 from reftune.evaluate import evaluate
 from reftune.logger import MetricsLogger
 from reftune.modeling import PolicyWithValue, build_tiny_model, load_pretrained, train_tokenizer
-from reftune.prompts import build_prompt, build_target
+from reftune.prompts import build_prompt, build_target, get_template
 from reftune.rl import needs_reference, train_rl
 from reftune.sft import train_sft
 
@@ -66,8 +66,8 @@ def init_model(cfg, splits, run_dir: Path):
         texts = splits["train"] + splits.get("pretrain", [])
         corpus = [e.question + "\n" + (e.cot or "") for e in texts]
         corpus += [e.meta.get("nl_cot", "") + "\n" + e.meta.get("program", "") for e in texts]
-        if cfg.data.template == "r1":  # a long instruction and tags in every sequence: learn them as tokens
-            corpus += [build_prompt(e.question, "r1") + build_target(e.cot, "r1", e.answer)
+        if get_template(cfg.data.template).think:  # R1 instruction and tags in every sequence: learn them as tokens
+            corpus += [build_prompt(e.question, cfg.data.template) + build_target(e.cot, cfg.data.template, e.answer)
                        for e in splits["train"] if e.cot]
         tokenizer = train_tokenizer(corpus, cfg.model.vocab_size)
         m = cfg.model

@@ -5,6 +5,9 @@ Presets:
 - ``chat``: the model's own chat template (instruct models such as SmolLM2-Instruct), the question as the
   user turn with an instruction to end with "The answer is N".
 - ``r1``: the DeepSeek-R1 format, reasoning in ``<think>…</think>`` then ``<answer>…</answer>``.
+- ``r1_compact``: the same output format after the short ``reft`` prompt (no instruction paragraph), for
+  small models pretrained on the ``reft`` prompt: the R1 instruction costs a tiny tokenizer ~100 tokens and
+  pushes every sequence past the positions such a base was trained on.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class Template:
     text: str
     chat: bool = False
     system: str | None = None
+    think: bool = False  # the prompt ends inside "<think>": targets close it and add "<answer>" (R1 format)
 
 
 TEMPLATES: dict[str, Template] = {
@@ -29,7 +33,8 @@ TEMPLATES: dict[str, Template] = {
     "r1": Template(
         "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
         "The assistant first thinks about the reasoning process and then provides the answer, enclosed in "
-        "<think> </think> and <answer> </answer> tags.\nUser: {question}\nAssistant: <think>"),
+        "<think> </think> and <answer> </answer> tags.\nUser: {question}\nAssistant: <think>", think=True),
+    "r1_compact": Template("Question:\n{question}\nAnswer reasoning:\n<think>", think=True),
 }
 
 
@@ -52,14 +57,14 @@ def build_prompt(question: str, template: str | Template, tokenizer=None) -> str
 
 
 def build_target(cot: str, template: str | Template, answer: str | None = None) -> str:
-    """The SFT target for a demonstration `cot` under `template`: the cot itself, except for ``r1``.
+    """The SFT target for a demonstration `cot` under `template`: the cot itself, except for the R1 templates.
 
-    r1: the prompt ends inside ``<think>``, so the target closes the think block and states the answer,
+    r1, r1_compact (`Template.think`): the prompt ends inside ``<think>``, so the target closes the think block and states the answer,
     ``"\\n{cot}\\n</think>\\n<answer>\\n{answer}\\n</answer>"`` (the R1 format `r1_format_strict` checks).
     The cot keeps its own final-answer line ("The answer is N"), which greedy evaluation reads.
     """
     tpl = get_template(template) if isinstance(template, str) else template
-    if tpl is not TEMPLATES["r1"]:
+    if not tpl.think:
         return cot
     if answer is None:
         raise ValueError("the r1 target needs the answer")

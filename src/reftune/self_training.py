@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from reftune.data.example import Example
+from reftune.prompts import get_template
 
 
 def _same_text(text: str) -> str:
@@ -28,9 +29,10 @@ def augment_with_samples(examples: list[Example], per_question: list[list[dict]]
     per_question[i]: the graded samples of examples[i] ({"text", "correct", "finished"}, as from
     `inference.sample_and_grade`). A sample identical to the gold CoT or to an earlier kept sample is
     skipped. Added examples copy the question and answer, with id "<id>#st<j>", the sample as `cot` and
-    meta["self_generated_from"] = the original id. Under the ``r1`` template only the think block (the text
+    meta["self_generated_from"] = the original id. Under an R1 template (``Template.think``) only the think block (the text
     before "</think>") is kept as the cot: SFT's `prompts.build_target` adds the closing and the answer back.
     """
+    think = get_template(template).think
     out = []
     for ex, samples in zip(examples, per_question):
         if not ex.cot:
@@ -40,7 +42,7 @@ def augment_with_samples(examples: list[Example], per_question: list[list[dict]]
         for s in samples:
             if len(seen) - 1 >= max_correct:
                 break
-            cot = s["text"].split("</think>", 1)[0].strip() if template == "r1" else s["text"].strip()
+            cot = s["text"].split("</think>", 1)[0].strip() if think else s["text"].strip()
             key = _same_text(cot)
             if s["correct"] and s.get("finished", True) and key and key not in seen:
                 seen.add(key)
