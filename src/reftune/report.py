@@ -12,6 +12,7 @@ LABELS = {"base": "base model (before SFT)", "warmup": "(a) warm-up (SFT, few ep
 
 
 def _plot(records: list[dict], key: str, path: Path, title: str) -> bool:
+    """One panel per stage (each stage counts its own steps: SFT optimizer steps, RL iterations), shared y axis."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -22,14 +23,15 @@ def _plot(records: list[dict], key: str, path: Path, title: str) -> bool:
             series.setdefault(r["stage"], []).append((r["step"], r[key]))
     if not series:
         return False
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for stage, pts in series.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=stage, marker="o" if len(pts) < 30 else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series) + 1.5, 3.5), sharey=True, squeeze=False)
+    for ax, (stage, pts) in zip(axes[0], series.items()):
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None)
+        unit = "iteration" if stage.startswith(("reft", "rl")) else "step"
+        ax.set_xlabel(f"{stage} {unit}")
+        ax.set_title(stage)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(key)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
