@@ -44,17 +44,17 @@ PAPER_DONE := runs/paper/seed-2/reft/best/config.json
 # RL from the same warm-ups with 16 questions x 8 samples per iteration, 30 iterations, 3 seeds.
 COMPARE_RL := $(PAPER_DATA) rl.steps=30 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10
 
-# docs/estimators.md: PPO-ReFT vs GRPO vs RLOO vs REINFORCE++ at equal rollout tokens and wall-clock.
+# docs/experiments.md: PPO-ReFT vs GRPO vs RLOO vs REINFORCE++ at equal rollout tokens and wall-clock.
 estimators: $(STAMP)
 	test -f $(PAPER_DONE) || $(MAKE) paper
 	$(BIN)/python scripts/compare_rl.py --preset estimators --seeds 0 1 2 --out runs/estimators --parallel 2 $(COMPARE_RL)
 
-# docs/precision.md: fp32 vs bf16 vs fp16 rollouts, sampler-trainer mismatch and accuracy.
+# docs/experiments.md: fp32 vs bf16 vs fp16 rollouts, sampler-trainer mismatch and accuracy.
 precision: $(STAMP)
 	test -f $(PAPER_DONE) || $(MAKE) paper
 	$(BIN)/python scripts/compare_rl.py --preset precision --seeds 0 --out runs/precision --parallel 2 $(COMPARE_RL)
 
-# docs/inference.md: SFT/ReFT x greedy/voting/rerank/pass@16, offline/online self-training (Tables 4 and 2).
+# docs/experiments.md: SFT/ReFT x greedy/voting/rerank/pass@16, offline/online self-training (Tables 4 and 2).
 inference: $(STAMP)
 	test -f $(PAPER_DONE) || $(MAKE) paper
 	$(BIN)/python scripts/inference_table.py --runs runs/paper --seeds 0 1 2 --out runs/inference --parallel 2 $(PAPER_DATA)
@@ -62,12 +62,13 @@ inference: $(STAMP)
 clean:
 	rm -rf $(VENV) runs
 
-# docs/r3.md: R^3 (mixed, staged) vs ReFT vs SFT on 6-8-step problems (the base saw 2-4). Warm-ups and SFT
-# baselines: `reftune sft` from the base with a snapshot at epoch 2; then RL as above, 3 seeds.
+# docs/experiments.md: R^3 (mixed, staged) vs ReFT vs SFT on 6-8-step problems (the base saw 2-4). Warm-ups
+# and SFT baselines: `reftune sft` from the base with a snapshot at epoch 2; then RL as above, 3 seeds.
+# Sized for 2 CPU cores (~1 h): 300 val / 500 test questions, SFT up to 12 epochs, 20 RL iterations.
 R3_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=6 data.max_steps=8 \
-  model.max_length=384 rl.max_new_tokens=160 eval.max_new_tokens=160
+  data.n_val=300 data.n_test=500 model.max_length=384 rl.max_new_tokens=160 eval.max_new_tokens=160
 r3: base
 	$(BIN)/python scripts/compare_rl.py --preset r3 --seeds 0 1 2 --warmups runs/r3 --make-warmups $(BASE)/last \
 	  --out runs/r3/rl --parallel 2 --also "warm-up (SFT, 2 epochs)=sft/epoch-2" \
 	  --also "SFT baseline (best val epoch)=sft/best" \
-	  $(R3_DATA) sft.epochs=20 rl.steps=30 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10
+	  $(R3_DATA) sft.epochs=12 rl.steps=20 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10

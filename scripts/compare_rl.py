@@ -56,8 +56,8 @@ PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
     "r3": {  # R^3 on a long-chain task: the same PPO from the question only, or from demonstration prefixes
         "reft": ("ReFT (PPO from the question)", {"curriculum.name": "none"}),
         "r3_mixed": ("R^3 mixed", {"curriculum.name": "r3", "curriculum.schedule": "mixed"}),
-        "r3_staged": ("R^3 staged (3 stages x 10 it.)", {"curriculum.name": "r3", "curriculum.schedule": "staged",
-                                                         "curriculum.stages": "3", "curriculum.steps_per_stage": "10"}),
+        "r3_staged": ("R^3 staged (4 stages x 5 it.)", {"curriculum.name": "r3", "curriculum.schedule": "staged",
+                                                        "curriculum.stages": "4", "curriculum.steps_per_stage": "5"}),
     },
 }
 DEFAULT_VARIANTS = {"estimators": ["gae", "grpo", "rloo", "reinforce_pp"], "precision": ["fp32", "bf16", "fp32-fp16"],
