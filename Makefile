@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench base paper estimators precision inference r3 clean
+.PHONY: demo test install bench base paper estimators precision inference r3 r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -72,3 +72,9 @@ r3: base
 	  --out runs/r3/rl --parallel 2 --also "warm-up (SFT, 2 epochs)=sft/epoch-2" \
 	  --also "SFT baseline (best val epoch)=sft/best" \
 	  $(R3_DATA) sft.epochs=12 rl.steps=20 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10
+
+# docs/experiments.md: the R1-style recipe (r1_compact: <think>/<answer> format after the reft prompt) from the
+# base: an 8-epoch SFT warm-up on R1-format targets, then 30 GRPO iterations with format + accuracy rewards.
+r1: base
+	$(BIN)/reftune run -c r1_compact out_dir=runs/r1/recipe model.name_or_path=$(BASE)/last $(PAPER_DATA) \
+	  warmup_epochs=8 sft_baseline=false sft.eval_every_epochs=2 rl.steps=30 rl.prompts_per_step=16 rl.num_generations=8
