@@ -74,7 +74,10 @@ r3: base
 	  $(R3_DATA) sft.epochs=12 rl.steps=20 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10
 
 # docs/experiments.md: the R1-style recipe (r1_compact: <think>/<answer> format after the reft prompt) from the
-# base: an 8-epoch SFT warm-up on R1-format targets, then 30 GRPO iterations with format + accuracy rewards.
+# base: an 8-epoch SFT warm-up on R1-format targets, then 30 GRPO iterations with format + accuracy rewards,
+# sampling at temperature 0.5 (at 1.0 this warm-up's samples lose the format: the tag characters are new to
+# the base). `--resume` continues a run killed part-way.
 r1: base
-	$(BIN)/reftune run -c r1_compact out_dir=runs/r1/recipe model.name_or_path=$(BASE)/last $(PAPER_DATA) \
-	  warmup_epochs=8 sft_baseline=false sft.eval_every_epochs=2 rl.steps=30 rl.prompts_per_step=16 rl.num_generations=8
+	$(BIN)/reftune run -c r1_compact $(if $(wildcard runs/r1/recipe/stages.json),--resume) out_dir=runs/r1/recipe \
+	  model.name_or_path=$(BASE)/last $(PAPER_DATA) warmup_epochs=8 sft_baseline=false sft.eval_every_epochs=2 \
+	  rl.steps=30 rl.prompts_per_step=16 rl.num_generations=8 rl.temperature=0.5
