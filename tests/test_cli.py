@@ -110,3 +110,12 @@ def test_sft_keeps_a_warm_up_snapshot(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "epoch-1" / "config.json").is_file() and (out / "best" / "config.json").is_file()
     assert not (out / "epoch-2").exists()
+
+
+def test_the_config_reference_in_docs_is_up_to_date():
+    from pathlib import Path
+
+    from reftune.cli import config_reference
+    docs = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert docs.read_text() == config_reference("all", markdown=True), \
+        "docs/config.md is stale: run `reftune config all --markdown > docs/config.md`"
