@@ -57,7 +57,8 @@ precision: $(STAMP)
 # docs/experiments.md: SFT/ReFT x greedy/voting/rerank/pass@16, offline/online self-training (Tables 4 and 2).
 inference: $(STAMP)
 	test -f $(PAPER_DONE) || $(MAKE) paper
-	$(BIN)/python scripts/inference_table.py --runs runs/paper --seeds 0 1 2 --out runs/inference --parallel 2 $(PAPER_DATA)
+	$(BIN)/python scripts/inference_table.py --runs runs/paper --seeds 0 1 2 --out runs/inference --parallel 2 --limit 300 \
+	  $(PAPER_DATA)
 
 clean:
 	rm -rf $(VENV) runs
