@@ -51,10 +51,15 @@ def write_report(run_dir: str | Path) -> Path:
         cells = [f"{results[f'{name}/{s}']['accuracy'] * 100:.1f}" if f"{name}/{s}" in results else "–" for s in ("val", "test")]
         lines.append(f"| {LABELS.get(name, name)} | {cells[0]} | {cells[1]} |")
     lines += ["", "Config: `config.yaml`. Metrics: `metrics.jsonl` (also in TensorBoard under `tb/`).", ""]
-    for key, title in (("reward", "RL reward (mean over rollouts)"), ("kl", "KL to the reference (per sequence)"),
-                       ("val_accuracy", "validation accuracy")):
-        if _plot(records, key, plots / f"{key}.png", title):
-            lines += [f"![{title}](plots/{key}.png)", ""]
+    parts = sorted({k for r in records for k in r if k.startswith("reward/") and not k.endswith("/missing")})
+    curves = [("reward", "RL reward (mean over rollouts)"), ("kl", "KL to the reference (per sequence)"),
+              ("val_accuracy", "validation accuracy")]
+    if len(parts) > 1:  # several reward functions: each one's curve too (e.g. R1 format and accuracy)
+        curves[1:1] = [(k, f"reward function {k.split('/', 1)[1]} (mean over rollouts)") for k in parts]
+    for key, title in curves:
+        name = key.replace("/", "_")
+        if _plot(records, key, plots / f"{name}.png", title):
+            lines += [f"![{title}](plots/{name}.png)", ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
