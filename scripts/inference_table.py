@@ -94,7 +94,7 @@ def main() -> int:
         return 0
 
     rows = ["sft", "reft", "offline_st", "online_st"]
-    codes = parallel_map(chain, [(s, r) for r in rows for s in args.seeds], args.parallel)
+    codes = parallel_map(chain, [(s, r) for s in args.seeds for r in rows], args.parallel)  # seed by seed: partial results are whole seeds
     result: dict[str, dict[str, list[float]]] = {}
     for s in args.seeds:
         for row in rows:
