@@ -240,21 +240,27 @@ def main() -> int:
                            "curves": {str(k[1]): curves[k] for k in keys}}
     (out / "table.md").write_text("\n".join(rows) + "\n")
     (out / "table.json").write_text(json.dumps(data, indent=2))
-    plot(curves, warmups, args, {v: lab for v, (lab, _) in variants.items()}, out / "curves.png")
-    print("\n".join(rows))
-    return 0
-
-
-def plot(curves: dict, warmups: Path, args, labels: dict[str, str], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    start = {}
+    start = {}  # the warm-up's validation accuracy per seed: the curves' point at 0
     for s in args.seeds:
         res = warmups / f"seed-{s}" / "results.json"
         if res.is_file() and "warmup/val" in (r := json.loads(res.read_text())):
             start[s] = r["warmup/val"]["accuracy"]
+        elif (label := next((lab for lab, rel in also if rel == f"sft/epoch-{args.warmup_epoch}"), None)) is not None:
+            acc = also_accs.get((label, f"sft/epoch-{args.warmup_epoch}", s, "val"))
+            if acc is not None:
+                start[s] = acc
+    plot(curves, start, args, {v: lab for v, (lab, _) in variants.items()}, out / "curves.png")
+    print("\n".join(rows))
+    return 0
+
+
+def plot(curves: dict, start: dict[int, float], args, labels: dict[str, str], path: Path) -> None:
+    """Validation accuracy against rollout tokens and training seconds, mean ± sd over seeds; start: the
+    warm-up's accuracy per seed (plotted at 0), may be empty."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, key, label in ((axes[0], "tokens", "rollout tokens"), (axes[1], "seconds", "training wall-clock (s)")):
         for e in args.variants:
