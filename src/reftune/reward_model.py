@@ -90,13 +90,15 @@ def train_reward_model(policy: PolicyWithValue, tokenizer, train: list[tuple[lis
 
 
 def load_reward_scorer(path: str | Path, *, template: str | None = None, sigmoid: bool = False, batch_size: int = 32,
-                       device: torch.device | str = "cpu", field: str = "rl.reward_model") -> RewardScorer:
+                       device: torch.device | str = "cpu", field: str = "rl.reward_model",
+                       max_length: int | None = None) -> RewardScorer:
     """A frozen reward model as a function (full prompt texts, completions) → rewards, on `device`.
 
     A verifier checkpoint gives P(correct) in [0, 1]; a Bradley-Terry one its raw score (unbounded), or
     sigmoid(score) in (0, 1) with `sigmoid`. A checkpoint without reward_model.json (written before it
-    existed) is read as a verifier. Rows are cut to the max_length the model was trained with (512 when
-    unknown). template: the prompt template of the caller; a reward model trained on another one is refused.
+    existed) is read as a verifier. Rows are cut to `max_length`, by default the one the model was trained with
+    (512 when unknown). template: the prompt template of the caller; a reward model trained on another one is
+    refused. The scorer's `tokenizer` attribute is the checkpoint's (to build prompts the same way).
     """
     info = read_reward_model_info(path) or {"kind": "verifier"}
     if template is not None and info.get("template") not in (None, template):
@@ -105,10 +107,11 @@ def load_reward_scorer(path: str | Path, *, template: str | None = None, sigmoid
     policy, tokenizer = load_verifier(path, field)
     policy.to(device).requires_grad_(False)
     squash = info["kind"] == "verifier" or sigmoid
-    max_length = info.get("max_length") or 512
+    max_length = max_length or info.get("max_length") or 512
 
     def scorer(prompts: list[str], completions: list[str]) -> list[float]:
         return verifier_scores(policy, tokenizer, prompts, completions, batch_size=batch_size,
                                max_length=max_length, squash=squash)
 
+    scorer.tokenizer = tokenizer
     return scorer

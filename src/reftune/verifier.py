@@ -85,14 +85,15 @@ def load_verifier(path: str | Path, field: str = "eval.verifier") -> tuple[Polic
 
 def load_scorer(path: str | Path, template: str = "reft", batch_size: int = 32, max_length: int = 512,
                 device: torch.device | str = "cpu"):
-    """A `inference.Scorer` (questions, completions) → P(correct) backed by the verifier at `path` (for a
-    Bradley-Terry reward model, sigmoid of its score: the same ranking)."""
-    policy, tokenizer = load_verifier(path)
-    policy.to(device)
+    """A `inference.Scorer` (questions, completions) → P(correct) backed by the verifier at `path`: the frozen
+    `reward_model.load_reward_scorer` (for a Bradley-Terry reward model, sigmoid of its score: the same ranking)
+    behind the prompt template."""
+    from reftune.reward_model import load_reward_scorer  # it imports this module
+    score = load_reward_scorer(path, template=template, sigmoid=True, batch_size=batch_size, device=device,
+                               field="eval.verifier", max_length=max_length)
 
     def scorer(questions: list[str], completions: list[str]) -> list[float]:
-        prompts = [build_prompt(q, template, tokenizer) for q in questions]
-        return verifier_scores(policy, tokenizer, prompts, completions, batch_size=batch_size, max_length=max_length)
+        return score([build_prompt(q, template, score.tokenizer) for q in questions], completions)
 
     return scorer
 
