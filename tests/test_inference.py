@@ -237,6 +237,16 @@ def test_eval_verifier_selftrain_commands(lm, tokenizer, tmp_path):
         stages.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'e2'}", f"model.name_or_path={policy_dir}",
                                                 *TINY_DATA, f"eval.verifier={tmp_path / 'verifier' / 'best'}"]))
 
+    # a slice in chunks: eval.offset skips questions, eval.limit counts from there
+    part = stages.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'e3'}", f"model.name_or_path={policy_dir}",
+                                                   *TINY_DATA, "eval.max_new_tokens=8", "eval.offset=1", "eval.limit=2"]))
+    all_ids = [json.loads(line)["id"] for line in (tmp_path / "eval" / "test.jsonl").read_text().splitlines()]
+    part_ids = [json.loads(line)["id"] for line in (tmp_path / "e3" / "test.jsonl").read_text().splitlines()]
+    assert part["n"] == 2 and part_ids == all_ids[1:3]
+    with pytest.raises(UserError, match="eval.offset: 4 skips all 4"):
+        stages.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'e4'}", f"model.name_or_path={policy_dir}",
+                                                *TINY_DATA, "eval.offset=4"]))
+
     s = load_config(SelfTrainJob, None, [f"out_dir={tmp_path / 'st'}", f"model.name_or_path={policy_dir}", *TINY_DATA,
                                          "selftrain.num_samples=2", "selftrain.max_new_tokens=8", "sft.epochs=1",
                                          "sft.batch_size=8", "eval.max_new_tokens=8"])

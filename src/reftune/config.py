@@ -144,7 +144,8 @@ class EvalConfig:
     split: str = doc("test", "split to evaluate: train | val | test")
     batch_size: int = doc(128, "questions per generation batch")
     max_new_tokens: int = doc(96, "longest generated answer")
-    limit: Optional[int] = doc(None, "evaluate only the first N questions")
+    limit: Optional[int] = doc(None, "evaluate only the first N questions (after offset)")
+    offset: int = doc(0, "skip the first N questions of the split (evaluate a slice in chunks)")
 
 
 @dataclass
@@ -456,6 +457,10 @@ def validate(cfg: Any) -> None:
                           "max_pairs_per_question", "eval_every", "save_every", "eval_every_epochs") or (
                     f.name == "num_samples" and sec_name != "eval"):  # eval.num_samples=0 means greedy only
                 positive(f"{sec_name}.{f.name}", v)
+            if f.name == "offset" and v < 0:
+                raise ConfigError(f"{sec_name}.offset: must be >= 0, got {v}")
+            if f.name == "limit" and v is not None:
+                positive(f"{sec_name}.limit", v)
             if f.name == "num_samples" and v < 0:
                 raise ConfigError(f"{sec_name}.num_samples: must be >= 0, got {v}")
             if f.name == "top_p" and not 0 < v <= 1:

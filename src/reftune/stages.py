@@ -96,7 +96,10 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
         raise UserError("eval.verifier: reranking needs samples; set eval.num_samples=k (k >= 1)")
     from reftune.accel import get_accelerator
     from reftune.inference import evaluate_sampling, results_table
-    examples = splits[cfg.eval.split][:cfg.eval.limit]
+    start = cfg.eval.offset
+    examples = splits[cfg.eval.split][start:None if cfg.eval.limit is None else start + cfg.eval.limit]
+    if not examples:
+        raise UserError(f"eval.offset: {start} skips all {len(splits[cfg.eval.split])} questions of '{cfg.eval.split}'")
     lm, tokenizer = load_pretrained(path, cfg.model.gguf_file)
     lm.to(get_accelerator().device)
     out, sandbox, ev = Path(cfg.out_dir), _sandbox(cfg), cfg.eval

@@ -1,0 +1,30 @@
+"""The experiment scripts' own logic (their runs are experiments, not tests)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from compare_rl import for_command  # noqa: E402
+from sliced_eval import pooled  # noqa: E402
+
+
+def test_chunks_pool_to_question_weighted_means():
+    a = {"n": 3, "accuracy": 1 / 3, "answered": 1.0,
+         "sampling": {"n": 3, "k": 8, "temperature": 1.0, "top_p": 1.0, "voting@8": 2 / 3, "pass@8": 1.0}}
+    b = {"n": 1, "accuracy": 1.0, "answered": 0.0,
+         "sampling": {"n": 1, "k": 8, "temperature": 1.0, "top_p": 1.0, "voting@8": 0.0, "pass@8": 0.0}}
+    p = pooled([a, b])
+    assert p["n"] == 4 and p["accuracy"] == pytest.approx(0.5) and p["answered"] == pytest.approx(0.75)
+    s = p["sampling"]
+    assert s["n"] == 4 and s["k"] == 8 and s["temperature"] == 1.0
+    assert s["voting@8"] == pytest.approx(0.5) and s["pass@8"] == pytest.approx(0.75)
+    assert "sampling" not in pooled([a, {k: v for k, v in b.items() if k != "sampling"}])  # greedy-only chunk
+
+
+def test_each_command_gets_only_the_overrides_it_accepts():
+    over = ["data.min_steps=3", "rl.lr=1e-4", "sft.epochs=2", "model.name_or_path=x", "model.max_length=64"]
+    assert for_command("eval", over) == ["data.min_steps=3", "model.max_length=64"]
+    assert for_command("rl", over) == ["data.min_steps=3", "rl.lr=1e-4", "model.max_length=64"]
+    assert for_command("sft", over) == ["data.min_steps=3", "sft.epochs=2", "model.max_length=64"]
