@@ -5,12 +5,13 @@
 
 Presets (PRESETS below): `estimators` = PPO-ReFT vs GRPO vs RLOO vs REINFORCE++ (each with its usual KL
 placement); `precision` = fp32 vs bf16 vs fp16 (training / rollout precision), with the sampler-trainer
-log-prob mismatch; `batch` = PPO-ReFT with 64 questions x 8 samples per iteration, one pass in 2 minibatches,
-lr 1e-4: fewer, less noisy updates than the paper table's 32 x 4, 2 epochs x 4 minibatches, lr 3e-5;
+log-prob mismatch; `reft` = PPO-ReFT with the paper table's settings (32 x 4 samples, 2 epochs x 4 minibatches,
+lr 3e-5) and with 64 questions x 8 samples, one pass in 2 minibatches, lr 1e-4 (fewer, less noisy updates);
 `r3` = R^3 mixed / staged vs ReFT on a long-chain task. `--variants` picks a subset.
 
 For each seed S and variant V, one `reftune rl` run starts from the same warm-up checkpoint
-(WARMUPS/seed-S/sft/epoch-K, written by `make paper`) on the same training questions, with the same number of
+(WARMUPS/seed-S/sft/epoch-K, written by `make paper`; `--start RELPATH` picks another checkpoint of the seed's
+run, e.g. the SFT baseline sft/best) on the same training questions, with the same number of
 samples per iteration; only the variant's settings differ. Each run logs its rollout tokens and seconds per
 iteration, validation accuracy every `rl.eval_every` iterations, and keeps its weights every
 `rl.snapshot_every` iterations.
@@ -55,7 +56,8 @@ PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
         "fp32-bf16": ("fp32 / bf16 rollouts", {"precision": "fp32", "rl.rollout_precision": "bf16"}),
         "fp32-fp16": ("fp32 / fp16 rollouts", {"precision": "fp32", "rl.rollout_precision": "fp16"}),
     },
-    "batch": {  # PPO-ReFT with fewer, larger updates: 64 questions x 8 samples, one pass in 2 minibatches
+    "reft": {  # PPO-ReFT as in the README's paper table (the RL defaults), and with fewer, larger updates
+        "paper": ("PPO-ReFT, paper-table settings (32 q. x 4, 2 epochs x 4 minibatches, lr 3e-5)", {}),
         "big_lr1e-4": ("PPO-ReFT, 64 q. x 8 samples, 1 epoch x 2 minibatches, lr 1e-4",
                        {"rl.prompts_per_step": "64", "rl.num_generations": "8", "rl.ppo_epochs": "1",
                         "rl.minibatches": "2", "rl.lr": "1e-4"}),
@@ -68,7 +70,7 @@ PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
     },
 }
 DEFAULT_VARIANTS = {"estimators": ["gae", "grpo", "rloo", "reinforce_pp"], "precision": ["fp32", "bf16", "fp32-fp16"],
-                    "batch": ["big_lr1e-4"],
+                    "reft": ["paper", "big_lr1e-4"],
                     "r3": ["reft", "r3_mixed", "r3_staged"]}
 # which key=value overrides each command accepts (by section); model.name_or_path is always set per command
 ACCEPTS = {"sft": ("data.", "model.", "sft.", "eval."), "rl": ("data.", "model.", "rl.", "curriculum.", "eval."),
@@ -116,6 +118,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--warmups", default="runs/paper", help="dir with seed-S/sft/epoch-K warm-up checkpoints")
     p.add_argument("--warmup-epoch", type=int, default=2)
+    p.add_argument("--start", metavar="RELPATH", help="RL starts from WARMUPS/seed-S/RELPATH instead of the "
+                   "warm-up sft/epoch-K (also the KL reference); its curve point at 0 comes from an --also row "
+                   "with the same RELPATH")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--preset", choices=list(PRESETS), default="estimators")
     p.add_argument("--variants", nargs="+", help="a subset of the preset's variants (default: DEFAULT_VARIANTS)")
@@ -138,12 +143,14 @@ def main() -> int:
     threads = 1 if args.parallel > 1 else None
     runs = {(e, s): out / e / f"seed-{s}" for e in args.variants for s in args.seeds}
 
+    start_rel = args.start or f"sft/epoch-{args.warmup_epoch}"
+
     def warmup(s: int) -> Path:
-        return warmups / f"seed-{s}" / "sft" / f"epoch-{args.warmup_epoch}"
+        return warmups / f"seed-{s}" / start_rel
 
     def make_warmup(s: int) -> int:
         sft_dir = warmups / f"seed-{s}" / "sft"
-        if (warmup(s) / "config.json").is_file() and (sft_dir / "best" / "config.json").is_file():
+        if (sft_dir / f"epoch-{args.warmup_epoch}" / "config.json").is_file() and (sft_dir / "best" / "config.json").is_file():
             return 0
         resume = ["--resume"] if (sft_dir / "config.yaml").is_file() else []
         return run_logged(["sft", *resume, f"out_dir={sft_dir}", f"seed={s}", f"model.name_or_path={args.make_warmups}",
@@ -251,10 +258,10 @@ def main() -> int:
     start = {}  # the warm-up's validation accuracy per seed: the curves' point at 0
     for s in args.seeds:
         res = warmups / f"seed-{s}" / "results.json"
-        if res.is_file() and "warmup/val" in (r := json.loads(res.read_text())):
+        if not args.start and res.is_file() and "warmup/val" in (r := json.loads(res.read_text())):
             start[s] = r["warmup/val"]["accuracy"]
-        elif (label := next((lab for lab, rel in also if rel == f"sft/epoch-{args.warmup_epoch}"), None)) is not None:
-            acc = also_accs.get((label, f"sft/epoch-{args.warmup_epoch}", s, "val"))
+        elif (label := next((lab for lab, rel in also if rel == start_rel), None)) is not None:
+            acc = also_accs.get((label, start_rel, s, "val"))
             if acc is not None:
                 start[s] = acc
     plot(curves, start, args, {v: lab for v, (lab, _) in variants.items()}, out / "curves.png")
@@ -288,7 +295,7 @@ def plot(curves: dict, start: dict[int, float], args, labels: dict[str, str], pa
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation accuracy (%)")
     axes[0].legend()
-    fig.suptitle(f"RL from the warm-up model, seeds {', '.join(map(str, args.seeds))} (mean ± sd)")
+    fig.suptitle(f"RL from {args.start or 'the warm-up model'}, seeds {', '.join(map(str, args.seeds))} (mean ± sd)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
