@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench base paper reft_batch reft_from_sft estimators precision inference smollm2 r3 r1 clean
+.PHONY: demo test install bench base paper reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -97,6 +97,14 @@ r3: base
 	  --out runs/r3/rl --parallel 2 --also "warm-up (SFT, 2 epochs)=sft/epoch-2" \
 	  --also "SFT baseline (best val epoch)=sft/best" \
 	  $(R3_DATA) sft.epochs=12 rl.steps=20 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10
+
+# docs/experiments.md: ReFT vs R^3 mixed for 100 iterations on seed 0 (the `make r3` warm-up), ~1 h on 2 cores.
+r3_long: base
+	test -f runs/r3/seed-0/sft/best/config.json || $(MAKE) r3
+	$(BIN)/python scripts/compare_rl.py --preset r3 --variants reft r3_mixed --seeds 0 --warmups runs/r3 \
+	  --out runs/r3_long/rl --parallel 2 --also "warm-up (SFT, 2 epochs)=sft/epoch-2" \
+	  --also "SFT baseline (best val epoch)=sft/best" \
+	  $(R3_DATA) sft.epochs=12 rl.steps=100 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10
 
 # docs/experiments.md: the R1-style recipe (r1_compact: <think>/<answer> format after the reft prompt) from the
 # base: an 8-epoch SFT warm-up on R1-format targets, then 30 GRPO iterations with format + accuracy rewards,
