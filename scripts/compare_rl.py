@@ -61,6 +61,9 @@ PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
         "big_lr1e-4": ("PPO-ReFT, 64 q. x 8 samples, 1 epoch x 2 minibatches, lr 1e-4",
                        {"rl.prompts_per_step": "64", "rl.num_generations": "8", "rl.ppo_epochs": "1",
                         "rl.minibatches": "2", "rl.lr": "1e-4"}),
+        "big_lr1e-4_extra": ("the same + the 4,000 answer-only questions in the RL pool",
+                             {"rl.prompts_per_step": "64", "rl.num_generations": "8", "rl.ppo_epochs": "1",
+                              "rl.minibatches": "2", "rl.lr": "1e-4", "rl.use_extra": "true"}),
     },
     "r3": {  # R^3 on a long-chain task: the same PPO from the question only, or from demonstration prefixes
         "reft": ("ReFT (PPO from the question)", {"curriculum.name": "none"}),
