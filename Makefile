@@ -51,8 +51,8 @@ REFT_BATCH := --preset reft --seeds 0 --out runs/reft_batch --parallel 2 --also 
   --also "SFT baseline (best val epoch)=sft/best" --also "ReFT, paper table (32 q. x 4, lr 3e-5, best val)=reft/best"
 reft_batch: $(STAMP)
 	test -f $(PAPER_DONE) || $(MAKE) paper
-	$(BIN)/python scripts/compare_rl.py $(REFT_BATCH) --variants big_lr1e-4 $(PAPER_DATA) rl.eval_every=10 rl.steps=100
-	$(BIN)/python scripts/compare_rl.py $(REFT_BATCH) --variants big_lr1e-4 big_lr1e-4_extra $(PAPER_DATA) \
+	$(BIN)/python scripts/compare_rl.py --variants big_lr1e-4 $(REFT_BATCH) $(PAPER_DATA) rl.eval_every=10 rl.steps=100
+	$(BIN)/python scripts/compare_rl.py --variants big_lr1e-4 big_lr1e-4_extra $(REFT_BATCH) $(PAPER_DATA) \
 	  rl.eval_every=10 rl.steps=60
 
 # README (issue 2): the same PPO-ReFT as the paper table (60 iterations x 32 questions x 4 samples, lr 3e-5), started

@@ -136,6 +136,9 @@ def main() -> int:
                    help="extra rows: WARMUPS/seed-S/RELPATH evaluated on val and test, e.g. 'SFT baseline=sft/best'")
     p.add_argument("overrides", nargs="*", help="key=value for every command (data.*, model.*, rl.*, sft.*, ...)")
     args = p.parse_args()
+    if args.variants:  # `--variants a b key=value ...`: nargs="+" also swallows the overrides that follow it
+        args.overrides = args.overrides + [v for v in args.variants if "=" in v]
+        args.variants = [v for v in args.variants if "=" not in v]
     variants = PRESETS[args.preset]
     args.variants = args.variants or DEFAULT_VARIANTS[args.preset]
     unknown = [v for v in args.variants if v not in variants]
