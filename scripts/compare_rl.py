@@ -37,6 +37,9 @@ from pathlib import Path
 
 from jobs import mean_sd, parallel_map, run_logged
 
+# fewer, larger PPO updates than the RL defaults (32 questions x 4 samples, 2 epochs x 4 minibatches, lr 3e-5)
+BIG_BATCH = {"rl.prompts_per_step": "64", "rl.num_generations": "8", "rl.ppo_epochs": "1", "rl.minibatches": "2",
+             "rl.lr": "1e-4"}
 # preset -> variant -> (label, rl.* / top-level settings that make it the method as published)
 PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
     "estimators": {
@@ -58,12 +61,9 @@ PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
     },
     "reft": {  # PPO-ReFT as in the README's paper table (the RL defaults), and with fewer, larger updates
         "paper": ("PPO-ReFT, paper-table settings (32 q. x 4, 2 epochs x 4 minibatches, lr 3e-5)", {}),
-        "big_lr1e-4": ("PPO-ReFT, 64 q. x 8 samples, 1 epoch x 2 minibatches, lr 1e-4",
-                       {"rl.prompts_per_step": "64", "rl.num_generations": "8", "rl.ppo_epochs": "1",
-                        "rl.minibatches": "2", "rl.lr": "1e-4"}),
+        "big_lr1e-4": ("PPO-ReFT, 64 q. x 8 samples, 1 epoch x 2 minibatches, lr 1e-4", BIG_BATCH),
         "big_lr1e-4_extra": ("the same + the 4,000 answer-only questions in the RL pool",
-                             {"rl.prompts_per_step": "64", "rl.num_generations": "8", "rl.ppo_epochs": "1",
-                              "rl.minibatches": "2", "rl.lr": "1e-4", "rl.use_extra": "true"}),
+                             {**BIG_BATCH, "rl.use_extra": "true"}),
     },
     "r3": {  # R^3 on a long-chain task: the same PPO from the question only, or from demonstration prefixes
         "reft": ("ReFT (PPO from the question)", {"curriculum.name": "none"}),

@@ -18,23 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-from jobs import run_logged
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else the platform's."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from jobs import cpu_name, run_logged
 
 
 def pooled(parts: list[dict]) -> dict:
