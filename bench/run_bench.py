@@ -11,7 +11,7 @@ in its own subprocess, so its peak RSS is its own.
   Tokens/s = generated tokens / wall time of `generate`, the prompts' prefill included. A random-weight
   tiny model rarely samples EOS, so nearly every row runs to `max_new_tokens`.
 - Training: forward + backward + AdamW step on SFT batches (`encode_sft`, loss on the answer only), fp32
-  and bf16 autocast. Tokens/s counts non-padding tokens, as `reftune.sft` logs them.
+  and bf16 autocast. Tokens/s counts non-padding tokens, as `reftune.train.sft` logs them.
 - FLOP utilisation: model FLOPs/s over a `torch.matmul` peak of the same dtype, which the worker measures
   right after its training (same threads, same load). FLOPs per trained token = 6*N + 12*L*d*T (PaLM,
   appendix B): N = matmul parameters (all parameters, minus the input embedding unless it is tied to the
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 
-from reftune.batching import collate_sft, encode, encode_sft
-from reftune.prompts import build_prompt
-from reftune.rollout import HFSampler
+from reftune.model.batching import collate_sft, encode, encode_sft
+from reftune.model.prompts import build_prompt
+from reftune.model.sampler import HFSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from jobs import cpu_name  # noqa: E402  (the experiment scripts' shared helpers)
@@ -75,11 +75,11 @@ def rss_mib() -> float:
 
 def load(name: str, gsm8k: str):
     """(model, tokenizer, examples with a cot) for `name`."""
-    from reftune.modeling import build_tiny_model, load_pretrained, train_tokenizer
-    from reftune.tasks.synthetic import generate_splits
+    from reftune.model.modeling import build_tiny_model, load_pretrained, train_tokenizer
+    from reftune.data.synthetic import generate_splits
 
     train = generate_splits(1234, {"train": 600}, 2, 4)["train"]
-    if name == "tiny":  # as reftune.pipeline.init_model does with the default config
+    if name == "tiny":  # as reftune.commands.run.init_model does with the default config
         corpus = [e.question + "\n" + e.cot for e in train]
         corpus += [e.meta["nl_cot"] + "\n" + e.meta["program"] for e in train]
         tok = train_tokenizer(corpus, 600)

@@ -1,4 +1,4 @@
-"""Throughput and latency of reftune.sandbox on typical P-CoT programs, and how many of the ReFT release's
+"""Throughput and latency of reftune.grading.sandbox on typical P-CoT programs, and how many of the ReFT release's
 SVAMP P-CoT programs return their gold answer. Not a test: prints and writes bench/results/sandbox.json.
 
     python bench/sandbox_bench.py [--data PATH] [--workers N] [--repeats 3]
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from reftune.sandbox import ProgramSandbox  # noqa: E402
+from reftune.grading.sandbox import ProgramSandbox  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mwp_reft" / "svamp_python_sdp.json"

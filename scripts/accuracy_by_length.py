@@ -12,9 +12,9 @@ import argparse
 import json
 
 from reftune.data.splits import read_questions
-from reftune.evaluate import evaluate
-from reftune.modeling import load_pretrained
-from reftune.tasks.synthetic import generate_splits
+from reftune.eval.greedy import evaluate
+from reftune.model.modeling import load_pretrained
+from reftune.data.synthetic import generate_splits
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from reftune.report import LABELS
+from reftune.train.report import LABELS
 
 
 def aggregate(out: Path, seeds: list[int]) -> dict:

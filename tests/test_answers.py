@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reftune.answers import (
+from reftune.grading.answers import (
     DEFAULT_MARKERS,
     answers_match,
     extract_answer,

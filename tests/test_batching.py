@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from reftune.batching import collate_sft, encode, encode_sft, join_prompt_response, pad, positions
-from reftune.modeling import train_tokenizer
+from reftune.model.batching import collate_sft, encode, encode_sft, join_prompt_response, pad, positions
+from reftune.model.modeling import train_tokenizer
 
 
 class CharTokenizer:

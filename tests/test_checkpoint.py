@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from reftune.checkpoint import (
+from reftune.model.checkpoint import (
     STATE_FILE,
     VALUE_HEAD_FILE,
     is_checkpoint,
@@ -18,7 +18,7 @@ from reftune.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from reftune.modeling import PolicyWithValue, build_tiny_model, load_pretrained, train_tokenizer
+from reftune.model.modeling import PolicyWithValue, build_tiny_model, load_pretrained, train_tokenizer
 
 
 @pytest.fixture(scope="module")

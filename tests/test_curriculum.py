@@ -1,4 +1,4 @@
-"""Specification of R^3's start states (`reftune.curriculum`): how demonstrations split into steps, which
+"""Specification of R^3's start states (`reftune.rl.curriculum`): how demonstrations split into steps, which
 prefixes the policy may start from, how the schedules move the start, and the RL loop starting from them."""
 
 from __future__ import annotations
@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from reftune.config import RunConfig, load_config
-from reftune.curriculum import (Curriculum, MixedSchedule, StagedSchedule, encode_start, from_config, split_steps,
+from reftune.rl.curriculum import (Curriculum, MixedSchedule, StagedSchedule, encode_start, from_config, split_steps,
                                 start_states)
 from reftune.data.example import Example
 from reftune.errors import UserError
-from reftune.tasks.synthetic import generate_splits
+from reftune.train.context import RunContext
+from reftune.data.synthetic import generate_splits
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mwp_reft"
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "reftune" / "configs"
@@ -31,7 +32,7 @@ def _release(name: str) -> list[Example]:
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from reftune.modeling import train_tokenizer
+    from reftune.model.modeling import train_tokenizer
     splits = generate_splits(0, {"train": 32})
     return train_tokenizer([e.question + "\n" + e.cot + "\n" + e.meta["program"] for e in splits["train"]], 300)
 
@@ -228,30 +229,31 @@ def test_rl_starts_from_demonstration_prefixes_and_logs_accuracy_per_k(tokenizer
     text + response, acc_k/<k> is logged, and the schedule's state is in the resumable checkpoint."""
     import torch
 
-    import reftune.reward_fns
-    import reftune.rl
-    from reftune.batching import encode
-    from reftune.checkpoint import load_state
+    import reftune.rewards.functions
+    import reftune.rl.loop
+    from reftune.model.batching import encode
+    from reftune.model.checkpoint import load_state
     from reftune.config import RLConfig
-    from reftune.logger import MetricsLogger, read_metrics
-    from reftune.modeling import PolicyWithValue, build_tiny_model
-    from reftune.prompts import build_prompt
-    from reftune.rollout import HFSampler
+    from reftune.train.logger import MetricsLogger, read_metrics
+    from reftune.model.modeling import PolicyWithValue, build_tiny_model
+    from reftune.model.prompts import build_prompt
+    from reftune.model.sampler import HFSampler
 
     splits = generate_splits(0, {"train": 8, "val": 3})
     policy = PolicyWithValue(build_tiny_model(tokenizer, 32, 2, 2, 64, 320, seed=0))
     ref = build_tiny_model(tokenizer, 32, 2, 2, 64, 320, seed=0).eval().requires_grad_(False)
     prompts, graded = [], []
-    generate, grade = HFSampler.generate, reftune.reward_fns.grade  # the grader the RL loop's rewards call
+    generate, grade = HFSampler.generate, reftune.rewards.functions.grade  # the grader the RL loop's rewards call
     monkeypatch.setattr(HFSampler, "generate", lambda self, p, *a, **k: prompts.append(p) or generate(self, p, *a, **k))
-    monkeypatch.setattr(reftune.reward_fns, "grade",
+    monkeypatch.setattr(reftune.rewards.functions, "grade",
                         lambda texts, exs, *a: graded.append((texts, exs)) or grade(texts, exs, *a))
 
     cfg = RLConfig(steps=2, prompts_per_step=4, num_generations=2, minibatches=2, max_new_tokens=8, eval_every=2)
     cur = Curriculum(StagedSchedule(stages=2, steps_per_stage=1), tokenizer, seed=0)
     torch.manual_seed(0)
-    reftune.rl.train_rl(policy, ref, tokenizer, splits["train"], splits["val"], cfg, out_dir=tmp_path,
-                        logger=MetricsLogger(tmp_path, tensorboard=False), eval_batch_size=8, curriculum=cur)
+    reftune.rl.loop.train_rl(policy, ref, tokenizer, splits["train"], splits["val"], cfg,
+                             RunContext(tmp_path, MetricsLogger(tmp_path, tensorboard=False), stage="rl",
+                                        eval_batch_size=8), curriculum=cur)
 
     rl = [r for r in read_metrics(tmp_path) if "reward" in r]
     assert [r["curriculum_stage"] for r in rl] == [0.0, 1.0]
@@ -276,10 +278,10 @@ def test_rl_starts_from_demonstration_prefixes_and_logs_accuracy_per_k(tokenizer
 def test_the_run_passes_the_curriculum_to_rl_and_resumes_its_stage(tokenizer, tmp_path):
     """`reftune run`'s RL stage with curriculum=r3 (staged, 1 iteration per stage): stopped after iteration 1
     and resumed from last/, iteration 2 continues at stage 1 instead of starting the schedule over."""
-    from reftune.checkpoint import save_checkpoint
-    from reftune.logger import MetricsLogger, read_metrics
-    from reftune.modeling import build_tiny_model
-    from reftune.pipeline import Stages, run_rl_stage
+    from reftune.model.checkpoint import save_checkpoint
+    from reftune.train.logger import MetricsLogger, read_metrics
+    from reftune.model.modeling import build_tiny_model
+    from reftune.commands.run import Stages, run_rl_stage
 
     save_checkpoint(tmp_path / "warmup", build_tiny_model(tokenizer, 32, 2, 2, 64, 320, seed=0), tokenizer)
     splits = generate_splits(0, {"train": 8, "val": 3})

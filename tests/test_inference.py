@@ -13,20 +13,20 @@ import random
 import pytest
 import torch
 
-from reftune import stages
-from reftune.batching import collate_sft, encode_sft
-from reftune.checkpoint import VALUE_HEAD_FILE, is_checkpoint, save_checkpoint
+from reftune import commands
+from reftune.model.batching import collate_sft, encode_sft
+from reftune.model.checkpoint import VALUE_HEAD_FILE, is_checkpoint, save_checkpoint
 from reftune.config import EvalJob, SelfTrainJob, VerifierConfig, VerifierJob, load_config
 from reftune.data.example import Example
 from reftune.errors import UserError
-from reftune.inference import evaluate_sampling, results_table, sample_and_grade
-from reftune.logger import MetricsLogger
-from reftune.modeling import PolicyWithValue, build_tiny_model, train_tokenizer
-from reftune.prompts import build_prompt
-from reftune.rollout import Samples
-from reftune.self_training import augment_with_samples, augmentation_stats
-from reftune.verifier import labelled_solutions, load_scorer, roc_auc, train_verifier, verifier_scores
-from reftune.voting import pass_at_k
+from reftune.eval.sampling import evaluate_sampling, results_table, sample_and_grade
+from reftune.train.logger import MetricsLogger
+from reftune.model.modeling import PolicyWithValue, build_tiny_model, train_tokenizer
+from reftune.model.prompts import build_prompt
+from reftune.model.sampler import Samples
+from reftune.train.self_training import augment_with_samples, augmentation_stats
+from reftune.rewards.verifier import labelled_solutions, load_scorer, roc_auc, train_verifier, verifier_scores
+from reftune.eval.voting import pass_at_k
 
 
 # A scripted sampler: hand-checkable numbers ---------------------------------------------------------------
@@ -60,7 +60,7 @@ def tokenizer():
 
 
 def _synthetic_examples():
-    from reftune.tasks.synthetic import generate_splits
+    from reftune.data.synthetic import generate_splits
     return generate_splits(0, {"train": 20})["train"]
 
 
@@ -218,14 +218,14 @@ def test_eval_verifier_selftrain_commands(lm, tokenizer, tmp_path):
     v = load_config(VerifierJob, None, [f"out_dir={tmp_path / 'verifier'}", f"model.name_or_path={policy_dir}",
                                         *TINY_DATA, "verifier.num_samples=2", "verifier.max_new_tokens=8",
                                         "verifier.epochs=1", "verifier.batch_size=8", "verifier.max_questions=8"])
-    info = stages.verifier(v)
+    info = commands.verifier(v)
     assert info["best_epoch"] == 1 and set(info["sample_accuracy"]) == {"train", "val"}
     assert len((tmp_path / "verifier" / "samples_train.jsonl").read_text().splitlines()) == 8
 
     e = load_config(EvalJob, None, [f"out_dir={tmp_path / 'eval'}", f"model.name_or_path={policy_dir}", *TINY_DATA,
                                     "eval.num_samples=3", "eval.max_new_tokens=8",
                                     f"eval.verifier={tmp_path / 'verifier' / 'best'}"])
-    res = stages.eval(e)
+    res = commands.eval(e)
     assert {"accuracy", "n", "answered", "sampling"} <= set(res)
     assert {"pass@1", "pass@2", "pass@3", "voting@3", "rerank@3"} <= set(res["sampling"])
     assert json.loads((tmp_path / "eval" / "results.json").read_text()) == res
@@ -234,23 +234,23 @@ def test_eval_verifier_selftrain_commands(lm, tokenizer, tmp_path):
     assert len(rows) == 4 and all(s["score"] is not None for s in json.loads(rows[0])["samples"])
 
     with pytest.raises(UserError, match="eval.num_samples"):
-        stages.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'e2'}", f"model.name_or_path={policy_dir}",
+        commands.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'e2'}", f"model.name_or_path={policy_dir}",
                                                 *TINY_DATA, f"eval.verifier={tmp_path / 'verifier' / 'best'}"]))
 
     # a slice in chunks: eval.offset skips questions, eval.limit counts from there
-    part = stages.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'e3'}", f"model.name_or_path={policy_dir}",
+    part = commands.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'e3'}", f"model.name_or_path={policy_dir}",
                                                    *TINY_DATA, "eval.max_new_tokens=8", "eval.offset=1", "eval.limit=2"]))
     all_ids = [json.loads(line)["id"] for line in (tmp_path / "eval" / "test.jsonl").read_text().splitlines()]
     part_ids = [json.loads(line)["id"] for line in (tmp_path / "e3" / "test.jsonl").read_text().splitlines()]
     assert part["n"] == 2 and part_ids == all_ids[1:3]
     with pytest.raises(UserError, match="eval.offset: 4 skips all 4"):
-        stages.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'e4'}", f"model.name_or_path={policy_dir}",
+        commands.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'e4'}", f"model.name_or_path={policy_dir}",
                                                 *TINY_DATA, "eval.offset=4"]))
 
     s = load_config(SelfTrainJob, None, [f"out_dir={tmp_path / 'st'}", f"model.name_or_path={policy_dir}", *TINY_DATA,
                                          "selftrain.num_samples=2", "selftrain.max_new_tokens=8", "sft.epochs=1",
                                          "sft.batch_size=8", "eval.max_new_tokens=8"])
-    out = stages.selftrain(s)
+    out = commands.selftrain(s)
     assert out["questions"] == 16 and out["examples"] == 16 + out["added"] and out["epochs_run"] == 1
     assert is_checkpoint(tmp_path / "st" / "best")
     assert len((tmp_path / "st" / "data" / "selftrain.jsonl").read_text().splitlines()) == out["examples"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reftune.answers import answers_match, extract_answer
+from reftune.grading.answers import answers_match, extract_answer
 from reftune.data.loaders import DATASETS, LoadResult, load_dataset
 from reftune.errors import DataError, UserError
 

@@ -13,14 +13,15 @@ import shutil
 import pytest
 import torch
 
-from reftune.checkpoint import is_checkpoint, load_state
+from reftune.model.checkpoint import is_checkpoint, load_state
 from reftune.config import RunConfig, SFTConfig, load_config
 from reftune.errors import TrainingDiverged, UserError
-from reftune.logger import MetricsLogger, read_metrics
-from reftune.modeling import build_tiny_model, load_pretrained, train_tokenizer
-from reftune.pipeline import run
-from reftune.sft import train_sft
-from reftune.tasks.synthetic import generate_splits
+from reftune.train.logger import MetricsLogger, read_metrics
+from reftune.model.modeling import build_tiny_model, load_pretrained, train_tokenizer
+from reftune.commands.run import run
+from reftune.train.context import RunContext
+from reftune.train.sft import train_sft
+from reftune.data.synthetic import generate_splits
 
 TINY = ["data.n_train=64", "data.n_val=32", "data.n_test=32", "data.n_extra=64", "model.hidden_size=32",
         "model.num_layers=2", "model.intermediate_size=64", "sft.epochs=2", "warmup_epochs=1", "sft.batch_size=16",
@@ -179,8 +180,8 @@ def test_nan_loss_stops_sft_and_keeps_the_last_good_checkpoint(tiny, tmp_path):
     lm.register_forward_hook(poison, with_kwargs=True)
     cfg = SFTConfig(epochs=4, batch_size=8, save_every_steps=0)
     with pytest.raises(TrainingDiverged, match="sft step 4"):
-        train_sft(lm, tok, splits["train"], splits["val"], cfg, out_dir=tmp_path,
-                  logger=MetricsLogger(tmp_path, tensorboard=False), max_new_tokens=8)
+        train_sft(lm, tok, splits["train"], splits["val"], cfg,
+                  RunContext(tmp_path, MetricsLogger(tmp_path, tensorboard=False), eval_max_new_tokens=8))
     state = load_state(tmp_path / "last")
     assert (state["epoch"], state["step"]) == (2, 4)
     saved, _ = load_pretrained(str(tmp_path / "last"))
@@ -193,8 +194,8 @@ def test_a_huge_learning_rate_is_caught_as_divergence(tiny, tmp_path):
     lm = build_tiny_model(tok, 16, 1, 2, 32, 320, seed=0)
     cfg = SFTConfig(epochs=2, batch_size=8, lr=1e30, warmup_ratio=0.0, grad_clip=1e30)
     with pytest.raises(TrainingDiverged, match="NaN/inf"):
-        train_sft(lm, tok, splits["train"], splits["val"], cfg, out_dir=tmp_path,
-                  logger=MetricsLogger(tmp_path, tensorboard=False), max_new_tokens=8)
+        train_sft(lm, tok, splits["train"], splits["val"], cfg,
+                  RunContext(tmp_path, MetricsLogger(tmp_path, tensorboard=False), eval_max_new_tokens=8))
 
 
 def test_sft_skips_examples_whose_prompt_fills_max_length(tmp_path):
@@ -203,9 +204,11 @@ def test_sft_skips_examples_whose_prompt_fills_max_length(tmp_path):
     lm = build_tiny_model(tok, 16, 1, 2, 32, 512, seed=0)
     cfg = SFTConfig(epochs=1, batch_size=4, eval_every_epochs=1, save_every_steps=0)
     splits["train"][0].question = "word " * 400  # longer than max_length on its own: no answer token fits
-    info = train_sft(lm, tok, splits["train"], splits["val"], cfg, out_dir=tmp_path / "a",
-                     logger=MetricsLogger(tmp_path / "a", tensorboard=False), max_length=200, max_new_tokens=8)
+    info = train_sft(lm, tok, splits["train"], splits["val"], cfg,
+                     RunContext(tmp_path / "a", MetricsLogger(tmp_path / "a", tensorboard=False), max_length=200,
+                                eval_max_new_tokens=8))
     assert info["epochs_run"] == 1  # trained on the 15 that fit instead of producing a NaN loss
     with pytest.raises(UserError, match="model.max_length"):
-        train_sft(lm, tok, splits["train"], splits["val"], cfg, out_dir=tmp_path / "b",
-                  logger=MetricsLogger(tmp_path / "b", tensorboard=False), max_length=8, max_new_tokens=8)
+        train_sft(lm, tok, splits["train"], splits["val"], cfg,
+                  RunContext(tmp_path / "b", MetricsLogger(tmp_path / "b", tensorboard=False), max_length=8,
+                             eval_max_new_tokens=8))

@@ -9,8 +9,8 @@ import torch
 from reftune.config import RunConfig, load_config, resolve_config_path
 from reftune.data.example import Example
 from reftune.errors import ConfigError, UserError
-from reftune.prompts import build_prompt, build_target
-from reftune.reward_fns import (
+from reftune.model.prompts import build_prompt, build_target
+from reftune.rewards.functions import (
     REWARD_FUNCTIONS,
     compute_rewards,
     parse_rewards,
@@ -19,7 +19,7 @@ from reftune.reward_fns import (
     script_share,
     soft_overlong_penalty,
 )
-from reftune.rewards import grade, reft_reward
+from reftune.grading.grade import grade, reft_reward
 
 R1 = build_prompt("What is 2 + 2?", "r1")  # ends with "<think>": completions start inside the think block
 EX = Example(id="q", question="What is 2 + 2?", answer="4")
@@ -147,8 +147,8 @@ def test_parsing_weights_and_import_paths():
 @pytest.mark.parametrize("spec, message", [
     ("", "empty entry"), ("reft,,accuracy", "empty entry"), ("reft:inf", "bad entry"), (":1", "bad entry"),
     ("reft,reft:2", "twice"), ("nope", "unknown reward function 'nope'"),
-    ("reftune_no_such_module:fn", "cannot load"), ("reftune.answers:no_such_fn", "cannot load"),
-    ("reftune.answers:DEFAULT_MARKERS", "not a function"),
+    ("reftune_no_such_module:fn", "cannot load"), ("reftune.grading.answers:no_such_fn", "cannot load"),
+    ("reftune.grading.answers:DEFAULT_MARKERS", "not a function"),
 ])
 def test_bad_specs_name_the_field(spec, message):
     with pytest.raises(ConfigError, match=f"rl.rewards: .*{message}"):

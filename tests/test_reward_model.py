@@ -14,20 +14,20 @@ import math
 import pytest
 import torch
 
-from reftune import stages
-from reftune.checkpoint import VALUE_HEAD_FILE, is_checkpoint, read_reward_model_info, save_checkpoint
+from reftune import commands
+from reftune.model.checkpoint import VALUE_HEAD_FILE, is_checkpoint, read_reward_model_info, save_checkpoint
 from reftune.cli import COMMANDS, main
 from reftune.config import RLJob, RMJob, load_config
 from reftune.data.example import Example
 from reftune.data.pairs import Pair, load_pairs, pairs_from_samples
 from reftune.errors import ConfigError, DataError, UserError
-from reftune.logger import read_metrics
-from reftune.modeling import PolicyWithValue, build_tiny_model, train_tokenizer
-from reftune.prompts import build_prompt
-from reftune.reward_fns import REWARD_FUNCTIONS, compute_rewards
-from reftune.reward_model import bradley_terry_loss, encode_pairs, load_reward_scorer, pairwise_metrics
-from reftune.tasks.synthetic import generate_splits
-from reftune.verifier import encode_solution
+from reftune.train.logger import read_metrics
+from reftune.model.modeling import PolicyWithValue, build_tiny_model, train_tokenizer
+from reftune.model.prompts import build_prompt
+from reftune.rewards.functions import REWARD_FUNCTIONS, compute_rewards
+from reftune.rewards.bradley_terry import bradley_terry_loss, encode_pairs, load_reward_scorer, pairwise_metrics
+from reftune.data.synthetic import generate_splits
+from reftune.rewards.verifier import encode_solution
 
 T = torch.tensor
 
@@ -192,11 +192,11 @@ def test_rm_builds_pairs_from_graded_samples(synthetic, tokenizer, tmp_path, mon
                   "correct": j == 0 and int(e.id.split("-")[1]) % 2 == 0, "pred": None, "finished": True}
                  for j in range(k)] for e in examples]
 
-    monkeypatch.setattr("reftune.inference.sample_and_grade", scripted)
+    monkeypatch.setattr("reftune.eval.sampling.sample_and_grade", scripted)
     start = save_checkpoint(tmp_path / "start", build_tiny_model(tokenizer, 16, 1, 2, 32, 256, seed=0), tokenizer)
     cfg = load_config(RMJob, None, [f"out_dir={tmp_path / 'rm'}", f"model.name_or_path={start}", *TINY,
                                     "rm.num_samples=3", "rm.max_pairs_per_question=1", "rm.epochs=1"])
-    info = stages.rm(cfg)
+    info = commands.rm(cfg)
     assert info["pairs"] == {"train": 8, "val": 2}           # 1 pair (capped from 2) per even-numbered question
     assert len((tmp_path / "rm" / "samples_train.jsonl").read_text().splitlines()) == 16
     pairs = load_pairs(tmp_path / "rm" / "pairs_train.jsonl")
@@ -209,7 +209,7 @@ def test_rm_without_any_mixed_question_says_what_to_do(tokenizer, tmp_path):
     cfg = load_config(RMJob, None, [f"out_dir={tmp_path / 'rm'}", f"model.name_or_path={start}", *TINY,
                                     "rm.num_samples=2", "rm.max_new_tokens=4"])
     with pytest.raises(UserError, match="no training pairs.*rm.pairs_path"):
-        stages.rm(cfg)  # a random model answers nothing right: no question has a correct sample
+        commands.rm(cfg)  # a random model answers nothing right: no question has a correct sample
 
 
 # --- a reward model as an RL reward -----------------------------------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from reftune.data.example import Example
-from reftune.rewards import Grade, grade, reft_reward
+from reftune.grading.grade import Grade, grade, reft_reward
 
 NUM = Example(id="n", question="Ava has 12 apples and buys 5 more. How many?", answer="17")
 MCQ = Example(id="m", question="Pick: a ) 38 , b ) 27 , c ) 12", answer="a", answer_type="mcq")
@@ -68,7 +68,7 @@ class _Result:
 
 
 class _FakeSandbox:
-    """Stands in for `reftune.sandbox.ProgramSandbox`: returns canned results, records what it ran."""
+    """Stands in for `reftune.grading.sandbox.ProgramSandbox`: returns canned results, records what it ran."""
 
     def __init__(self, results):
         self.results, self.ran = results, []

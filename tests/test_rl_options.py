@@ -12,17 +12,20 @@ import math
 import pytest
 import torch
 
-from reftune import algos, stages
-from reftune.accel import get_accelerator
-from reftune.checkpoint import save_checkpoint
+from reftune import algos, commands
+from reftune.train.accel import get_accelerator
+from reftune.model.checkpoint import save_checkpoint
 from reftune.config import RLJob, load_config
 from reftune.errors import ConfigError
-from reftune.logger import MetricsLogger, read_metrics
-from reftune.modeling import PolicyWithValue, build_tiny_model, train_tokenizer
-from reftune.reward_fns import REWARD_FUNCTIONS
-from reftune.rl import ScoredRollout, informative_groups, self_training_rows, train_rl
-from reftune.rollout import Samples
-from reftune.tasks.synthetic import generate_splits
+from reftune.train.logger import MetricsLogger, read_metrics
+from reftune.model.modeling import PolicyWithValue, build_tiny_model, train_tokenizer
+from reftune.rewards.functions import REWARD_FUNCTIONS
+from reftune.rl.batch import Rollout, informative_groups
+from reftune.rl.loop import train_rl
+from reftune.rl.update import self_training_rows
+from reftune.train.context import RunContext
+from reftune.model.sampler import Samples
+from reftune.data.synthetic import generate_splits
 
 COMMON = {"reward", "accuracy", "answered", "kl", "entropy", "clipfrac", "approx_kl", "policy_loss",
           "response_length", "logp_mismatch_mean", "logp_mismatch_max", "seq_ratio_mean", "seq_ratio_max"}
@@ -44,8 +47,8 @@ def rl_records(tiny, out, template: str = "reft", **options) -> list[dict]:
     lm = build_tiny_model(tok, 32, 1, 2, 64, 320, seed=0)
     ref = copy.deepcopy(lm).eval().requires_grad_(False) if cfg.kl_in != "none" else None
     torch.manual_seed(0)
-    train_rl(PolicyWithValue(lm), ref, tok, splits["train"], splits["val"], cfg, out_dir=out, template=template,
-             logger=MetricsLogger(out, tensorboard=False), eval_batch_size=8)
+    train_rl(PolicyWithValue(lm), ref, tok, splits["train"], splits["val"], cfg,
+             RunContext(out, MetricsLogger(out, tensorboard=False), stage="rl", template=template, eval_batch_size=8))
     records = [r for r in read_metrics(out) if "reward" in r]
     assert [r["step"] for r in records] == list(range(1, cfg.steps + 1))
     return records
@@ -137,7 +140,7 @@ def test_scored_rollouts_select_and_concatenate_whole_groups():
         rows = len(scores)
         samples = Samples([[i] for i in range(rows)], [[10 + i] for i in range(rows)], [[-1.0]] * rows,
                           [True] * rows, [f"t{i}" for i in range(rows)])
-        return ScoredRollout(idx, None, samples, [None] * rows, torch.tensor(scores), {"f": list(scores)},
+        return Rollout(idx, None, samples, [None] * rows, torch.tensor(scores), {"f": list(scores)},
                              [None] * rows)
 
     a, b = batch([7, 8], [0.0, 1.0, 1.0, 1.0]), batch([9], [0.0, 0.5])
@@ -228,13 +231,13 @@ def test_online_self_training_through_reftune_rl(tiny, tmp_path, monkeypatch):
     _, tok = tiny
     start = save_checkpoint(tmp_path / "start", build_tiny_model(tok, 32, 1, 2, 64, 320, seed=0), tok)
     loads = []
-    real_load = stages.load_pretrained
-    monkeypatch.setattr(stages, "load_pretrained", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = commands.load_pretrained
+    monkeypatch.setattr(commands, "load_pretrained", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     cfg = load_config(RLJob, None, [
         f"out_dir={tmp_path / 'rl'}", f"model.name_or_path={start}", "data.n_train=16", "data.n_val=4",
         "data.n_test=4", "data.n_extra=0", "data.n_pretrain=0", "eval.max_new_tokens=8",
         "rl.objective=online_self_training", *[f"rl.{k}={v}" for k, v in {**TINY, "steps": 2}.items()]])
-    info = stages.rl(cfg)
+    info = commands.rl(cfg)
     assert len(loads) == 1 and info["best_step"] in (1, 2)         # the policy only: no reference model
     records = [r for r in read_metrics(tmp_path / "rl") if "reward" in r]
     assert [r["step"] for r in records] == [1, 2]

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from reftune.batching import encode
-from reftune.modeling import build_tiny_model, train_tokenizer
-from reftune.rollout import HFSampler, sample_next
-from reftune.tasks.synthetic import generate_splits
+from reftune.model.batching import encode
+from reftune.model.modeling import build_tiny_model, train_tokenizer
+from reftune.model.sampler import HFSampler, sample_next
+from reftune.data.synthetic import generate_splits
 
 MAX_NEW = 20
 

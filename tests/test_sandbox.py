@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reftune.sandbox import ProgramResult, ProgramSandbox, execute_program
+from reftune.grading.sandbox import ProgramResult, ProgramSandbox, execute_program
 
 TIMEOUT = 1.0
 MARGIN = 3.0  # seconds on top of the timeout, for a loaded 2-core machine

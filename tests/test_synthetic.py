@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from reftune.answers import extract_answer
-from reftune.tasks.synthetic import generate_splits
+from reftune.grading.answers import extract_answer
+from reftune.data.synthetic import generate_splits
 
 SIZES = {"train": 120, "extra": 60, "val": 40, "test": 40}
 LINE = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")

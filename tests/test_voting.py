@@ -6,7 +6,7 @@ from math import comb
 
 import pytest
 
-from reftune.voting import majority_vote, pass_at_k, rerank
+from reftune.eval.voting import majority_vote, pass_at_k, rerank
 
 
 # pass@k = 1 - C(n-c, k) / C(n, k) --------------------------------------------------------------------

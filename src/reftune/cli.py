@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.overrides) + ([f"model.name_or_path={args.model}"] if args.model else [])
         overrides += ["data.skip_invalid=true"] if args.skip_invalid else []
         cfg = load_config(COMMANDS[args.command], args.config, overrides)
-        from reftune import stages  # heavy imports (torch, transformers) only after the config is valid
+        from reftune import commands  # heavy imports (torch, transformers) only after the config is valid
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()  # reftune shows its own bars; HF's (one per checkpoint save) interleave
-        result = getattr(stages, args.command)(cfg, resume=args.resume)
+        result = getattr(commands, args.command)(cfg, resume=args.resume)
     except UserError as e:
         print(f"reftune {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ class Example:
 
     id: stable identifier, unique within a dataset (used to keep splits disjoint and to name outputs).
     question: the problem text shown to the model (MCQ options included in it, as in ReFT's MathQA).
-    answer: the gold final answer as a string ("42", "0.5", "c"); compared with `reftune.answers`.
+    answer: the gold final answer as a string ("42", "0.5", "c"); compared with `reftune.grading.answers`.
     cot: the demonstration: N-CoT text ending with an answer marker, or a P-CoT program
         (`def solution(): ... return result`); None for answer-only data (usable by RL, not by SFT).
     answer_type: "numeric" (partial reward 0.1 for a wrong number applies), "mcq" (a letter), "text".

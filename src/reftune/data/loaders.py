@@ -4,7 +4,7 @@ One entry point, `load_dataset(name, path, ...)`, for:
 - "gsm8k": the authors' JSONL `{question, answer}` (a file, or a folder holding `{split}.jsonl`), or, with
   no path, the hub dataset `openai/gsm8k` through `datasets`. The rationale becomes the N-CoT with its
   final "#### n" line rewritten to "The answer is n." so every N-CoT ends with the marker
-  `reftune.answers` reads first; `calculator="strip"` removes the `<<48/2=24>>` annotations ("keep" keeps them).
+  `reftune.grading.answers` reads first; `calculator="strip"` removes the `<<48/2=24>>` annotations ("keep" keeps them).
 - "svamp": the challenge set `SVAMP.json` `{ID, Body, Question, Equation, Answer, Type}`; question =
   Body + " " + Question; no CoT.
 - "reft": the ReFT release's JSON arrays `{item_id, question, answer_cot?, answer_value}`, N-CoT or P-CoT;
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reftune.answers import mcq_options, parse_number
+from reftune.grading.answers import mcq_options, parse_number
 from reftune.data.example import Example
 from reftune.errors import DataError, UserError
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from reftune.config import DataConfig
 from reftune.data.example import Example
 from reftune.errors import UserError
-from reftune.jsonl import write_jsonl
+from reftune.data.jsonl import write_jsonl
 
 
 def load_splits(cfg: DataConfig, log=print, report: dict | None = None) -> dict[str, list[Example]]:
@@ -24,7 +24,7 @@ def load_splits(cfg: DataConfig, log=print, report: dict | None = None) -> dict[
     report: if given, receives {"skipped": number of invalid records skipped} (with data.skip_invalid).
     """
     if cfg.name == "synthetic":
-        from reftune.tasks.synthetic import generate_splits
+        from reftune.data.synthetic import generate_splits
         # "pretrain" comes last, so the other splits are the same whatever its size
         sizes = {"train": cfg.n_train, "extra": cfg.n_extra, "val": cfg.n_val, "test": cfg.n_test,
                  "pretrain": cfg.n_pretrain}

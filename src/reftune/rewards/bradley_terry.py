@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from reftune.checkpoint import read_reward_model_info
+from reftune.model.checkpoint import read_reward_model_info
 from reftune.config import RewardModelConfig
 from reftune.data.pairs import Pair
 from reftune.errors import ConfigError, UserError
-from reftune.modeling import PolicyWithValue
-from reftune.prompts import build_prompt
-from reftune.scorer_training import Objective, train_scorer
-from reftune.verifier import Verifier, encode_solution, load_verifier, verifier_scores
+from reftune.model.modeling import PolicyWithValue
+from reftune.model.prompts import build_prompt
+from reftune.train.scorers import Objective, train_scorer
+from reftune.rewards.verifier import Verifier, encode_solution, load_verifier, verifier_scores
 
 # (full prompt texts, completions) → one reward per completion: the `reward_scorer` of `reward_fns.reward_model`.
 RewardScorer = Callable[[list[str], list[str]], list[float]]

@@ -8,7 +8,7 @@ one value per completion; None means "does not apply" (e.g. no script letters to
 weighted sum and is logged as missing. In the spirit of TRL's reward functions, the dataset columns come as
 keyword lists too (`question=[...]`, `answer=[...]`, `answer_type=[...]`), along with the run's settings
 (`cot_kind`, `sandbox`, `template`, `correct_reward`, `partial_reward`), the sampled token ids
-(`completion_ids`), the task's own grades (`grades`, see `reftune.rewards.grade`) and the trained reward model
+(`completion_ids`), the task's own grades (`grades`, see `reftune.grading.grade.grade`) and the trained reward model
 of `rl.reward_model` (`reward_scorer`, None without one). Everything is passed
 by keyword, as TRL does, so a function takes `**kw` and ignores what it does not use: a TRL reward function
 such as `def score(completions, answer, **kwargs)` works unchanged (for plain-text, not chat, completions).
@@ -36,10 +36,10 @@ import re
 import unicodedata
 from typing import Callable
 
-from reftune.answers import answers_match, extract_answer
+from reftune.grading.answers import answers_match, extract_answer
 from reftune.data.example import Example
 from reftune.errors import ConfigError, UserError
-from reftune.rewards import Grade, grade, reft_reward
+from reftune.grading.grade import Grade, grade, reft_reward
 
 RewardFn = Callable[..., list]
 REWARD_FUNCTIONS: dict[str, RewardFn] = {}
@@ -122,7 +122,7 @@ def answer_tag_content(text: str) -> str | None:
 def r1_accuracy(prompts, completions, examples, **kw) -> list[float]:
     """1 when the content of the last <answer>...</answer> is the gold answer, else 0 (also without the tag).
 
-    The content is read by `reftune.answers` as if it followed a final-answer marker, so for numeric answers
+    The content is read by `reftune.grading.answers` as if it followed a final-answer marker, so for numeric answers
     the first number inside counts ("<answer> 42 apples </answer>" → 42); mcq reads a letter, text the content.
     """
     out = []
@@ -174,7 +174,7 @@ NO_REWARD_MODEL = ("rl.rewards: 'reward_model' needs rl.reward_model=CKPT (a `re
 @register_reward("reward_model")
 def reward_model(prompts, completions, examples, *, reward_scorer=None, **kw) -> list[float]:
     """The trained reward model's score of each (full prompt text, completion): `kw["reward_scorer"]`, which the
-    RL loop builds once from `rl.reward_model` (`reftune.reward_model.load_reward_scorer`)."""
+    RL loop builds once from `rl.reward_model` (`reftune.rewards.bradley_terry.load_reward_scorer`)."""
     if reward_scorer is None:
         raise ConfigError(NO_REWARD_MODEL)
     return [float(v) for v in reward_scorer(prompts, completions)]

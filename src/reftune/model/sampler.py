@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from reftune.batching import left_pad, positions
+from reftune.model.batching import left_pad, positions
 
 
 @dataclass

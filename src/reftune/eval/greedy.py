@@ -6,12 +6,12 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from reftune.batching import encode
+from reftune.model.batching import encode
 from reftune.data.example import Example
-from reftune.jsonl import write_jsonl
-from reftune.prompts import build_prompt
-from reftune.rewards import grade
-from reftune.rollout import HFSampler
+from reftune.data.jsonl import write_jsonl
+from reftune.model.prompts import build_prompt
+from reftune.grading.grade import grade
+from reftune.model.sampler import HFSampler
 
 
 def evaluate(model, tokenizer, examples: list[Example], *, template: str = "reft", cot: str = "nl",

@@ -7,7 +7,7 @@
 
 Simplifications: "distinct" means different after collapsing whitespace; questions without a gold CoT
 (answer-only data) are not used here. Online self-training (resampling as training goes) is the RL loop's
-`rl.objective=online_self_training` (`reftune.rl`).
+`rl.objective=online_self_training` (`reftune.rl.loop`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from reftune.data.example import Example
-from reftune.prompts import get_template
+from reftune.model.prompts import get_template
 
 
 def _same_text(text: str) -> str:

@@ -1,7 +1,7 @@
 """Inference-time scaling from k samples per question: pass@k, majority voting, verifier reranking.
 
-Pure functions on already graded samples (see `reftune.rewards.grade`); `reftune.inference` runs the
-sampling and calls them. Answers are compared through `reftune.answers.normalize_answer`, the same key
+Pure functions on already graded samples (see `reftune.grading.grade.grade`); `reftune.eval.sampling` runs the
+sampling and calls them. Answers are compared through `reftune.grading.answers.normalize_answer`, the same key
 grading uses, so "1,000" and "1000.0" are one answer here too.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from reftune.answers import normalize_answer
+from reftune.grading.answers import normalize_answer
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

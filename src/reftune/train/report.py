@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from reftune.logger import read_metrics
+from reftune.train.logger import read_metrics
 
 LABELS = {"base": "base model (before SFT)", "warmup": "(a) warm-up (SFT, few epochs)", "sft": "(b) SFT baseline (best val epoch)",
           "reft": "(c) ReFT from warm-up", "reft_extra": "(d) ReFT + answer-only questions"}

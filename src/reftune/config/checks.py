@@ -44,7 +44,7 @@ def validate(cfg: Any) -> None:
             raise ConfigError("rl.gamma and rl.lam must be in (0, 1]")
         if (rl.prompts_per_step * rl.num_generations) % rl.minibatches:
             raise ConfigError("rl.minibatches must divide rl.prompts_per_step * rl.num_generations")
-        from reftune.reward_fns import NO_REWARD_MODEL, resolve_rewards
+        from reftune.rewards.functions import NO_REWARD_MODEL, resolve_rewards
         names = [n for n, _, _ in resolve_rewards(rl.rewards)]  # names, weights, user functions: fail before training
         if "reward_model" in names and not rl.reward_model:
             raise ConfigError(NO_REWARD_MODEL)

@@ -1,7 +1,7 @@
 """Grading completions and the ReFT reward, shared by RL, evaluation and voting.
 
-`grade` turns completions into (answer, correct) pairs: N-CoT answers are read by `reftune.answers`
-after the final-answer marker; P-CoT completions are programs, run in `reftune.sandbox`, whose return
+`grade` turns completions into (answer, correct) pairs: N-CoT answers are read by `reftune.grading.answers`
+after the final-answer marker; P-CoT completions are programs, run in `reftune.grading.sandbox`, whose return
 value is the answer. `reft_reward` maps a grade to 1 / 0.1 / 0 as in the paper: the partial reward goes
 to a wrong but extracted *numeric* answer (it rewards producing a well-formed answer at all).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reftune.answers import answers_match, extract_answer, normalize_answer
+from reftune.grading.answers import answers_match, extract_answer, normalize_answer
 from reftune.data.example import Example
 
 
@@ -27,7 +27,7 @@ def grade(texts: list[str], examples: list[Example], cot: str = "nl", sandbox=No
     """Grade completion i against examples[i]. cot="program" executes each completion in `sandbox`."""
     if cot == "program":
         if sandbox is None:
-            from reftune.sandbox import ProgramSandbox
+            from reftune.grading.sandbox import ProgramSandbox
             sandbox = ProgramSandbox()
         results = sandbox.run_many(texts)
         raw = [r.value if r.ok else None for r in results]

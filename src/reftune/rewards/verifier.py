@@ -7,7 +7,7 @@ trained on, measure it (loss, accuracy at 0.5, ROC AUC) and pick the best epoch.
 Model: a `PolicyWithValue` started from a policy checkpoint; its value head reads the last hidden state at
 the last token of prompt + solution + EOS and gives a logit; sigmoid(logit) = P(correct); the loss is binary
 cross-entropy; trunk and head are trained together (`scorer_training.train_scorer`, the loop the Bradley-Terry
-reward model of `reftune.reward_model` shares). Saved like any policy checkpoint (HF files +
+reward model of `reftune.rewards.bradley_terry` shares). Saved like any policy checkpoint (HF files +
 `value_head.safetensors`) plus `reward_model.json` (kind "verifier"), so `load_verifier` is `load_pretrained` +
 `load_value_head`.
 
@@ -26,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reftune.batching import encode, positions
-from reftune.checkpoint import load_value_head
+from reftune.model.batching import encode, positions
+from reftune.model.checkpoint import load_value_head
 from reftune.config import VerifierConfig
 from reftune.data.example import Example
 from reftune.errors import ConfigError, UserError
-from reftune.modeling import PolicyWithValue, load_pretrained
-from reftune.prompts import build_prompt
-from reftune.scorer_training import Objective, score_rows, train_scorer
+from reftune.model.modeling import PolicyWithValue, load_pretrained
+from reftune.model.prompts import build_prompt
+from reftune.train.scorers import Objective, score_rows, train_scorer
 
 
 class Verifier(nn.Module):
@@ -88,7 +88,7 @@ def load_scorer(path: str | Path, template: str = "reft", batch_size: int = 32, 
     """A `inference.Scorer` (questions, completions) → P(correct) backed by the verifier at `path`: the frozen
     `reward_model.load_reward_scorer` (for a Bradley-Terry reward model, sigmoid of its score: the same ranking)
     behind the prompt template."""
-    from reftune.reward_model import load_reward_scorer  # it imports this module
+    from reftune.rewards.bradley_terry import load_reward_scorer  # it imports this module
     score = load_reward_scorer(path, template=template, sigmoid=True, batch_size=batch_size, device=device,
                                field="eval.verifier", max_length=max_length)
 

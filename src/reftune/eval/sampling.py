@@ -22,16 +22,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from reftune.answers import normalize_answer
-from reftune.batching import encode
+from reftune.grading.answers import normalize_answer
+from reftune.model.batching import encode
 from reftune.data.example import Example
-from reftune.jsonl import write_jsonl
-from reftune.prompts import build_prompt
-from reftune.rewards import grade
-from reftune.rollout import HFSampler, Sampler
-from reftune.voting import majority_vote, pass_at_k, rerank
+from reftune.data.jsonl import write_jsonl
+from reftune.model.prompts import build_prompt
+from reftune.grading.grade import grade
+from reftune.model.sampler import HFSampler, Sampler
+from reftune.eval.voting import majority_vote, pass_at_k, rerank
 
-# (questions, completions) -> P(correct) per completion; see `reftune.verifier.load_scorer`.
+# (questions, completions) -> P(correct) per completion; see `reftune.rewards.verifier.load_scorer`.
 Scorer = Callable[[list[str], list[str]], list[float]]
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from reftune.config_checks import validate
+from reftune.config.checks import validate
 from reftune.errors import ConfigError
 
 
@@ -42,7 +42,7 @@ class DataConfig:
     path: Optional[str] = doc(None, "training file (or folder) for real datasets; None for the synthetic task")
     test_path: Optional[str] = doc(None, "test file for real datasets (e.g. the ReFT release's *_test_set.json)")
     cot: Literal["nl", "program"] = doc("nl", "chain of thought kind: nl (N-CoT) or program (P-CoT, executed)")
-    template: str = doc("reft", "prompt template preset (see reftune.prompts.TEMPLATES)")
+    template: str = doc("reft", "prompt template preset (see reftune.model.prompts.TEMPLATES)")
     n_train: int = doc(500, "synthetic: training questions with a rationale")
     n_extra: int = doc(4000, "synthetic: extra answer-only training questions (used by RL when rl.use_extra)")
     n_pretrain: int = doc(8000, "synthetic: problems (disjoint from every split) whose full text pretrains the tiny default's base model")
@@ -392,7 +392,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+SHIPPED_CONFIGS = Path(__file__).parent.parent / "configs"
 
 
 def resolve_config_path(path: str | Path) -> Path:

@@ -23,9 +23,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from reftune.accel import check_finite, get_accelerator, optimizer_step
-from reftune.batching import left_pad
-from reftune.checkpoint import save_checkpoint
+from reftune.train.accel import check_finite, get_accelerator, optimizer_step
+from reftune.model.batching import left_pad
+from reftune.model.checkpoint import save_checkpoint
 from reftune.config import VerifierConfig
 from reftune.errors import UserError
 

@@ -1,0 +1,173 @@
+"""The commands behind the CLI, one function each: the whole run (`commands.run`), or one stage (SFT, RL, eval,
+verifier, rm, selftrain) from its config. Each opens its run with `common.open_run`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reftune.config import EvalJob, RLJob, RMJob, SelfTrainJob, SFTJob, VerifierJob
+from reftune.data.splits import save_splits
+from reftune.errors import UserError
+from reftune.eval.greedy import evaluate
+from reftune.model.checkpoint import is_checkpoint
+from reftune.model.modeling import PolicyWithValue, load_pretrained
+from reftune.commands.common import open_run, require_model
+from reftune.commands.run import init_model, run
+
+__all__ = ["eval", "rl", "rm", "run", "selftrain", "sft", "verifier"]
+
+
+def _graded_samples(run, sampling, lm, tokenizer, name: str, examples, seed: int) -> list[list[dict]]:
+    """`sampling.num_samples` graded samples per example (`eval.sampling.sample_and_grade` with the sampling
+    fields of a verifier/rm/selftrain section), kept in run_dir/samples_<name>.jsonl so a resumed run samples
+    once."""
+    from reftune.eval.sampling import cached_samples, sample_and_grade
+    cfg = run.cfg
+    return cached_samples(run.dir / f"samples_{name}.jsonl", examples, lambda: sample_and_grade(
+        lm, tokenizer, examples, sampling.num_samples, temperature=sampling.temperature, top_p=sampling.top_p,
+        max_new_tokens=sampling.max_new_tokens, template=cfg.data.template, cot=cfg.data.cot,
+        batch_size=sampling.gen_batch_size, sandbox=run.sandbox, seed=seed, desc=f"sample {name}"))
+
+
+def _sampling_model(cfg, start: str):
+    """The model that samples (verifier, rm, selftrain), on the training device."""
+    from reftune.train.accel import get_accelerator
+    lm, tokenizer = load_pretrained(start, cfg.model.gguf_file)
+    return lm.to(get_accelerator(cfg.precision).device), tokenizer
+
+
+def sft(cfg: SFTJob, resume: bool = False) -> dict:
+    from reftune.train.sft import train_sft
+    with open_run(cfg, resume, needs_model=False) as run:
+        save_splits(run.splits, run.dir / "data")
+        last = run.dir / "last"
+        lm, tokenizer = load_pretrained(str(last)) if is_checkpoint(last) else init_model(cfg, run.splits, run.dir)
+        return train_sft(lm, tokenizer, run.splits["train"], run.splits["val"], cfg.sft, run.context("sft"),
+                         snapshot_epochs=(cfg.snapshot_epoch,) if cfg.snapshot_epoch else ())
+
+
+def rl(cfg: RLJob, resume: bool = False) -> dict:
+    from reftune.rl.curriculum import from_config as curriculum_from_config
+    from reftune.rl.loop import needs_reference, train_rl
+    with open_run(cfg, resume) as run:
+        start = require_model(cfg)
+        policy, tokenizer = run.load_policy(start, run.dir / "last")
+        ref = None
+        if needs_reference(cfg.rl):
+            ref = load_pretrained(start, cfg.model.gguf_file)[0].eval().requires_grad_(False)
+        train = run.splits["train"] + (run.splits["extra"] if cfg.rl.use_extra else [])
+        return train_rl(policy, ref, tokenizer, train, run.splits["val"], cfg.rl, run.context("rl"),
+                        curriculum=curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed))
+
+
+def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the command's name
+    from reftune.eval.sampling import evaluate_sampling, results_table
+    from reftune.train.accel import get_accelerator
+    path, ev = require_model(cfg), cfg.eval
+    if ev.verifier and ev.num_samples < 1:
+        raise UserError("eval.verifier: reranking needs samples; set eval.num_samples=k (k >= 1)")
+    with open_run(cfg, resume, run_dir=False, logger=False) as run:
+        splits = run.splits
+        if ev.split not in splits or not splits[ev.split]:
+            raise UserError(f"eval.split: split '{ev.split}' is empty or unknown (have: "
+                            f"{', '.join(k for k, v in splits.items() if v)})")
+        examples = splits[ev.split][ev.offset:None if ev.limit is None else ev.offset + ev.limit]
+        if not examples:
+            raise UserError(f"eval.offset: {ev.offset} skips all {len(splits[ev.split])} questions of '{ev.split}'")
+        lm, tokenizer = load_pretrained(path, cfg.model.gguf_file)
+        lm.to(get_accelerator().device)
+        out, template, kind = Path(cfg.out_dir), cfg.data.template, cfg.data.cot
+        res = evaluate(lm, tokenizer, examples, template=template, cot=kind, batch_size=ev.batch_size,
+                       max_new_tokens=ev.max_new_tokens, sandbox=run.sandbox, out_path=out / f"{ev.split}.jsonl")
+        if ev.num_samples > 0:  # one sampling pass: pass@k, voting@k and (with a verifier) rerank@k
+            scorer = None
+            if ev.verifier:
+                from reftune.rewards.verifier import load_scorer
+                scorer = load_scorer(ev.verifier, template, batch_size=ev.batch_size,
+                                     max_length=cfg.model.max_length, device=lm.device)
+            res["sampling"] = evaluate_sampling(
+                lm, tokenizer, examples, ev.num_samples, temperature=ev.temperature, top_p=ev.top_p,
+                max_new_tokens=ev.max_new_tokens, template=template, cot=kind, batch_size=ev.batch_size,
+                sandbox=run.sandbox, seed=cfg.seed, scorer=scorer, out_path=out / f"{ev.split}_samples.jsonl")
+        (out / "results.json").write_text(json.dumps(res, indent=2))
+        title = f"{path or cfg.model.gguf_file} on {ev.split}"
+        (out / "results.md").write_text(results_table(res, res.get("sampling"), title))
+        return res
+
+
+def verifier(cfg: VerifierJob, resume: bool = False) -> dict:
+    """Sample and grade solutions on train (and val) questions, then train the P(correct) classifier on them."""
+    from reftune.rewards.verifier import labelled_solutions, train_verifier
+    with open_run(cfg, resume) as run:
+        v = cfg.verifier
+        questions = {"train": run.splits["train"][:v.max_questions], "val": run.splits["val"]}
+        lm, tokenizer = _sampling_model(cfg, require_model(cfg))
+        per_question = {name: _graded_samples(run, v, lm, tokenizer, name, questions[name], cfg.seed + i)
+                        for i, name in enumerate(("train", "val"))}
+        if v.init_from:
+            lm, tokenizer = load_pretrained(v.init_from)
+        items = {name: labelled_solutions(tokenizer, questions[name], per_question[name], cfg.data.template,
+                                          cfg.model.max_length) for name in questions}
+        info = train_verifier(PolicyWithValue(lm), tokenizer, items["train"], items["val"], v, out_dir=run.dir,
+                              logger=run.logger, precision=cfg.precision, seed=cfg.seed,
+                              template=cfg.data.template, max_length=cfg.model.max_length)
+        info["sample_accuracy"] = {name: sum(y for _, y in items[name]) / max(len(items[name]), 1)
+                                   for name in items}
+        (run.dir / "results.json").write_text(json.dumps(info, indent=2))
+        return info
+
+
+def rm(cfg: RMJob, resume: bool = False) -> dict:
+    """Train a Bradley-Terry reward model on preference pairs: from rm.pairs_path, or every (correct, incorrect)
+    pair of the model's own graded samples per training question; validation pairs likewise from the val split
+    (or rm.val_pairs_path), never trained on. Writes the pairs used to run_dir/pairs_<split>.jsonl."""
+    from reftune.data.jsonl import write_jsonl
+    from reftune.data.pairs import load_pairs, pairs_from_samples
+    from reftune.rewards.bradley_terry import encode_pairs, train_reward_model
+    require_model(cfg)
+    r = cfg.rm
+    files = {"train": r.pairs_path, "val": r.val_pairs_path}
+    pairs = {name: load_pairs(path) for name, path in files.items() if path}  # a bad file fails before any work
+    with open_run(cfg, resume) as run:
+        questions = {"train": run.splits["train"][:r.max_questions], "val": run.splits["val"]}
+        lm, tokenizer = _sampling_model(cfg, require_model(cfg))
+        for i, name in enumerate(("train", "val")):
+            if name not in pairs:
+                per_question = _graded_samples(run, r, lm, tokenizer, name, questions[name], cfg.seed + i)
+                pairs[name] = pairs_from_samples(questions[name], per_question, r.max_pairs_per_question,
+                                                 cfg.seed + i)
+            write_jsonl(run.dir / f"pairs_{name}.jsonl", (p.to_record() for p in pairs[name]))
+        if not pairs["train"]:
+            raise UserError("rm: no training pairs: no training question has both a correct and an incorrect "
+                            "sample; sample more (rm.num_samples), from another model, or give rm.pairs_path")
+        if r.init_from:
+            lm, tokenizer = load_pretrained(r.init_from)
+        items = {name: encode_pairs(tokenizer, pairs[name], cfg.data.template, cfg.model.max_length)
+                 for name in pairs}
+        info = train_reward_model(PolicyWithValue(lm), tokenizer, items["train"], items["val"], r, out_dir=run.dir,
+                                  logger=run.logger, precision=cfg.precision, seed=cfg.seed,
+                                  template=cfg.data.template, max_length=cfg.model.max_length)
+        info["pairs"] = {name: len(p) for name, p in pairs.items()}
+        (run.dir / "results.json").write_text(json.dumps(info, indent=2))
+        return info
+
+
+def selftrain(cfg: SelfTrainJob, resume: bool = False) -> dict:
+    """Offline self-training: sample from the warm-up model, keep distinct correct solutions, SFT again."""
+    from reftune.train.self_training import augment_with_samples, augmentation_stats
+    from reftune.train.sft import train_sft
+    with open_run(cfg, resume) as run:
+        st = cfg.selftrain
+        train = [e for e in run.splits["train"] if e.cot]
+        lm, tokenizer = _sampling_model(cfg, require_model(cfg))
+        per_question = _graded_samples(run, st, lm, tokenizer, "train", train, cfg.seed)
+        augmented = augment_with_samples(train, per_question, st.max_correct, cfg.data.template)
+        stats = augmentation_stats(train, augmented)
+        save_splits({"selftrain": augmented}, run.dir / "data")
+        last = run.dir / "last"
+        if is_checkpoint(last):
+            lm, tokenizer = load_pretrained(str(last))
+        run.logger.log("selftrain", 0, **stats)
+        info = train_sft(lm, tokenizer, augmented, run.splits["val"], cfg.sft, run.context("selftrain"))
+        return {**info, **stats}

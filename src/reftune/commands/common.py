@@ -1,0 +1,109 @@
+"""What every command does first, in one place: `open_run` — require the model, create (or reuse, with
+--resume) the run directory, save the resolved config, seed every RNG from `seed`, load the splits, start the
+program sandbox (P-CoT) and the metrics logger — and close them all on every path.
+
+A start that fails before any checkpoint was written leaves no run directory behind to block the retry.
+"""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from reftune.config import save_config
+from reftune.data.splits import load_splits
+from reftune.errors import UserError
+from reftune.model.checkpoint import is_checkpoint, load_value_head
+from reftune.model.modeling import PolicyWithValue, load_pretrained
+from reftune.train.context import RunContext
+from reftune.train.logger import MetricsLogger
+from reftune.train.seed import seed_everything
+
+
+def require_model(cfg) -> str:
+    if not cfg.model.name_or_path and not cfg.model.gguf_file:
+        raise UserError("model.name_or_path: this command needs a checkpoint (--model DIR)")
+    return cfg.model.name_or_path or ""
+
+
+def prepare_run_dir(out_dir: str, resume: bool) -> Path:
+    run_dir = Path(out_dir)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        raise UserError(f"run directory {run_dir} exists; pass --resume to continue it or set out_dir=...")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def make_sandbox(cfg):
+    """The `ProgramSandbox` P-CoT programs run in (data.cot=program), else None."""
+    if cfg.data.cot != "program":
+        return None
+    from reftune.grading.sandbox import ProgramSandbox
+    return ProgramSandbox()
+
+
+def _holds_checkpoint(run_dir: Path) -> bool:
+    return any(is_checkpoint(p.parent) for p in run_dir.rglob("config.json"))
+
+
+@dataclass
+class Run:
+    """An open run: its config, directory, splits, sandbox and logger (see `open_run`)."""
+
+    cfg: object
+    dir: Path
+    splits: dict
+    sandbox: object = None
+    logger: MetricsLogger | None = None
+    data_report: dict = field(default_factory=dict)
+
+    def context(self, stage: str, out_dir: str | Path | None = None) -> RunContext:
+        return RunContext.from_config(self.cfg, self.dir if out_dir is None else out_dir, self.logger, self.sandbox,
+                                      stage)
+
+    def load_policy(self, start: str | Path, last: Path | None = None) -> tuple[PolicyWithValue, object]:
+        """(policy with value head, tokenizer) from `last` when it is a checkpoint (a resumed stage), else from
+        `start` (its value head too, when it has one). A GGUF file (model.gguf_file) applies to `start` only."""
+        resumed = last is not None and is_checkpoint(last)
+        path = last if resumed else start
+        lm, tokenizer = load_pretrained(str(path), None if resumed else self.cfg.model.gguf_file)
+        policy = PolicyWithValue(lm)
+        load_value_head(path, policy.value_head)
+        return policy, tokenizer
+
+
+@contextmanager
+def open_run(cfg, resume: bool = False, *, needs_model: bool = True, run_dir: bool = True,
+             logger: bool = True) -> Iterator[Run]:
+    """Open a command's run: see the module docstring. run_dir=False (eval): write into out_dir without the
+    run-directory checks or the saved config; logger=False: no metrics.jsonl."""
+    if needs_model:
+        require_model(cfg)
+    fresh = not (Path(cfg.out_dir).exists() and any(Path(cfg.out_dir).iterdir()))
+    path = prepare_run_dir(cfg.out_dir, resume) if run_dir else Path(cfg.out_dir)
+    run = None
+    try:
+        if run_dir:
+            save_config(cfg, path / "config.yaml")
+        seed_everything(cfg.seed)
+        report: dict = {}
+        run = Run(cfg, path, load_splits(cfg.data, report=report), data_report=report)
+        run.sandbox = make_sandbox(cfg)
+        run.logger = MetricsLogger(path) if logger else None
+        yield run
+    except Exception:  # not KeyboardInterrupt: an interrupted run is resumed, not retried
+        if run_dir and fresh and path.exists() and not _holds_checkpoint(path):
+            if run is not None and run.logger is not None:
+                run.logger.close()
+                run.logger = None
+            shutil.rmtree(path, ignore_errors=True)  # nothing worth keeping: let the retry start clean
+        raise
+    finally:
+        if run is not None:
+            if run.logger is not None:
+                run.logger.close()
+            if run.sandbox is not None:
+                run.sandbox.close()

@@ -1,0 +1,143 @@
+"""`reftune run`: the whole method on one dataset, into one run directory.
+
+Stages (each marked done in `stages.json`, so `--resume` skips finished stages and continues an unfinished
+one from its `last/` checkpoint):
+  data   — build or load the splits, saved as JSONL;
+  init   — train the tokenizer and build the tiny model (or load --model), saved in HF format;
+  pretrain — tiny default only: language-model pretraining on `data.n_pretrain` problems disjoint from
+           every split (`pretrain/last`), the stand-in for the pretrained LM that ReFT starts from;
+  sft    — one SFT run: the warm-up model is its snapshot after `warmup_epochs` (`sft/epoch-K`); it goes
+           on to `sft.epochs` (early stopping by `sft.patience`) and keeps the best validation
+           checkpoint (`sft/best`): the paper's SFT baseline;
+  reft   — PPO from the warm-up model on the training questions (reference = warm-up model); with
+           curriculum=r3, rollouts start from prefixes of the demonstrations (`reftune.rl.curriculum`);
+  reft_extra — the same with the answer-only `extra` questions added (when `rl_extra`);
+  eval   — greedy accuracy of every model on val and test → `results.json`, `eval/*.jsonl`;
+  report — `report.md` with the results table and curves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reftune.commands.common import Run, open_run
+from reftune.config import RunConfig
+from reftune.data.splits import save_splits
+from reftune.eval.greedy import evaluate
+from reftune.model.checkpoint import is_checkpoint, save_checkpoint
+from reftune.model.modeling import build_tiny_model, load_pretrained, train_tokenizer
+from reftune.model.prompts import build_prompt, build_target, get_template
+from reftune.rl.curriculum import from_config as curriculum_from_config
+from reftune.rl.loop import needs_reference, train_rl
+from reftune.train.sft import train_sft
+
+
+class Stages:
+    """Which stages of a run are finished, persisted in `stages.json`."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "stages.json"
+        self.done: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
+
+    def finish(self, name: str, info: dict | None = None) -> None:
+        self.done[name] = info or {}
+        self.path.write_text(json.dumps(self.done, indent=2))
+
+
+def init_model(cfg, splits, run_dir: Path):
+    """(lm, tokenizer): `run_dir/init` if present, else built (tiny default) or loaded (--model) and saved there."""
+    init = run_dir / "init"
+    if is_checkpoint(init):
+        return load_pretrained(str(init))
+    if cfg.model.name_or_path is None:
+        texts = splits["train"] + splits.get("pretrain", [])
+        corpus = [e.question + "\n" + (e.cot or "") for e in texts]
+        corpus += [e.meta.get("nl_cot", "") + "\n" + e.meta.get("program", "") for e in texts]
+        if get_template(cfg.data.template).think:  # R1 instruction and tags in every sequence: learn them as tokens
+            corpus += [build_prompt(e.question, cfg.data.template) + build_target(e.cot, cfg.data.template, e.answer)
+                       for e in splits["train"] if e.cot]
+        tokenizer = train_tokenizer(corpus, cfg.model.vocab_size)
+        m = cfg.model
+        lm = build_tiny_model(tokenizer, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
+                              m.max_length, cfg.seed)
+    else:
+        lm, tokenizer = load_pretrained(cfg.model.name_or_path, cfg.model.gguf_file)
+    save_checkpoint(init, lm, tokenizer)
+    return lm, tokenizer
+
+
+def sft_stage(run: Run, stages: Stages, name: str, start: Path, train, cfg, snapshot_epochs=()) -> None:
+    """SFT from `start` (or from `<name>/last` when resuming) into run_dir/<name>."""
+    if name in stages.done:
+        return
+    last = run.dir / name / "last"
+    lm, tokenizer = load_pretrained(str(last if is_checkpoint(last) else start))
+    stages.finish(name, train_sft(lm, tokenizer, train, run.splits["val"], cfg, run.context(name, run.dir / name),
+                                  snapshot_epochs=snapshot_epochs))
+
+
+def rl_stage(run: Run, stages: Stages, name: str, train, warmup: Path) -> None:
+    """PPO from the warm-up model (or from `<name>/last` when resuming); reference = warm-up model."""
+    if name in stages.done:
+        return
+    cfg = run.cfg
+    policy, tokenizer = run.load_policy(warmup, run.dir / name / "last")
+    ref = load_pretrained(str(warmup))[0].eval().requires_grad_(False) if needs_reference(cfg.rl) else None
+    info = train_rl(policy, ref, tokenizer, train, run.splits["val"], cfg.rl, run.context(name, run.dir / name),
+                    curriculum=curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed))
+    stages.finish(name, info)
+
+
+def evaluate_models(run: Run, models: dict[str, Path]) -> dict:
+    """Greedy accuracy of each model on val and test (those already in results.json are kept)."""
+    cfg, path = run.cfg, run.dir / "results.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for name, model_dir in models.items():
+        lm, tokenizer = load_pretrained(str(model_dir))
+        for split in ("val", "test"):
+            if f"{name}/{split}" in results or not run.splits[split]:
+                continue
+            res = evaluate(lm, tokenizer, run.splits[split], template=cfg.data.template, cot=cfg.data.cot,
+                           batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                           sandbox=run.sandbox, out_path=run.dir / "eval" / f"{name}_{split}.jsonl",
+                           desc=f"eval {name} {split}")
+            results[f"{name}/{split}"] = res
+            run.logger.log("eval", 0, model=name, split=split, accuracy=res["accuracy"])
+            print(f"[eval] {name:>10} {split:>4}: accuracy {res['accuracy']:.3f}")
+        path.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def run(cfg: RunConfig, resume: bool = False) -> dict:
+    """Run every stage; returns the results dict also written to `results.json`."""
+    with open_run(cfg, resume, needs_model=False) as r:
+        stages, splits = Stages(r.dir), r.splits
+        if "data" not in stages.done:
+            save_splits(splits, r.dir / "data")
+            stages.finish("data", {**{k: len(v) for k, v in splits.items()}, **r.data_report})
+        lm, tokenizer = init_model(cfg, splits, r.dir)
+        stages.finish("init", {"parameters": sum(p.numel() for p in lm.parameters())})
+        base = r.dir / "init"
+        if cfg.model.name_or_path is None and splits.get("pretrain"):
+            # the tiny default has no pretrained LM to start from: pretrain one on disjoint problems
+            sft_stage(r, stages, "pretrain", base, splits["pretrain"], cfg.pretrain)
+            base = r.dir / "pretrain" / "last"
+        epochs = cfg.sft.epochs if cfg.sft_baseline else cfg.warmup_epochs
+        sft_cfg = type(cfg.sft)(**{**cfg.sft.__dict__, "epochs": max(epochs, cfg.warmup_epochs)})
+        sft_stage(r, stages, "sft", base, splits["train"], sft_cfg, snapshot_epochs=(cfg.warmup_epochs,))
+        warmup = r.dir / "sft" / f"epoch-{cfg.warmup_epochs}"
+        rl_stage(r, stages, "reft", splits["train"], warmup)
+        if cfg.rl_extra and splits["extra"]:
+            rl_stage(r, stages, "reft_extra", splits["train"] + splits["extra"], warmup)
+        models = {"base": base, "warmup": warmup}
+        if cfg.sft_baseline:
+            models["sft"] = r.dir / "sft" / "best"
+        models["reft"] = r.dir / "reft" / "best"
+        if "reft_extra" in stages.done:
+            models["reft_extra"] = r.dir / "reft_extra" / "best"
+        results = evaluate_models(r, models)
+        stages.finish("eval")
+        from reftune.train.report import write_report
+        write_report(r.dir)
+        return results

@@ -1,0 +1,133 @@
+"""The RL loop: PPO as in ReFT, the other estimators of `reftune.algos`, and online self-training, in one
+function that reads as a table of contents. Each iteration is
+
+  1. collect    — `rollout.collect`: G samples per question (temperature, top-p, KV cache) in
+                  `rl.rollout_precision`, R^3 start states with a curriculum; rewards from `rl.rewards` (ReFT's
+                  1 correct / 0.1 wrong number / 0 no answer by default) and DAPO's overlong penalty;
+  2. keep       — `rollout.dynamic_sampling` (DAPO, `rl.dynamic_sampling`): groups whose rewards all agree are
+                  dropped and refilled with new questions;
+  3. score      — `scoring.score`: the policy's log-probs and values of the sampled tokens, the frozen
+                  reference's (the warm-up model) for the KL, the sampler's for the mismatch;
+  4. advantages — `update.advantages`: ReFT's per-token KL penalty inside the reward, then GAE (or the group
+                  estimator of `rl.advantage`), whitened with `rl.whiten_advantages`;
+  5. update     — `update.ppo_update`: `ppo_epochs` passes of `minibatches` with the clipped policy and value
+                  losses (`tis_cap`: truncated importance weights p_trainer / p_sampler); or, with
+                  `rl.objective=online_self_training` (ReFT's baseline), `update.nll_update` on the batch's
+                  correct finished samples plus its gold CoTs — no KL, reference, value loss or advantages;
+  6. record     — `metrics.iteration_record`; validation every `eval_every`, `best/` kept, `last/` resumable
+                  (`reftune.train.state.TrainState`), `step-N/` snapshots.
+
+A trained reward model (`rl.reward_model`, for the `reward_model` reward function) is loaded once, frozen, on
+the training device, and reaches the reward functions as `reward_scorer`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from reftune.config import RLConfig
+from reftune.data.example import Example
+from reftune.errors import UserError
+from reftune.model.batching import encode_target
+from reftune.model.prompts import build_target
+from reftune.model.sampler import HFSampler
+from reftune.rewards.bradley_terry import load_reward_scorer
+from reftune.rewards.functions import resolve_rewards
+from reftune.rl.metrics import iteration_record
+from reftune.rl.rollout import RolloutSetup, batch_indices, collect, dynamic_sampling
+from reftune.rl.scoring import ReferenceLM, needs_reference, score
+from reftune.rl.update import advantages, ppo_update, self_training_update
+from reftune.train.accel import get_accelerator
+from reftune.train.context import RunContext
+from reftune.train.state import TrainState
+
+__all__ = ["needs_reference", "train_rl"]
+
+
+def check_rl_split(train: list[Example], cfg: RLConfig) -> None:
+    if not train:
+        raise UserError("RL needs training questions; the training split is empty")
+    if len(train) < cfg.prompts_per_step:
+        raise UserError(f"rl.prompts_per_step={cfg.prompts_per_step} is larger than the training split "
+                        f"({len(train)} questions); lower rl.prompts_per_step")
+
+
+def rollout_setup(core, tokenizer, train: list[Example], cfg: RLConfig, ctx: RunContext, device,
+                  curriculum) -> RolloutSetup:
+    """The sampler on the policy's LM, the prompts, the reward functions and the reward model (if used)."""
+    reward_fns = resolve_rewards(cfg.rewards)
+    scorer = None
+    if cfg.reward_model and any(name == "reward_model" for name, _, _ in reward_fns):
+        scorer = load_reward_scorer(cfg.reward_model, template=ctx.template, sigmoid=cfg.reward_model_sigmoid,
+                                    batch_size=ctx.eval_batch_size, device=device)
+    sampler = HFSampler(core.lm, tokenizer, batch_size=max(cfg.prompts_per_step * cfg.num_generations, 64),
+                        device=device)
+    return RolloutSetup.build(sampler, tokenizer, train, cfg, ctx, reward_fns=reward_fns, reward_scorer=scorer,
+                              curriculum=curriculum, device_type=device.type)
+
+
+def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example], cfg: RLConfig, ctx: RunContext,
+             curriculum=None) -> dict:
+    """Train `policy` (a `PolicyWithValue`) in place from ctx.out_dir/last if it is resumable; returns
+    {"best_val", "best_step"} and writes ctx.out_dir/best (highest validation accuracy) and ctx.out_dir/last.
+
+    ref_lm: the frozen reference LM (only used, and only needed, when `needs_reference(cfg)`); curriculum: a
+    `reftune.rl.curriculum.Curriculum` (R^3) or None. Validation always starts from the question.
+    """
+    check_rl_split(train, cfg)
+    use_values = cfg.advantage == "gae" and cfg.objective == "ppo"
+    acc = get_accelerator(ctx.precision)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    policy, opt = acc.prepare(policy, opt)
+    core = acc.unwrap_model(policy)
+    ref = ReferenceLM(ref_lm).eval() if ref_lm is not None and needs_reference(cfg) else None
+    setup = rollout_setup(core, tokenizer, train, cfg, ctx, acc.device, curriculum)
+    gold = ([encode_target(tokenizer, build_target(e.cot, ctx.template, e.answer)) if e.cot else None for e in train]
+            if cfg.objective == "online_self_training" else [])
+    state = TrainState(ctx.out_dir, core.lm, tokenizer, opt, sched, value_head=core.value_head, unit="step",
+                       extras={"curriculum": curriculum})
+    state.resume()
+    p, pad_id = state.progress, tokenizer.pad_token_id
+
+    bar = tqdm(total=cfg.steps, initial=p.step, desc=ctx.stage, dynamic_ncols=True)
+    while p.step < cfg.steps:
+        where, t0 = f"{ctx.stage} step {p.step}", time.time()
+        rollout, kept = collect(setup, batch_indices(p.step, len(train), cfg.prompts_per_step, ctx.seed), p.step), None
+        if cfg.dynamic_sampling:
+            rollout, kept = dynamic_sampling(setup, rollout, p.step)
+        t_rollout = time.time() - t0
+        batch = score(policy, ref, rollout, pad_id=pad_id, device=acc.device, autocast=acc.autocast,
+                      chunks=cfg.minibatches, with_values=use_values, tis_cap=cfg.tis_cap)
+        t1, returns = time.time(), None
+        if cfg.objective == "ppo":
+            adv, returns = advantages(batch, rollout.scores, cfg)
+            stats = ppo_update(policy, opt, acc, batch, adv, returns, cfg, use_values, where)
+        else:
+            stats = self_training_update(policy, opt, acc, rollout, setup.prompt_ids, gold, pad_id, cfg, where)
+        sched.step()
+        p.step += 1
+        record = iteration_record(rollout, batch, stats, cfg, lr=sched.get_last_lr()[0], rollout_s=t_rollout,
+                                  update_s=time.time() - t1, returns=returns if use_values else None,
+                                  kept_fraction=kept)
+        if rollout.starts:  # R^3: accuracy per start state; a staged schedule may move to its next stage
+            G = cfg.num_generations
+            record.update(curriculum.update(p.step, [st.k for st in rollout.starts for _ in range(G)],
+                                            [g.correct for g in rollout.grades]))
+        ctx.logger.log(ctx.stage, p.step, **record)
+        bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}", kl=f"{record['kl']:.3f}")
+        bar.update(1)
+        if p.step % cfg.eval_every == 0 or p.step == cfg.steps:
+            res = ctx.validate(core.lm, tokenizer, val, max_new_tokens=cfg.max_new_tokens)
+            ctx.logger.log(ctx.stage, p.step, val_accuracy=res["accuracy"], val_answered=res["answered"])
+            bar.write(f"[{ctx.stage}] step {p.step}: val accuracy {res['accuracy']:.3f}")
+            state.offer_best(res["accuracy"])
+        if p.step % cfg.save_every == 0 or p.step == cfg.steps:
+            state.save_last()
+        if cfg.snapshot_every and p.step % cfg.snapshot_every == 0:
+            state.save(f"step-{p.step}")
+    bar.close()
+    return {"best_val": p.best_val, "best_step": p.best_at}

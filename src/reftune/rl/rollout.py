@@ -1,0 +1,97 @@
+"""Phases 1-2 of an RL iteration: which questions, the rollout (G samples each) and their rewards; DAPO's
+dynamic sampling. Everything that stays fixed across iterations is one `RolloutSetup`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from reftune.config import RLConfig
+from reftune.data.example import Example
+from reftune.model.batching import encode
+from reftune.model.prompts import build_prompt
+from reftune.rewards.functions import compute_rewards
+from reftune.rl.batch import Rollout, informative_groups
+from reftune.train.accel import DTYPES
+from reftune.train.context import RunContext
+
+
+@dataclass
+class RolloutSetup:
+    """What every rollout of a run uses.
+
+    sampler: a `reftune.model.sampler.Sampler` on the policy; questions: the training examples; prompt_texts /
+    prompt_ids: their prompts, built and tokenized once; reward_fns: `resolve_rewards(rl.rewards)`;
+    reward_scorer: the frozen reward model of `rl.reward_model` (or None); curriculum: R^3's start states (or
+    None); device_type: where the sampler runs ("cpu", "cuda"), for autocast to `rl.rollout_precision`.
+    """
+
+    sampler: object
+    questions: list[Example]
+    cfg: RLConfig
+    ctx: RunContext
+    reward_fns: list
+    reward_scorer: object = None
+    curriculum: object = None
+    device_type: str = "cpu"
+    prompt_texts: list[str] = field(default_factory=list)
+    prompt_ids: list[list[int]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, sampler, tokenizer, questions: list[Example], cfg: RLConfig, ctx: RunContext, **kw) -> RolloutSetup:
+        texts = [build_prompt(e.question, ctx.template, tokenizer) for e in questions]
+        return cls(sampler, questions, cfg, ctx, prompt_texts=texts, prompt_ids=[encode(tokenizer, t) for t in texts],
+                   **kw)
+
+
+def batch_indices(k: int, n: int, per_step: int, seed: int) -> list[int]:
+    """The questions (of n) of iteration k: consecutive slices of per-pass shuffles (deterministic, resumable)."""
+    out = []
+    for pos in range(k * per_step, (k + 1) * per_step):
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + pos // n))
+        out.append(int(perm[pos % n]))
+    return out
+
+
+def collect(setup: RolloutSetup, idx: list[int], k: int) -> Rollout:
+    """Rollout and reward of iteration k for the questions `idx`: G samples each, in `rl.rollout_precision`;
+    with R^3, each sample continues its question's start state and the whole solution is graded."""
+    cfg, G, cur = setup.cfg, setup.cfg.num_generations, setup.curriculum
+    examples = [setup.questions[i] for i in idx for _ in range(G)]
+    starts = cur.choose([setup.questions[i] for i in idx], k) if cur is not None else None
+    prompts = ([setup.prompt_ids[i] + s.ids for i, s in zip(idx, starts)] if starts
+               else [setup.prompt_ids[i] for i in idx])
+    dtype = DTYPES[cfg.rollout_precision]
+    with torch.autocast(setup.device_type, dtype=dtype, enabled=dtype != torch.float32):
+        samples = setup.sampler.generate(prompts, G, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    if starts:
+        samples.texts = cur.complete(starts, samples.texts, G)
+    ctx = setup.ctx
+    scores, parts, grades = compute_rewards(
+        [setup.prompt_texts[i] for i in idx for _ in range(G)], samples.texts, examples, setup.reward_fns,
+        cot=ctx.cot, sandbox=ctx.sandbox, template=ctx.template, correct_reward=cfg.correct_reward,
+        partial_reward=cfg.partial_reward, completion_ids=samples.response_ids, max_new_tokens=cfg.max_new_tokens,
+        overlong_penalty=cfg.overlong_penalty, reward_scorer=setup.reward_scorer)
+    return Rollout(idx, starts, samples, examples, scores, parts, grades)
+
+
+def dynamic_sampling(setup: RolloutSetup, batch: Rollout, k: int) -> tuple[Rollout, float]:
+    """DAPO: keep the groups whose rewards differ; while fewer than prompts_per_step, roll out new questions (up
+    to max_refill_rounds rounds, seeded by (seed, k, round)).
+
+    Returns (the first prompts_per_step kept groups, share of all drawn groups that differ). When none differs at
+    all, the first batch is kept as is (its group advantages are zero). Rows are fewer than prompts_per_step * G
+    when the rounds run out."""
+    cfg, G, n = setup.cfg, setup.cfg.num_generations, len(setup.questions)
+    kept, drawn = batch.groups(informative_groups(batch.scores, G), G), len(batch.idx)
+    for r in range(cfg.max_refill_rounds):
+        if len(kept.idx) >= cfg.prompts_per_step:
+            break
+        g = torch.Generator().manual_seed(setup.ctx.seed * 7919 + 1_000_003 * (r + 1) + k)
+        more = collect(setup, torch.randperm(n, generator=g)[:cfg.prompts_per_step].tolist(), k)
+        kept, drawn = kept + more.groups(informative_groups(more.scores, G), G), drawn + len(more.idx)
+    fraction = len(kept.idx) / drawn
+    if not kept.idx:
+        return batch, fraction
+    return kept.groups(list(range(min(len(kept.idx), cfg.prompts_per_step))), G), fraction

@@ -1,0 +1,122 @@
+"""Phases 4-5 of an RL iteration: advantages, then the update — PPO's clipped losses, or online
+self-training's NLL."""
+
+from __future__ import annotations
+
+import torch
+
+from reftune import algos
+from reftune.config import RLConfig
+from reftune.model.batching import join_prompt_response
+from reftune.rl.batch import Rollout, ScoredBatch
+from reftune.rl.scoring import response_logprobs
+from reftune.train.accel import check_finite, optimizer_step
+
+
+def advantages(batch: ScoredBatch, scores: torch.Tensor, cfg: RLConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(advantages [B, R], returns [B, R]) of a scored batch whose rows got the sequence rewards scores [B].
+
+    The per-token reward is the sequence reward on the last response token, minus β·KL to the reference per
+    token when rl.kl_in="reward" (ReFT); the estimator is `rl.advantage` from `algos` (GAE uses the old values,
+    group estimators the batch's groups); with rl.whiten_advantages the advantages are whitened over the
+    batch's response tokens, whatever the estimator.
+    """
+    beta = cfg.kl_coef if cfg.kl_in == "reward" else 0.0
+    token_rewards = algos.kl_penalized_rewards(scores.to(batch.mask.device), batch.old_logp, batch.ref_logp,
+                                               batch.mask, beta, cfg.kl_kind)
+    estimator = algos.get_advantage_estimator(cfg.advantage)
+    adv, returns = estimator(token_rewards, batch.mask, values=batch.old_values if cfg.advantage == "gae" else None,
+                             group_ids=batch.group_ids, gamma=cfg.gamma, lam=cfg.lam)
+    if cfg.whiten_advantages:
+        adv = algos.masked_whiten(adv, batch.mask)
+    return adv, returns
+
+
+def ppo_update(policy, opt, acc, batch: ScoredBatch, adv: torch.Tensor, returns: torch.Tensor, cfg: RLConfig,
+               use_values: bool, where: str) -> dict[str, list[float]]:
+    """`rl.ppo_epochs` passes of `rl.minibatches` shuffled minibatches (global torch RNG) with the clipped policy
+    loss, plus the clipped value loss (with `use_values`) and the KL loss (rl.kl_in="loss"); one optimizer step
+    per minibatch. Returns each statistic's value per minibatch."""
+    B, mask = len(batch), batch.mask
+    size = -(-B // cfg.minibatches)
+    stats: dict[str, list[float]] = {}
+    policy.train()
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(B)
+        for s in range(0, B, size):
+            j = perm[s:s + size].to(mask.device)
+            with acc.autocast():
+                logp, values, logits = response_logprobs(policy, batch.ids[j], batch.attn[j], batch.prompt_width,
+                                                         use_values)
+                pg_loss, pg_stats = algos.clipped_policy_loss(
+                    logp, batch.old_logp[j], adv[j], mask[j], cfg.clip, cfg.clip_high, cfg.loss_agg,
+                    norm_const=cfg.max_new_tokens,
+                    is_weights=batch.is_weights[j] if batch.is_weights is not None else None)
+                loss = pg_loss
+                if use_values:
+                    vf_loss, vf_stats = algos.clipped_value_loss(values, batch.old_values[j], returns[j], mask[j],
+                                                                 cfg.value_clip, cfg.loss_agg, cfg.max_new_tokens)
+                    loss = loss + cfg.vf_coef * vf_loss
+                    pg_stats = {**pg_stats, **vf_stats, "value_loss": vf_loss.detach()}
+                if cfg.kl_in == "loss" and batch.ref_logp is not None:
+                    kl_term = algos.kl_loss(logp, batch.ref_logp[j], mask[j], cfg.kl_kind, cfg.loss_agg,
+                                            cfg.max_new_tokens)
+                    loss = loss + cfg.kl_coef * kl_term
+                    pg_stats["kl_loss"] = kl_term.detach()
+            check_finite(loss, where)
+            optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip)
+            with torch.no_grad():
+                pg_stats["entropy"] = algos.masked_mean(algos.entropy_from_logits(logits.detach()), mask[j])
+            for k, v in {**pg_stats, "policy_loss": pg_loss.detach()}.items():
+                stats.setdefault(k, []).append(float(v))
+    return stats
+
+
+def self_training_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], correct: list[bool],
+                       finished: list[bool], question_prompts: list[list[int]],
+                       gold_targets: list[list[int] | None]) -> list[tuple[list[int], list[int]]]:
+    """The (prompt, response) rows of online self-training's NLL update, the loss going on the responses.
+
+    First every sampled row (prompt_ids, response_ids, correct, finished: one per sample) graded correct that ended
+    with EOS, in order; then (question_prompts[q], gold_targets[q]) for each question q of the batch with a gold
+    target (None: an answer-only question).
+    """
+    rows = [(p, r) for p, r, ok, done in zip(prompt_ids, response_ids, correct, finished) if ok and done]
+    return rows + [(p, g) for p, g in zip(question_prompts, gold_targets) if g is not None]
+
+
+def nll_update(policy, opt, acc, rows: list[tuple[list[int], list[int]]], pad_id: int, cfg: RLConfig,
+               where: str) -> list[float]:
+    """Online self-training's update: `rl.ppo_epochs` passes of `rl.minibatches` shuffled minibatches of
+    token-mean NLL on the responses of `rows`. Returns the loss of each minibatch."""
+    if not rows:
+        return []
+    ids, attn, mask, P = join_prompt_response([p for p, _ in rows], [r for _, r in rows], pad_id)
+    ids, attn, mask = ids.to(acc.device), attn.to(acc.device), mask.to(acc.device).float()
+    size, losses = -(-len(rows) // cfg.minibatches), []
+    policy.train()
+    for _ in range(cfg.ppo_epochs):
+        perm = torch.randperm(len(rows))
+        for start in range(0, len(rows), size):
+            j = perm[start:start + size].to(acc.device)
+            with acc.autocast():
+                loss = -algos.masked_mean(response_logprobs(policy, ids[j], attn[j], P, False)[0], mask[j])
+            check_finite(loss, where)
+            optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip)
+            losses.append(loss.item())
+    return losses
+
+
+def self_training_update(policy, opt, acc, rollout: Rollout, prompt_ids: list[list[int]],
+                         gold: list[list[int] | None], pad_id: int, cfg: RLConfig, where: str) -> dict[str, list]:
+    """Online self-training's phase 5 (instead of advantages and PPO): `nll_update` on `self_training_rows` of the
+    rollout (prompt_ids, gold: every training question's prompt and gold target). Logs `self_train_samples`
+    (correct samples used), `self_train_gold` (gold CoTs) and `nll_loss`. Rows are chosen by the task's grade."""
+    s = rollout.samples
+    rows = self_training_rows(s.prompt_ids, s.response_ids, [g.correct for g in rollout.grades], s.finished,
+                              [prompt_ids[i] for i in rollout.idx], [gold[i] for i in rollout.idx])
+    n_gold = sum(gold[i] is not None for i in rollout.idx)
+    stats: dict[str, list] = {"self_train_samples": [len(rows) - n_gold], "self_train_gold": [n_gold]}
+    if losses := nll_update(policy, opt, acc, rows, pad_id, cfg, where):
+        stats["nll_loss"] = losses
+    return stats

@@ -1,0 +1,105 @@
+"""Supervised fine-tuning on (question, CoT): the ReFT warm-up, the SFT baseline and the tiny base's pretraining.
+
+Loss on the answer tokens only (the prompt is masked, unless `loss_on_prompt`), AdamW with linear warm-up then
+linear decay, gradient clipping, greedy validation accuracy every `eval_every_epochs`. Checkpoints (HF format,
+`reftune.train.state.TrainState`): `last/` (resumable, every `save_every_steps` and each epoch), `best/`
+(highest validation accuracy), and `epoch-K/` for each K in `snapshot_epochs` (the warm-up model is such a
+snapshot).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from reftune.config import SFTConfig
+from reftune.data.example import Example
+from reftune.errors import UserError
+from reftune.model.batching import collate_sft, encode_sft
+from reftune.model.prompts import build_prompt, build_target
+from reftune.train.accel import check_finite, get_accelerator, optimizer_step
+from reftune.train.context import RunContext
+from reftune.train.state import TrainState
+
+
+def sft_rows(tokenizer, train: list[Example], ctx: RunContext, loss_on_prompt: bool, batch_size: int):
+    """(input ids, labels) of every example with a rationale; those whose prompt fills max_length are skipped."""
+    rows = [encode_sft(tokenizer, build_prompt(e.question, ctx.template, tokenizer),
+                       build_target(e.cot, ctx.template, e.answer), ctx.max_length, loss_on_prompt)
+            for e in train if e.cot]
+    if not rows:
+        raise UserError("SFT needs examples with a rationale (cot); the training split has none")
+    fitting = [r for r in rows if any(label != -100 for label in r[1])]
+    if not fitting:
+        raise UserError(f"model.max_length={ctx.max_length} leaves no room for any answer after the prompt; raise it")
+    if len(fitting) < len(rows):  # a prompt filling max_length has no target token: nothing to learn, NaN loss
+        tqdm.write(f"[{ctx.stage}] skipped {len(rows) - len(fitting)} examples whose prompt fills "
+                   f"model.max_length={ctx.max_length}")
+    if len(fitting) < batch_size:
+        raise UserError(f"sft.batch_size={batch_size} is larger than the training split ({len(fitting)} "
+                        f"examples with a rationale); lower sft.batch_size")
+    return fitting
+
+
+def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: SFTConfig, ctx: RunContext,
+              snapshot_epochs=()) -> dict:
+    """Train `model` in place; returns {"best_val", "best_epoch", "epochs_run"}. Resumes from ctx.out_dir/last."""
+    rows = sft_rows(tokenizer, train, ctx, cfg.loss_on_prompt, cfg.batch_size)
+    steps_per_epoch = len(rows) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    acc = get_accelerator(ctx.precision)
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
+    model, opt = acc.prepare(model, opt)
+    state = TrainState(ctx.out_dir, acc.unwrap_model(model), tokenizer, opt, sched, unit="epoch")
+    state.resume()
+    p = state.progress
+
+    bar = tqdm(total=total, initial=p.step, desc=ctx.stage, dynamic_ncols=True)
+    tokens, t0 = 0, time.time()
+    while p.epoch < cfg.epochs:
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(ctx.seed * 100_003 + p.epoch))
+        order = order.tolist()
+        model.train()
+        for i in range(p.step - p.epoch * steps_per_epoch, steps_per_epoch):
+            batch = collate_sft([rows[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]],
+                                tokenizer.pad_token_id)
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
+            with acc.autocast():
+                loss = model(**batch).loss
+            check_finite(loss, f"{ctx.stage} step {p.step}")
+            grad_norm = optimizer_step(acc, loss, model.parameters(), opt, cfg.grad_clip, sched)
+            p.step += 1
+            tokens += int(batch["attention_mask"].sum())
+            bar.update(1)
+            if p.step % 10 == 0 or p.step == total:
+                dt = time.time() - t0
+                ctx.logger.log(ctx.stage, p.step, loss=loss.item(), lr=sched.get_last_lr()[0],
+                               grad_norm=float(grad_norm), tokens_per_s=tokens / max(dt, 1e-9),
+                               epoch=p.epoch + (i + 1) / steps_per_epoch)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                tokens, t0 = 0, time.time()
+            if cfg.save_every_steps and p.step % cfg.save_every_steps == 0:
+                state.save_last()
+        p.epoch += 1
+        if p.epoch in snapshot_epochs:
+            state.save(f"epoch-{p.epoch}")
+        if p.epoch % cfg.eval_every_epochs == 0 or p.epoch == cfg.epochs:
+            res = ctx.validate(acc.unwrap_model(model), tokenizer, val)
+            ctx.logger.log(ctx.stage, p.step, epoch=p.epoch, val_accuracy=res["accuracy"], val_answered=res["answered"])
+            bar.write(f"[{ctx.stage}] epoch {p.epoch}: val accuracy {res['accuracy']:.3f}")
+            state.offer_best(res["accuracy"])
+        state.save_last()
+        if cfg.patience and p.stale >= cfg.patience and p.epoch > max(snapshot_epochs, default=0):
+            bar.write(f"[{ctx.stage}] no validation gain for {p.stale} evaluations: stopping at epoch {p.epoch}")
+            break
+    bar.close()
+    return {"best_val": p.best_val, "best_epoch": p.best_at, "epochs_run": p.epoch}

@@ -1,0 +1,92 @@
+"""`TrainState`: resume, save `last/`, keep `best/`, and snapshots — for SFT and RL alike.
+
+A loop creates one after its optimizer and scheduler, calls `resume()` once, and then only `save(...)` and
+`offer_best(...)`. The resumable state in `last/trainer_state.pt` is the optimizer, the scheduler, every RNG,
+the loop's `Progress` and each `extras` object's `state_dict()` (e.g. the R^3 curriculum), so a run resumed from
+`last/` continues exactly as the uninterrupted run would (tests/test_golden.py checks it bit for bit).
+
+On disk the counters keep the names they had before this class existed (SFT: `epoch, step, best_val,
+best_epoch, stale`; RL: `step, best_val, best_step`), so older runs still resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from reftune.model.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
+
+
+@dataclass
+class Progress:
+    """How far a loop got. `best_at` is an epoch (SFT) or an iteration (RL), as the state's `unit` says."""
+
+    step: int = 0  # optimizer steps (SFT) or RL iterations done
+    epoch: int = 0  # SFT epochs done
+    best_val: float = -1.0  # highest validation accuracy so far (-1: none yet)
+    best_at: int = -1  # the epoch / iteration of best_val
+    stale: int = 0  # evaluations since best_val last improved
+
+
+class TrainState:
+    """Checkpoints of one training loop in `out_dir`.
+
+    model: the (unwrapped) module saved in HF format; value_head: saved beside it when given; optimizer /
+    scheduler: their states go in `last/`; unit: "epoch" (SFT: best by epoch) or "step" (RL: best by
+    iteration); extras: named objects with state_dict() / load_state_dict() saved with the state.
+    """
+
+    def __init__(self, out_dir: str | Path, model, tokenizer, optimizer, scheduler, *, value_head=None,
+                 unit: Literal["epoch", "step"] = "epoch", extras: dict[str, Any] | None = None):
+        self.out_dir = Path(out_dir)
+        self.model, self.tokenizer, self.value_head = model, tokenizer, value_head
+        self.optimizer, self.scheduler, self.unit = optimizer, scheduler, unit
+        self.extras = {k: v for k, v in (extras or {}).items()}
+        self.progress = Progress()
+
+    def resume(self) -> bool:
+        """Load `out_dir/last`'s optimizer, scheduler, RNG, progress and extras, if it has a state.
+
+        The weights themselves were loaded by the caller (the model is built from `last/`)."""
+        state = load_state(self.out_dir / "last")
+        if state is None:
+            return False
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.progress = Progress(step=state["step"], epoch=state.get("epoch", 0), best_val=state["best_val"],
+                                 best_at=state[f"best_{self.unit}"], stale=state.get("stale", 0))
+        for name, obj in self.extras.items():
+            if obj is not None and state.get(name) is not None:
+                obj.load_state_dict(state[name])
+        return True
+
+    def _state(self) -> dict[str, Any]:
+        p = self.progress
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "rng": rng_state(), "step": p.step, "best_val": p.best_val, f"best_{self.unit}": p.best_at}
+        if self.unit == "epoch":
+            state.update(epoch=p.epoch, stale=p.stale)
+        for name, obj in self.extras.items():
+            state[name] = obj.state_dict() if obj is not None else None
+        return state
+
+    def save(self, name: str, resumable: bool = False) -> Path:
+        """Write the weights to `out_dir/name` (e.g. "last", "epoch-2", "step-30"); with the resumable state
+        when `resumable`."""
+        return save_checkpoint(self.out_dir / name, self.model, self.tokenizer, value_head=self.value_head,
+                               state=self._state() if resumable else None)
+
+    def save_last(self) -> Path:
+        return self.save("last", resumable=True)
+
+    def offer_best(self, accuracy: float) -> bool:
+        """Record a validation accuracy at the current epoch / iteration; a new best is saved to `best/`."""
+        p = self.progress
+        if accuracy > p.best_val:
+            p.best_val, p.best_at, p.stale = accuracy, p.epoch if self.unit == "epoch" else p.step, 0
+            self.save("best")
+            return True
+        p.stale += 1
+        return False
