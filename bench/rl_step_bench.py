@@ -23,8 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from compare_rl import DEFAULT_VARIANTS, PRESETS, for_command  # noqa: E402
-from jobs import cpu_name, run_logged  # noqa: E402
+from jobs import cpu_name, for_command, load_presets, run_logged  # noqa: E402  (the scripts' shared helpers)
+
+PRESETS, DEFAULT_VARIANTS = load_presets()
 
 
 def main() -> int:

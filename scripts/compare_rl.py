@@ -3,7 +3,7 @@
     python scripts/compare_rl.py --preset estimators --warmups runs/paper --seeds 0 1 2 --out runs/estimators \\
         --parallel 2 [key=value overrides for every RL run]
 
-Presets (PRESETS below): `estimators` = PPO-ReFT vs GRPO vs RLOO vs REINFORCE++ (each with its usual KL
+Presets (scripts/presets.yaml): `estimators` = PPO-ReFT vs GRPO vs RLOO vs REINFORCE++ (each with its usual KL
 placement); `precision` = fp32 vs bf16 vs fp16 (training / rollout precision), with the sampler-trainer
 log-prob mismatch; `reft` = PPO-ReFT with the paper table's settings (32 x 4 samples, 2 epochs x 4 minibatches,
 lr 3e-5) and with 64 questions x 8 samples, one pass in 2 minibatches, lr 1e-4 (fewer, less noisy updates);
@@ -35,54 +35,9 @@ import statistics
 import sys
 from pathlib import Path
 
-from jobs import mean_sd, parallel_map, run_logged
+from jobs import for_command, load_presets, mean_sd, parallel_map, run_logged
 
-# fewer, larger PPO updates than the RL defaults (32 questions x 4 samples, 2 epochs x 4 minibatches, lr 3e-5)
-BIG_BATCH = {"rl.prompts_per_step": "64", "rl.num_generations": "8", "rl.ppo_epochs": "1", "rl.minibatches": "2",
-             "rl.lr": "1e-4"}
-# preset -> variant -> (label, rl.* / top-level settings that make it the method as published)
-PRESETS: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
-    "estimators": {
-        # ReFT's PPO: value head, GAE, per-token KL in the reward
-        "gae": ("PPO-ReFT (GAE)", {"rl.advantage": "gae", "rl.kl_in": "reward", "rl.kl_kind": "k1"}),
-        # DeepSeekMath: group z-scored outcome, k3 KL in the loss
-        "grpo": ("GRPO", {"rl.advantage": "grpo", "rl.kl_in": "loss", "rl.kl_kind": "k3"}),
-        "dr_grpo": ("Dr. GRPO", {"rl.advantage": "dr_grpo", "rl.kl_in": "loss", "rl.kl_kind": "k3",
-                                 "rl.loss_agg": "seq_sum_norm"}),
-        # leave-one-out baseline; REINFORCE++: batch-normalised returns; both with the KL in the reward
-        "rloo": ("RLOO", {"rl.advantage": "rloo", "rl.kl_in": "reward", "rl.kl_kind": "k1"}),
-        "reinforce_pp": ("REINFORCE++", {"rl.advantage": "reinforce_pp", "rl.kl_in": "reward", "rl.kl_kind": "k1"}),
-    },
-    "precision": {  # PPO-ReFT; training precision / rollout (sampler) precision
-        "fp32": ("fp32 / fp32", {"precision": "fp32", "rl.rollout_precision": "fp32"}),
-        "bf16": ("bf16 / bf16", {"precision": "bf16", "rl.rollout_precision": "bf16"}),
-        "fp32-bf16": ("fp32 / bf16 rollouts", {"precision": "fp32", "rl.rollout_precision": "bf16"}),
-        "fp32-fp16": ("fp32 / fp16 rollouts", {"precision": "fp32", "rl.rollout_precision": "fp16"}),
-    },
-    "reft": {  # PPO-ReFT as in the README's paper table (the RL defaults), and with fewer, larger updates
-        "paper": ("PPO-ReFT, paper-table settings (32 q. x 4, 2 epochs x 4 minibatches, lr 3e-5)", {}),
-        "big_lr1e-4": ("PPO-ReFT, 64 q. x 8 samples, 1 epoch x 2 minibatches, lr 1e-4", BIG_BATCH),
-        "big_lr1e-4_extra": ("the same + the 4,000 answer-only questions in the RL pool",
-                             {**BIG_BATCH, "rl.use_extra": "true"}),
-    },
-    "r3": {  # R^3 on a long-chain task: the same PPO from the question only, or from demonstration prefixes
-        "reft": ("ReFT (PPO from the question)", {"curriculum.name": "none"}),
-        "r3_mixed": ("R^3 mixed", {"curriculum.name": "r3", "curriculum.schedule": "mixed"}),
-        "r3_staged": ("R^3 staged (4 stages x 5 it.)", {"curriculum.name": "r3", "curriculum.schedule": "staged",
-                                                        "curriculum.stages": "4", "curriculum.steps_per_stage": "5"}),
-    },
-}
-DEFAULT_VARIANTS = {"estimators": ["gae", "grpo", "rloo", "reinforce_pp"], "precision": ["fp32", "bf16", "fp32-fp16"],
-                    "reft": ["paper", "big_lr1e-4"],
-                    "r3": ["reft", "r3_mixed", "r3_staged"]}
-# which key=value overrides each command accepts (by section); model.name_or_path is always set per command
-ACCEPTS = {"sft": ("data.", "model.", "sft.", "eval."), "rl": ("data.", "model.", "rl.", "curriculum.", "eval."),
-           "eval": ("data.", "model.", "eval.")}
-
-
-def for_command(command: str, overrides: list[str]) -> list[str]:
-    """The overrides `command` accepts, without model.name_or_path (set per command by this script)."""
-    return [o for o in overrides if o.startswith(ACCEPTS[command]) and not o.startswith("model.name_or_path=")]
+PRESETS, DEFAULT_VARIANTS = load_presets()
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -1,4 +1,5 @@
-"""What the experiment scripts share: running `reftune` commands with logs, in parallel, and mean ± sd."""
+"""What the experiment scripts (and benches) share: the presets, running `reftune` commands with logs, in parallel,
+and mean ± sd."""
 
 from __future__ import annotations
 
@@ -10,7 +11,26 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 REFTUNE = [sys.executable, "-m", "reftune.cli"]
+PRESETS_FILE = Path(__file__).with_name("presets.yaml")
+# which key=value overrides each command accepts (by section); model.name_or_path is always set per command
+ACCEPTS = {"sft": ("data.", "model.", "sft.", "eval."), "rl": ("data.", "model.", "rl.", "curriculum.", "eval."),
+           "eval": ("data.", "model.", "eval.")}
+
+
+def load_presets(path: Path = PRESETS_FILE) -> tuple[dict[str, dict[str, tuple[str, dict[str, str]]]], dict[str, list[str]]]:
+    """(preset -> variant -> (label, settings as key -> string value), preset -> default variants)."""
+    raw = yaml.safe_load(path.read_text())
+    presets = {name: {v: (d["label"], {k: str(x) for k, x in (d["settings"] or {}).items()})
+                      for v, d in p["variants"].items()} for name, p in raw.items()}
+    return presets, {name: list(p["default"]) for name, p in raw.items()}
+
+
+def for_command(command: str, overrides: list[str]) -> list[str]:
+    """The overrides `command` accepts, without model.name_or_path (set per command by the script)."""
+    return [o for o in overrides if o.startswith(ACCEPTS[command]) and not o.startswith("model.name_or_path=")]
 
 
 def run_logged(args: list[str], log: Path, threads: int | None = None) -> int:

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
+from jobs import mean_sd, parallel_map, run_logged
 from reftune.train.report import LABELS
 
 
@@ -37,10 +35,7 @@ def aggregate(out: Path, seeds: list[int]) -> dict:
 
 def table(per_model: dict) -> str:
     def cell(xs: list[float]) -> str:
-        if not xs:
-            return "–"
-        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        return f"{statistics.mean(xs):.1f} ± {sd:.1f} (n={len(xs)})"
+        return f"{mean_sd(xs)} (n={len(xs)})" if xs else "–"
 
     lines = ["| model | val acc % | test acc % |", "|---|---|---|"]
     for model in [m for m in LABELS if m in per_model]:
@@ -58,27 +53,18 @@ def main() -> int:
     args = p.parse_args()
     out = Path(args.out)
     if not args.aggregate_only:
-        env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if args.parallel > 1 else {})}
-        pending = list(args.seeds)
-        running: list[subprocess.Popen] = []
         out.mkdir(parents=True, exist_ok=True)
-        while pending or running:
-            while pending and len(running) < args.parallel:
-                s = pending.pop(0)
-                run_dir = out / f"seed-{s}"
-                cmd = [sys.executable, "-m", "reftune.cli", "run", f"out_dir={run_dir}", f"seed={s}", *args.overrides]
-                if run_dir.exists():
-                    cmd.append("--resume")
-                print("+", " ".join(cmd), flush=True)
-                log = open(out / f"seed-{s}.log", "a")
-                running.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-            running[0].wait()
-            done = [p for p in running if p.poll() is not None]
-            for p in done:
-                if p.returncode != 0:
-                    print(f"a run failed (exit {p.returncode}); see its log in {out}", file=sys.stderr)
-                    return p.returncode
-            running = [p for p in running if p.poll() is None]
+
+        def run(seed: int) -> int:
+            run_dir = out / f"seed-{seed}"
+            resume = ["--resume"] if run_dir.exists() else []
+            return run_logged(["run", f"out_dir={run_dir}", f"seed={seed}", *args.overrides, *resume],
+                              out / f"seed-{seed}.log", threads=1 if args.parallel > 1 else None)
+
+        failed = [s for s, rc in zip(args.seeds, parallel_map(run, args.seeds, args.parallel)) if rc]
+        if failed:
+            print(f"seed(s) {failed} failed; see their logs in {out}", file=sys.stderr)
+            return 1
     per_model = aggregate(out, args.seeds)
     md = table(per_model)
     (out / "table.md").write_text(md + "\n")

@@ -13,7 +13,7 @@ import pytest
 from reftune.config import RunConfig, load_config
 from reftune.rl.curriculum import (Curriculum, MixedSchedule, StagedSchedule, encode_start, from_config, split_steps,
                                 start_states)
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.errors import UserError
 from reftune.train.context import RunContext
 from reftune.data.synthetic import generate_splits
@@ -281,7 +281,8 @@ def test_the_run_passes_the_curriculum_to_rl_and_resumes_its_stage(tokenizer, tm
     from reftune.model.checkpoint import save_checkpoint
     from reftune.train.logger import MetricsLogger, read_metrics
     from reftune.model.modeling import build_tiny_model
-    from reftune.commands.run import Stages, run_rl_stage
+    from reftune.commands.common import Run
+    from reftune.commands.run import Stages, rl_stage
 
     save_checkpoint(tmp_path / "warmup", build_tiny_model(tokenizer, 32, 2, 2, 64, 320, seed=0), tokenizer)
     splits = generate_splits(0, {"train": 8, "val": 3})
@@ -292,6 +293,6 @@ def test_the_run_passes_the_curriculum_to_rl_and_resumes_its_stage(tokenizer, tm
     for steps in (1, 2):
         cfg = load_config(RunConfig, None, overrides + [f"rl.steps={steps}"])
         stages.done.pop("reft", None)
-        run_rl_stage(cfg, "reft", splits["train"], splits["val"], tmp_path / "warmup", tmp_path, logger, stages, None)
+        rl_stage(Run(cfg, tmp_path, splits, logger=logger), stages, "reft", splits["train"], tmp_path / "warmup")
     rl = [r for r in read_metrics(tmp_path) if r["stage"] == "reft" and "reward" in r]
     assert [(r["step"], r["curriculum_stage"]) for r in rl] == [(1, 0.0), (2, 1.0)]

@@ -17,7 +17,7 @@ from reftune import commands
 from reftune.model.batching import collate_sft, encode_sft
 from reftune.model.checkpoint import VALUE_HEAD_FILE, is_checkpoint, save_checkpoint
 from reftune.config import EvalJob, SelfTrainJob, VerifierConfig, VerifierJob, load_config
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.errors import UserError
 from reftune.eval.sampling import evaluate_sampling, results_table, sample_and_grade
 from reftune.train.logger import MetricsLogger
@@ -25,7 +25,8 @@ from reftune.model.modeling import PolicyWithValue, build_tiny_model, train_toke
 from reftune.model.prompts import build_prompt
 from reftune.model.sampler import Samples
 from reftune.train.self_training import augment_with_samples, augmentation_stats
-from reftune.rewards.verifier import labelled_solutions, load_scorer, roc_auc, train_verifier, verifier_scores
+from reftune.rewards.scorer import load_scorer, verifier_scores
+from reftune.train.verifier import labelled_solutions, roc_auc, train_verifier
 from reftune.eval.voting import pass_at_k
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reftune.config import RunConfig, load_config, resolve_config_path
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.errors import ConfigError, UserError
 from reftune.model.prompts import build_prompt, build_target
 from reftune.rewards.functions import (

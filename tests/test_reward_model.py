@@ -18,16 +18,17 @@ from reftune import commands
 from reftune.model.checkpoint import VALUE_HEAD_FILE, is_checkpoint, read_reward_model_info, save_checkpoint
 from reftune.cli import COMMANDS, main
 from reftune.config import RLJob, RMJob, load_config
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.data.pairs import Pair, load_pairs, pairs_from_samples
 from reftune.errors import ConfigError, DataError, UserError
 from reftune.train.logger import read_metrics
 from reftune.model.modeling import PolicyWithValue, build_tiny_model, train_tokenizer
 from reftune.model.prompts import build_prompt
 from reftune.rewards.functions import REWARD_FUNCTIONS, compute_rewards
-from reftune.rewards.bradley_terry import bradley_terry_loss, encode_pairs, load_reward_scorer, pairwise_metrics
+from reftune.rewards.scorer import load_reward_scorer
+from reftune.train.reward_model import bradley_terry_loss, encode_pairs, pairwise_metrics
 from reftune.data.synthetic import generate_splits
-from reftune.rewards.verifier import encode_solution
+from reftune.rewards.scorer import encode_solution
 
 T = torch.tensor
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.grading.grade import Grade, grade, reft_reward
 
 NUM = Example(id="n", question="Ava has 12 apples and buys 5 more. How many?", answer="17")

@@ -232,7 +232,8 @@ def test_online_self_training_through_reftune_rl(tiny, tmp_path, monkeypatch):
     start = save_checkpoint(tmp_path / "start", build_tiny_model(tok, 32, 1, 2, 64, 320, seed=0), tok)
     loads = []
     real_load = commands.load_pretrained
-    monkeypatch.setattr(commands, "load_pretrained", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    for module in (commands, commands.common):  # the command and the prologue's `load_policy`
+        monkeypatch.setattr(module, "load_pretrained", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     cfg = load_config(RLJob, None, [
         f"out_dir={tmp_path / 'rl'}", f"model.name_or_path={start}", "data.n_train=16", "data.n_val=4",
         "data.n_test=4", "data.n_extra=0", "data.n_pretrain=0", "eval.max_new_tokens=8",

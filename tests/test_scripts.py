@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from compare_rl import for_command  # noqa: E402
+from jobs import for_command, load_presets  # noqa: E402
 from sliced_eval import pooled  # noqa: E402
 
 
@@ -28,3 +28,13 @@ def test_each_command_gets_only_the_overrides_it_accepts():
     assert for_command("eval", over) == ["data.min_steps=3", "model.max_length=64"]
     assert for_command("rl", over) == ["data.min_steps=3", "rl.lr=1e-4", "model.max_length=64"]
     assert for_command("sft", over) == ["data.min_steps=3", "sft.epochs=2", "model.max_length=64"]
+
+
+def test_every_presets_default_variants_exist_and_settings_are_strings():
+    presets, defaults = load_presets()
+    assert set(presets) == set(defaults) >= {"estimators", "precision", "reft", "r3"}
+    for name, variants in presets.items():
+        assert defaults[name] and set(defaults[name]) <= set(variants), name
+        for label, settings in variants.values():
+            assert label and all(isinstance(v, str) for v in settings.values())
+    assert presets["reft"]["big_lr1e-4_extra"][1] == {**presets["reft"]["big_lr1e-4"][1], "rl.use_extra": "true"}

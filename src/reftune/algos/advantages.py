@@ -12,8 +12,10 @@ values [B, T]: critic values (only "gae"). group_ids [B]: long, equal for sample
     values, in any order (only the group estimators "grpo", "dr_grpo", "rloo").
 Outputs are zero outside the mask and detached: advantages are constants for the policy update.
 
-None of the estimators whitens across the batch except "reinforce_pp", whose definition includes it; the RL
-loop applies `masked_whiten` to GAE advantages as a separate, visible step.
+None of the estimators whitens across the batch except "reinforce_pp", whose definition includes it. Whitening
+is a separate, visible step of the RL loop (`reftune.rl.update.advantages`): with `rl.whiten_advantages` (the
+default) it applies `masked_whiten` over the batch's response tokens to every estimator's advantages, the group
+estimators' included.
 
 Adding an algorithm is one decorated function:
 

@@ -83,7 +83,7 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
         if ev.num_samples > 0:  # one sampling pass: pass@k, voting@k and (with a verifier) rerank@k
             scorer = None
             if ev.verifier:
-                from reftune.rewards.verifier import load_scorer
+                from reftune.rewards.scorer import load_scorer
                 scorer = load_scorer(ev.verifier, template, batch_size=ev.batch_size,
                                      max_length=cfg.model.max_length, device=lm.device)
             res["sampling"] = evaluate_sampling(
@@ -98,7 +98,7 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
 
 def verifier(cfg: VerifierJob, resume: bool = False) -> dict:
     """Sample and grade solutions on train (and val) questions, then train the P(correct) classifier on them."""
-    from reftune.rewards.verifier import labelled_solutions, train_verifier
+    from reftune.train.verifier import labelled_solutions, train_verifier
     with open_run(cfg, resume) as run:
         v = cfg.verifier
         questions = {"train": run.splits["train"][:v.max_questions], "val": run.splits["val"]}
@@ -124,7 +124,7 @@ def rm(cfg: RMJob, resume: bool = False) -> dict:
     (or rm.val_pairs_path), never trained on. Writes the pairs used to run_dir/pairs_<split>.jsonl."""
     from reftune.data.jsonl import write_jsonl
     from reftune.data.pairs import load_pairs, pairs_from_samples
-    from reftune.rewards.bradley_terry import encode_pairs, train_reward_model
+    from reftune.train.reward_model import encode_pairs, train_reward_model
     require_model(cfg)
     r = cfg.rm
     files = {"train": r.pairs_path, "val": r.val_pairs_path}

@@ -2,7 +2,8 @@
 --resume) the run directory, save the resolved config, seed every RNG from `seed`, load the splits, start the
 program sandbox (P-CoT) and the metrics logger — and close them all on every path.
 
-A start that fails before any checkpoint was written leaves no run directory behind to block the retry.
+A start that fails before any work worth keeping was written (`_holds_work`) leaves no run directory behind
+to block the retry.
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ def make_sandbox(cfg):
     return ProgramSandbox()
 
 
-def _holds_checkpoint(run_dir: Path) -> bool:
-    return any(is_checkpoint(p.parent) for p in run_dir.rglob("config.json"))
+def _holds_work(run_dir: Path) -> bool:
+    """Whether a run directory holds something a retry would redo: a resumable or best checkpoint, or cached
+    samples. A built/copied start model (`init/`), the config and the data splits are cheap to make again."""
+    return (any(run_dir.rglob("trainer_state.pt")) or any(run_dir.rglob("samples_*.jsonl"))
+            or any(is_checkpoint(p) for p in run_dir.rglob("best")))
 
 
 @dataclass
@@ -95,7 +99,7 @@ def open_run(cfg, resume: bool = False, *, needs_model: bool = True, run_dir: bo
         run.logger = MetricsLogger(path) if logger else None
         yield run
     except Exception:  # not KeyboardInterrupt: an interrupted run is resumed, not retried
-        if run_dir and fresh and path.exists() and not _holds_checkpoint(path):
+        if run_dir and fresh and path.exists() and not _holds_work(path):
             if run is not None and run.logger is not None:
                 run.logger.close()
                 run.logger = None

@@ -10,7 +10,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from reftune import algos
 from reftune.errors import ConfigError
+from reftune.rewards.functions import NO_REWARD_MODEL, resolve_rewards
 
 
 def validate(cfg: Any) -> None:
@@ -42,9 +44,13 @@ def validate(cfg: Any) -> None:
     if rl is not None:
         if not 0 < rl.lam <= 1 or not 0 < rl.gamma <= 1:
             raise ConfigError("rl.gamma and rl.lam must be in (0, 1]")
+        for name, value, valid in (("advantage", rl.advantage, algos.ADVANTAGE_ESTIMATORS),
+                                   ("kl_kind", rl.kl_kind, algos.KL_KINDS),
+                                   ("loss_agg", rl.loss_agg, algos.AGGREGATION_MODES)):
+            if value not in valid:
+                raise ConfigError(f"rl.{name}: '{value}' is not one of {', '.join(valid)}")
         if (rl.prompts_per_step * rl.num_generations) % rl.minibatches:
             raise ConfigError("rl.minibatches must divide rl.prompts_per_step * rl.num_generations")
-        from reftune.rewards.functions import NO_REWARD_MODEL, resolve_rewards
         names = [n for n, _, _ in resolve_rewards(rl.rewards)]  # names, weights, user functions: fail before training
         if "reward_model" in names and not rl.reward_model:
             raise ConfigError(NO_REWARD_MODEL)

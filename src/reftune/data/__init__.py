@@ -1,5 +1,5 @@
 """Datasets: the `Example` record, the embedded synthetic task and loaders for real benchmarks."""
 
-from reftune.data.example import Example
+from reftune.example import Example
 
 __all__ = ["Example"]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from reftune.grading.answers import mcq_options, parse_number
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.errors import DataError, UserError
 
 DATASETS = ("gsm8k", "svamp", "reft", "mathqa", "mathqa_numeric", "json")

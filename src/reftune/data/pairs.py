@@ -18,7 +18,7 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.errors import DataError, UserError
 
 
@@ -68,7 +68,7 @@ def pairs_from_samples(examples: list[Example], per_question: list[list[dict]], 
                        seed: int = 0) -> list[Pair]:
     """Every (correct, incorrect) pair of samples of the same question, at most `max_per_question` each.
 
-    per_question[i]: the graded samples of examples[i] ({"text", "correct"}, as from `inference.sample_and_grade`).
+    per_question[i]: the graded samples of examples[i] ({"text", "correct"}, as from `eval.sampling.sample_and_grade`).
     Above the cap, a question's pairs are drawn without replacement by a generator seeded with `seed` (the same
     call gives the same pairs), kept in (correct sample, incorrect sample) order.
     """

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from reftune.config import DataConfig
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.errors import UserError
 from reftune.data.jsonl import write_jsonl
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from reftune.model.batching import encode
-from reftune.data.example import Example
 from reftune.data.jsonl import write_jsonl
-from reftune.model.prompts import build_prompt
-from reftune.grading.grade import grade
+from reftune.eval.generation import generate_and_grade
+from reftune.example import Example
 from reftune.model.sampler import HFSampler
 
 
@@ -20,13 +16,11 @@ def evaluate(model, tokenizer, examples: list[Example], *, template: str = "reft
     """Greedy-decode every example; returns {"accuracy", "n", "answered"}; writes JSONL if `out_path`."""
     sampler = HFSampler(model, tokenizer, batch_size=batch_size, device=model.device)
     records = []
-    for start in tqdm(range(0, len(examples), batch_size), desc=desc, leave=False, dynamic_ncols=True):
-        chunk = examples[start:start + batch_size]
-        prompts = [encode(tokenizer, build_prompt(e.question, template, tokenizer)) for e in chunk]
-        samples = sampler.generate(prompts, 1, temperature=0.0, max_new_tokens=max_new_tokens)
-        for ex, text, g in zip(chunk, samples.texts, grade(samples.texts, chunk, cot, sandbox)):
-            records.append({"id": ex.id, "question": ex.question, "gold": ex.answer, "output": text,
-                            "pred": g.pred, "correct": g.correct, "error": g.error})
+    for ex, [(text, g, _)] in generate_and_grade(sampler, tokenizer, examples, 1, questions_per_chunk=batch_size,
+                                                 temperature=0.0, max_new_tokens=max_new_tokens, template=template,
+                                                 cot=cot, sandbox=sandbox, desc=desc):
+        records.append({"id": ex.id, "question": ex.question, "gold": ex.answer, "output": text,
+                        "pred": g.pred, "correct": g.correct, "error": g.error})
     n = len(records)
     result = {"accuracy": sum(r["correct"] for r in records) / max(n, 1), "n": n,
               "answered": sum(r["pred"] is not None for r in records) / max(n, 1)}

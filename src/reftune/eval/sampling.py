@@ -20,18 +20,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from reftune.grading.answers import normalize_answer
-from reftune.model.batching import encode
-from reftune.data.example import Example
 from reftune.data.jsonl import write_jsonl
-from reftune.model.prompts import build_prompt
-from reftune.grading.grade import grade
-from reftune.model.sampler import HFSampler, Sampler
+from reftune.eval.generation import generate_and_grade
 from reftune.eval.voting import majority_vote, pass_at_k, rerank
+from reftune.example import Example
+from reftune.grading.answers import normalize_answer
+from reftune.model.sampler import HFSampler, Sampler
 
-# (questions, completions) -> P(correct) per completion; see `reftune.rewards.verifier.load_scorer`.
+# (questions, completions) -> P(correct) per completion; see `reftune.rewards.scorer.load_scorer`.
 Scorer = Callable[[list[str], list[str]], list[float]]
 
 
@@ -52,20 +49,12 @@ def sample_and_grade(model, tokenizer, examples: list[Example], num_samples: int
         sampler = HFSampler(model, tokenizer, batch_size=batch_size, device=model.device)
     device = model.device if model is not None else torch.device("cpu")
     generator = torch.Generator(device=device).manual_seed(seed)
-    per_chunk = max(1, batch_size // num_samples)
-    out: list[list[dict]] = []
-    for start in tqdm(range(0, len(examples), per_chunk), desc=desc, leave=False, dynamic_ncols=True):
-        chunk = examples[start:start + per_chunk]
-        prompts = [encode(tokenizer, build_prompt(e.question, template, tokenizer)) for e in chunk]
-        samples = sampler.generate(prompts, num_samples, temperature=temperature, top_p=top_p,
-                                   max_new_tokens=max_new_tokens, generator=generator)
-        graded = [e for e in chunk for _ in range(num_samples)]  # sample j of prompt i is row i*k+j
-        grades = grade(samples.texts, graded, cot, sandbox)
-        for i, (text, g, done) in enumerate(zip(samples.texts, grades, samples.finished)):
-            if i % num_samples == 0:
-                out.append([])
-            out[-1].append({"text": text, "pred": g.pred, "correct": g.correct, "finished": done})
-    return out
+    return [[{"text": text, "pred": g.pred, "correct": g.correct, "finished": done} for text, g, done in rows]
+            for _, rows in generate_and_grade(sampler, tokenizer, examples, num_samples,
+                                              questions_per_chunk=max(1, batch_size // num_samples),
+                                              temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                              template=template, cot=cot, sandbox=sandbox, generator=generator,
+                                              desc=desc)]
 
 
 def cached_samples(path: str | Path, examples: list[Example], make: Callable[[], list[list[dict]]]) -> list[list[dict]]:

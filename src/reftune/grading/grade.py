@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reftune.grading.answers import answers_match, extract_answer, normalize_answer
-from reftune.data.example import Example
+from reftune.example import Example
 
 
 @dataclass
@@ -24,11 +24,12 @@ class Grade:
 
 
 def grade(texts: list[str], examples: list[Example], cot: str = "nl", sandbox=None) -> list[Grade]:
-    """Grade completion i against examples[i]. cot="program" executes each completion in `sandbox`."""
+    """Grade completion i against examples[i]. cot="program" executes each completion in `sandbox` (a
+    `reftune.grading.sandbox.ProgramSandbox` that the caller opens once and closes)."""
     if cot == "program":
         if sandbox is None:
-            from reftune.grading.sandbox import ProgramSandbox
-            sandbox = ProgramSandbox()
+            raise ValueError("grade: cot='program' runs the completions, and needs a sandbox "
+                             "(reftune.grading.sandbox.ProgramSandbox, opened once by the caller)")
         results = sandbox.run_many(texts)
         raw = [r.value if r.ok else None for r in results]
         errors = [None if r.ok else r.error for r in results]

@@ -67,8 +67,8 @@ def smollm2_gguf_path() -> Path:
     return files[0]
 
 
-def load_pretrained(name_or_path: str, gguf_file: str | None = None, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a local HF dir, a hub id (where there is internet) or a GGUF file."""
+def load_pretrained(name_or_path: str, gguf_file: str | None = None):
+    """(model, tokenizer) in fp32 from a local HF dir, a hub id (where there is internet) or a GGUF file."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict = {}
@@ -86,7 +86,7 @@ def load_pretrained(name_or_path: str, gguf_file: str | None = None, dtype: torc
         raise UserError(f"model not found: {name_or_path} (a local directory or a hub id)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, **model_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32, **model_kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load model '{name_or_path}': {first}") from None

@@ -23,7 +23,6 @@ class Template:
 
     text: str
     chat: bool = False
-    system: str | None = None
     think: bool = False  # the prompt ends inside "<think>": targets close it and add "<answer>" (R1 format)
 
 
@@ -52,7 +51,7 @@ def build_prompt(question: str, template: str | Template, tokenizer=None) -> str
         return body
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         raise ConfigError("data.template: 'chat' needs a tokenizer with a chat template (an instruct model)")
-    messages = ([{"role": "system", "content": tpl.system}] if tpl.system else []) + [{"role": "user", "content": body}]
+    messages = [{"role": "user", "content": body}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

@@ -37,7 +37,7 @@ import unicodedata
 from typing import Callable
 
 from reftune.grading.answers import answers_match, extract_answer
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.errors import ConfigError, UserError
 from reftune.grading.grade import Grade, grade, reft_reward
 
@@ -174,7 +174,7 @@ NO_REWARD_MODEL = ("rl.rewards: 'reward_model' needs rl.reward_model=CKPT (a `re
 @register_reward("reward_model")
 def reward_model(prompts, completions, examples, *, reward_scorer=None, **kw) -> list[float]:
     """The trained reward model's score of each (full prompt text, completion): `kw["reward_scorer"]`, which the
-    RL loop builds once from `rl.reward_model` (`reftune.rewards.bradley_terry.load_reward_scorer`)."""
+    RL loop builds once from `rl.reward_model` (`reftune.rewards.scorer.load_reward_scorer`)."""
     if reward_scorer is None:
         raise ConfigError(NO_REWARD_MODEL)
     return [float(v) for v in reward_scorer(prompts, completions)]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.grading.grade import Grade
 from reftune.model.sampler import Samples
 

@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.errors import UserError
 
 SplitKind = Literal["auto", "nl", "program", "tokens"]

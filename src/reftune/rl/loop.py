@@ -29,12 +29,12 @@ import torch
 from tqdm.auto import tqdm
 
 from reftune.config import RLConfig
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.errors import UserError
 from reftune.model.batching import encode_target
 from reftune.model.prompts import build_target
 from reftune.model.sampler import HFSampler
-from reftune.rewards.bradley_terry import load_reward_scorer
+from reftune.rewards.scorer import load_reward_scorer
 from reftune.rewards.functions import resolve_rewards
 from reftune.rl.metrics import iteration_record
 from reftune.rl.rollout import RolloutSetup, batch_indices, collect, dynamic_sampling

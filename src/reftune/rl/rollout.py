@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reftune.config import RLConfig
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.model.batching import encode
 from reftune.model.prompts import build_prompt
 from reftune.rewards.functions import compute_rewards

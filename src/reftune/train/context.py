@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.eval.greedy import evaluate
 
 

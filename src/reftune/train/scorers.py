@@ -1,6 +1,6 @@
 """The training loop of a scalar score on a policy trunk, shared by the verifier and the Bradley-Terry reward model.
 
-The model is a `verifier.Verifier`: a `PolicyWithValue` whose value head reads the last token of a left-padded
+The model is a `rewards.scorer.Verifier`: a `PolicyWithValue` whose value head reads the last token of a left-padded
 row and gives one score. What differs between the two is an `Objective`: the token rows a training item
 contributes, the loss on their scores, the validation metrics, and which metrics make an epoch the best.
 Everything else is here, once: AdamW, linear warm-up (5 % of the steps) then linear decay, gradient clipping,
@@ -24,27 +24,11 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from reftune.train.accel import check_finite, get_accelerator, optimizer_step
-from reftune.model.batching import left_pad
 from reftune.model.checkpoint import save_checkpoint
 from reftune.config import VerifierConfig
+from reftune.model.batching import left_pad
+from reftune.rewards.scorer import score_rows
 from reftune.errors import UserError
-
-
-@torch.no_grad()
-def score_rows(model: torch.nn.Module, rows: list[list[int]], pad_id: int, batch_size: int, device) -> torch.Tensor:
-    """Scores [N] (float32, on the CPU) of N token rows, left-padded `batch_size` at a time, in eval mode.
-
-    model: forward(input_ids [B, T], attention_mask [B, T]) → scores [B] (a `verifier.Verifier`); its train/eval
-    mode is restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    out = []
-    for s in range(0, len(rows), batch_size):
-        ids, attn = (t.to(device) for t in left_pad(rows[s:s + batch_size], pad_id))
-        out.append(model(ids, attn).float().cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
 
 
 @dataclass(frozen=True)
@@ -72,7 +56,7 @@ def _summary(metrics: dict) -> str:
 def train_scorer(model: torch.nn.Module, tokenizer, train: list, val: list, cfg: VerifierConfig, objective: Objective,
                  *, out_dir: str | Path, logger, precision: str = "fp32", seed: int = 0, stage: str = "verifier",
                  template: str | None = None, max_length: int | None = None) -> dict:
-    """Train `model` (a `verifier.Verifier`: trunk and head together) in place on `train` items.
+    """Train `model` (a `rewards.scorer.Verifier`: trunk and head together) in place on `train` items.
 
     cfg: the optimisation fields of a `VerifierConfig` (or its subclass `RewardModelConfig`): epochs, lr,
     weight_decay, batch_size (items per step), grad_clip. template, max_length: how the rows were built, saved

@@ -1,6 +1,6 @@
 """Offline self-training, the ReFT paper's baseline: SFT again on the gold CoTs plus the model's own correct ones.
 
-1. sample `num_samples` solutions per training question from the warm-up model (`inference.sample_and_grade`);
+1. sample `num_samples` solutions per training question from the warm-up model (`eval.sampling.sample_and_grade`);
 2. keep, per question, up to `max_correct` *distinct* samples graded correct that ended with EOS
    (a sample cut at `max_new_tokens` would teach the model not to stop), next to the gold CoT;
 3. run `sft.train_sft` on that augmented set, continuing from the warm-up model.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.model.prompts import get_template
 
 
@@ -27,7 +27,7 @@ def augment_with_samples(examples: list[Example], per_question: list[list[dict]]
     """Each example with a gold CoT, followed by up to `max_correct` distinct correct finished samples of it.
 
     per_question[i]: the graded samples of examples[i] ({"text", "correct", "finished"}, as from
-    `inference.sample_and_grade`). A sample identical to the gold CoT or to an earlier kept sample is
+    `eval.sampling.sample_and_grade`). A sample identical to the gold CoT or to an earlier kept sample is
     skipped. Added examples copy the question and answer, with id "<id>#st<j>", the sample as `cot` and
     meta["self_generated_from"] = the original id. Under an R1 template (``Template.think``) only the think block (the text
     before "</think>") is kept as the cot: SFT's `prompts.build_target` adds the closing and the answer back.

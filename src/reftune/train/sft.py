@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from reftune.config import SFTConfig
-from reftune.data.example import Example
+from reftune.example import Example
 from reftune.errors import UserError
 from reftune.model.batching import collate_sft, encode_sft
 from reftune.model.prompts import build_prompt, build_target

@@ -1,36 +1,31 @@
-"""A Bradley-Terry reward model (InstructGPT style): a scalar r(prompt, completion) fitted to preference
+"""Training a Bradley-Terry reward model (InstructGPT style): a scalar r(prompt, completion) fitted to preference
 pairs.
 
 P(chosen ≻ rejected) = σ(r_chosen − r_rejected); the loss is −log σ(r_chosen − r_rejected), averaged over pairs.
-The model is the verifier's (`verifier.Verifier`: a `PolicyWithValue` read at the last token of prompt +
-completion + EOS by its value head) and so is the training loop (`scorer_training.train_scorer`); only the
+The model is the verifier's (`rewards.scorer.Verifier`: a `PolicyWithValue` read at the last token of prompt +
+completion + EOS by its value head) and so is the training loop (`train.scorers.train_scorer`); only the
 objective differs. Validation: the pairs' loss, pairwise accuracy (share of pairs with r_chosen > r_rejected,
 ties counting 1/2) and mean margin r_chosen − r_rejected; the epoch of highest validation pairwise accuracy is
 kept (lower loss breaks ties). Saved like the verifier, with reward_model.json of kind "bradley_terry".
 
 The score is unbounded and only differences mean anything (adding a constant changes no probability), so as a
-reward it is used raw or squashed by sigmoid (`load_reward_scorer`); a verifier's score is a logit of P(correct).
+reward it is used raw or squashed by sigmoid (`rewards.scorer.load_reward_scorer`); a verifier's score is a logit of P(correct).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from reftune.model.checkpoint import read_reward_model_info
 from reftune.config import RewardModelConfig
 from reftune.data.pairs import Pair
-from reftune.errors import ConfigError, UserError
+from reftune.errors import UserError
 from reftune.model.modeling import PolicyWithValue
 from reftune.model.prompts import build_prompt
+from reftune.rewards.scorer import Verifier, encode_solution
 from reftune.train.scorers import Objective, train_scorer
-from reftune.rewards.verifier import Verifier, encode_solution, load_verifier, verifier_scores
-
-# (full prompt texts, completions) → one reward per completion: the `reward_scorer` of `reward_fns.reward_model`.
-RewardScorer = Callable[[list[str], list[str]], list[float]]
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
@@ -53,7 +48,7 @@ def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict:
 
 
 def encode_pairs(tokenizer, pairs: list[Pair], template: str, max_length: int) -> list[tuple[list[int], list[int]]]:
-    """(chosen row, rejected row) token ids per pair, each `verifier.encode_solution` of prompt + completion;
+    """(chosen row, rejected row) token ids per pair, each `rewards.scorer.encode_solution` of prompt + completion;
     the prompt is the pair's `prompt` as is, or its question through `template`."""
     items = []
     for p in pairs:
@@ -87,31 +82,3 @@ def train_reward_model(policy: PolicyWithValue, tokenizer, train: list[tuple[lis
     logger.log(stage, 0, train_pairs=len(train), val_pairs=len(val))
     return train_scorer(Verifier(policy), tokenizer, train, val, cfg, BRADLEY_TERRY, out_dir=out_dir, logger=logger,
                         precision=precision, seed=seed, stage=stage, template=template, max_length=max_length)
-
-
-def load_reward_scorer(path: str | Path, *, template: str | None = None, sigmoid: bool = False, batch_size: int = 32,
-                       device: torch.device | str = "cpu", field: str = "rl.reward_model",
-                       max_length: int | None = None) -> RewardScorer:
-    """A frozen reward model as a function (full prompt texts, completions) → rewards, on `device`.
-
-    A verifier checkpoint gives P(correct) in [0, 1]; a Bradley-Terry one its raw score (unbounded), or
-    sigmoid(score) in (0, 1) with `sigmoid`. A checkpoint without reward_model.json (written before it
-    existed) is read as a verifier. Rows are cut to `max_length`, by default the one the model was trained with
-    (512 when unknown). template: the prompt template of the caller; a reward model trained on another one is
-    refused. The scorer's `tokenizer` attribute is the checkpoint's (to build prompts the same way).
-    """
-    info = read_reward_model_info(path) or {"kind": "verifier"}
-    if template is not None and info.get("template") not in (None, template):
-        raise ConfigError(f"{field}: {path} was trained on prompts of template '{info['template']}', "
-                          f"this run uses '{template}'")
-    policy, tokenizer = load_verifier(path, field)
-    policy.to(device).requires_grad_(False)
-    squash = info["kind"] == "verifier" or sigmoid
-    max_length = max_length or info.get("max_length") or 512
-
-    def scorer(prompts: list[str], completions: list[str]) -> list[float]:
-        return verifier_scores(policy, tokenizer, prompts, completions, batch_size=batch_size,
-                               max_length=max_length, squash=squash)
-
-    scorer.tokenizer = tokenizer
-    return scorer

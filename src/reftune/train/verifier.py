@@ -1,13 +1,13 @@
-"""A verifier (outcome reward model): P(correct | question, solution), for reranking k samples.
+"""Training a verifier (outcome reward model): P(correct | question, solution), for reranking k samples.
 
 Data: the policy's own samples on the training questions, labelled correct/incorrect by the same grader as
-evaluation (`rewards.grade` through `inference.sample_and_grade`); the validation questions' samples, never
+evaluation (`grading.grade` through `eval.sampling.sample_and_grade`); the validation questions' samples, never
 trained on, measure it (loss, accuracy at 0.5, ROC AUC) and pick the best epoch.
 
 Model: a `PolicyWithValue` started from a policy checkpoint; its value head reads the last hidden state at
 the last token of prompt + solution + EOS and gives a logit; sigmoid(logit) = P(correct); the loss is binary
-cross-entropy; trunk and head are trained together (`scorer_training.train_scorer`, the loop the Bradley-Terry
-reward model of `reftune.rewards.bradley_terry` shares). Saved like any policy checkpoint (HF files +
+cross-entropy; trunk and head are trained together (`train.scorers.train_scorer`, the loop the Bradley-Terry
+reward model of `reftune.train.reward_model` shares). Saved like any policy checkpoint (HF files +
 `value_head.safetensors`) plus `reward_model.json` (kind "verifier"), so `load_verifier` is `load_pretrained` +
 `load_value_head`.
 
@@ -24,83 +24,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from reftune.model.batching import encode, positions
-from reftune.model.checkpoint import load_value_head
 from reftune.config import VerifierConfig
-from reftune.data.example import Example
-from reftune.errors import ConfigError, UserError
-from reftune.model.modeling import PolicyWithValue, load_pretrained
+from reftune.errors import UserError
+from reftune.example import Example
+from reftune.model.modeling import PolicyWithValue
 from reftune.model.prompts import build_prompt
-from reftune.train.scorers import Objective, score_rows, train_scorer
-
-
-class Verifier(nn.Module):
-    """A `PolicyWithValue` read at the last position: forward(input_ids, attention_mask) → logits [B].
-
-    Rows must be left-padded (so the last column is every row's last token). Only the last position's LM
-    logits are computed (`logits_to_keep=1`): the verifier never needs the vocabulary distribution.
-    """
-
-    def __init__(self, policy: PolicyWithValue):
-        super().__init__()
-        self.policy = policy
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.policy.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions(attention_mask),
-                             output_hidden_states=True, use_cache=False, logits_to_keep=1)
-        last = out.hidden_states[-1][:, -1]
-        return self.policy.value_head(last.to(self.policy.value_head.weight.dtype)).squeeze(-1)
-
-
-def encode_solution(tokenizer, prompt: str, completion: str, max_length: int) -> list[int]:
-    """Token ids of prompt + completion + EOS, its last `max_length` tokens (the answer end is kept)."""
-    ids = encode(tokenizer, prompt) + encode(tokenizer, completion) + [tokenizer.eos_token_id]
-    return ids[-max_length:]
-
-
-def verifier_scores(model_with_head, tokenizer, prompts: list[str], completions: list[str], *,
-                    batch_size: int = 32, max_length: int = 512, squash: bool = True) -> list[float]:
-    """P(correct) in [0, 1] of each (prompt text, completion text); `model_with_head` is a PolicyWithValue
-    (or a `Verifier`). `prompts` are full prompt texts (`prompts.build_prompt`), as in training.
-    squash=False: the raw score (the logit; a Bradley-Terry reward model's unbounded score)."""
-    verifier = model_with_head if isinstance(model_with_head, Verifier) else Verifier(model_with_head)
-    rows = [encode_solution(tokenizer, p, c, max_length) for p, c in zip(prompts, completions)]
-    device = next(verifier.parameters()).device
-    scores = score_rows(verifier, rows, tokenizer.pad_token_id, batch_size, device)
-    return (torch.sigmoid(scores) if squash else scores).tolist()
-
-
-def load_verifier(path: str | Path, field: str = "eval.verifier") -> tuple[PolicyWithValue, object]:
-    """(PolicyWithValue, tokenizer) of a verifier (or reward model) checkpoint, in eval mode; a checkpoint without
-    a value head is refused with a ConfigError naming `field`."""
-    lm, tokenizer = load_pretrained(str(path))
-    policy = PolicyWithValue(lm)
-    if not load_value_head(path, policy.value_head):
-        raise ConfigError(f"{field}: {path} has no value_head.safetensors; train one with `reftune verifier` "
-                          f"or `reftune rm`")
-    return policy.eval(), tokenizer
-
-
-def load_scorer(path: str | Path, template: str = "reft", batch_size: int = 32, max_length: int = 512,
-                device: torch.device | str = "cpu"):
-    """A `inference.Scorer` (questions, completions) → P(correct) backed by the verifier at `path`: the frozen
-    `reward_model.load_reward_scorer` (for a Bradley-Terry reward model, sigmoid of its score: the same ranking)
-    behind the prompt template."""
-    from reftune.rewards.bradley_terry import load_reward_scorer  # it imports this module
-    score = load_reward_scorer(path, template=template, sigmoid=True, batch_size=batch_size, device=device,
-                               field="eval.verifier", max_length=max_length)
-
-    def scorer(questions: list[str], completions: list[str]) -> list[float]:
-        return score([build_prompt(q, template, score.tokenizer) for q in questions], completions)
-
-    return scorer
+from reftune.rewards.scorer import Verifier, encode_solution
+from reftune.train.scorers import Objective, train_scorer
 
 
 def labelled_solutions(tokenizer, examples: list[Example], per_question: list[list[dict]], template: str,
                        max_length: int) -> list[tuple[list[int], float]]:
-    """(token ids, label 1.0/0.0) for every graded sample (`inference.sample_and_grade`) of every example."""
+    """(token ids, label 1.0/0.0) for every graded sample (`eval.sampling.sample_and_grade`) of every example."""
     items = []
     for ex, samples in zip(examples, per_question):
         prompt = build_prompt(ex.question, template, tokenizer)

