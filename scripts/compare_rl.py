@@ -157,7 +157,7 @@ def main() -> int:
     def accuracy(model: Path, split: str, res: Path, log: Path, seed: int) -> float | None:
         """Greedy accuracy of `model` on `split`, cached in `res` (results.json of `reftune eval`)."""
         if not res.is_file() and not args.aggregate_only:
-            run_logged(["eval", f"out_dir={res.parent}", f"model.name_or_path={model}", f"eval.split={split}",
+            run_logged(["eval", *(["--resume"] if res.parent.exists() else []), f"out_dir={res.parent}", f"model.name_or_path={model}", f"eval.split={split}",
                         f"seed={seed}", *for_command("eval", args.overrides)], log, threads)
         return json.loads(res.read_text())["accuracy"] if res.is_file() else None
 

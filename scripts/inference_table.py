@@ -86,7 +86,7 @@ def main() -> int:
             if done.exists() or args.aggregate_only:
                 continue
             run_dir = Path(next(c for c in cmd if c.startswith("out_dir="))[len("out_dir="):])
-            resume = ["--resume"] if cmd[0] != "eval" and (run_dir / "config.yaml").exists() else []
+            resume = ["--resume"] if (run_dir / "config.yaml").exists() else []
             rc = run_logged([cmd[0], *resume, *cmd[1:]], log, threads)
             if rc:
                 print(f"inference_table: `reftune {cmd[0]}` failed for seed {s} ({row}); see {log}", file=sys.stderr)

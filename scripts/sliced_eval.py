@@ -57,7 +57,7 @@ def main() -> int:
         d = out / f"chunk-{offset:05d}"
         if not (d / "results.json").is_file():
             t0 = time.time()
-            rc = run_logged(["eval", *args.overrides, f"eval.offset={offset}",
+            rc = run_logged(["eval", *(["--resume"] if d.exists() else []), *args.overrides, f"eval.offset={offset}",
                              f"eval.limit={min(args.chunk, args.limit - offset)}", f"out_dir={d}"],
                             out / "eval.log", args.threads)
             if rc:

@@ -120,7 +120,8 @@ def test_checkpoints_and_config_are_kept(finished):
 @pytest.mark.slow
 def test_resume_redoes_only_the_unfinished_stages(finished, tmp_path):
     """Forget that reft_extra and eval finished, and allow one more RL step: --resume continues reft_extra from
-    its last/ checkpoint (step 2) with step 3 only, trains nothing else, and re-evaluates."""
+    its last/ checkpoint (step 2), and reft (finished at 2 steps) too, with step 3 only; trains nothing else,
+    and re-evaluates."""
     src, cfg, results = finished
     out = tmp_path / "run"
     shutil.copytree(src, out)
@@ -135,16 +136,19 @@ def test_resume_redoes_only_the_unfinished_stages(finished, tmp_path):
     after = read_metrics(out)
     new = after[len(before):]
     assert after[:len(before)] == before                                 # appended, not rewritten
-    assert {r["stage"] for r in new} == {"reft_extra", "eval"}           # sft and reft did not train again
+    assert {r["stage"] for r in new} == {"reft", "reft_extra", "eval"}   # sft did not train again
     assert _rl_steps(after, "reft_extra") == [1, 2, 3]                    # continued, not restarted at 1
-    assert _rl_steps(after, "reft") == [1, 2]
-    assert load_state(out / "reft_extra" / "last")["step"] == 3
+    assert _rl_steps(after, "reft") == [1, 2, 3]                          # a finished stage given more steps
+    assert load_state(out / "reft_extra" / "last")["step"] == 3 and load_state(out / "reft" / "last")["step"] == 3
     assert set(resumed) == set(results)
-    for m in ("base", "warmup", "sft", "reft"):  # untouched checkpoints evaluate exactly as before
+    for m in ("base", "warmup", "sft"):  # untouched checkpoints evaluate exactly as before
         assert resumed[f"{m}/val"] == results[f"{m}/val"] and resumed[f"{m}/test"] == results[f"{m}/test"]
     assert json.loads((out / "results.json").read_text()) == resumed
     assert "reft_extra" in json.loads((out / "stages.json").read_text())
     assert len(list((out / "eval").glob("*.jsonl"))) == 2 * len(MODELS)
+
+    again = run(load_config(RunConfig, None, [f"out_dir={out}", *TINY, "rl.steps=3"]), resume=True)
+    assert again == resumed and read_metrics(out) == after  # a finished run resumed as it is: nothing to do
 
 
 def test_a_used_run_dir_needs_resume(tmp_path):

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from reftune.config import EvalJob, RLJob, RMJob, RunConfig, SelfTrainJob, SFTJob, VerifierJob, describe, load_config
+from reftune.config import (EvalJob, RLJob, RMJob, RunConfig, SelfTrainJob, SFTJob, VerifierJob, describe, load_config,
+                            resume_config)
 from reftune.errors import UserError
 
 COMMANDS = {"run": RunConfig, "sft": SFTJob, "rl": RLJob, "eval": EvalJob, "verifier": VerifierJob, "rm": RMJob,
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.overrides) + ([f"model.name_or_path={args.model}"] if args.model else [])
         overrides += ["data.skip_invalid=true"] if args.skip_invalid else []
         cfg = load_config(COMMANDS[args.command], args.config, overrides)
+        saved = Path(cfg.out_dir) / "config.yaml"
+        if args.resume and saved.is_file():  # the run's own config; only some fields may change (resume_config)
+            cfg = resume_config(COMMANDS[args.command], args.config, overrides, saved)
         from reftune import commands  # heavy imports (torch, transformers) only after the config is valid
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()  # reftune shows its own bars; HF's (one per checkpoint save) interleave

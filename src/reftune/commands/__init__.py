@@ -67,7 +67,11 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
     path, ev = require_model(cfg), cfg.eval
     if ev.verifier and ev.num_samples < 1:
         raise UserError("eval.verifier: reranking needs samples; set eval.num_samples=k (k >= 1)")
-    with open_run(cfg, resume, run_dir=False, logger=False) as run:
+    out = Path(cfg.out_dir)
+    if (out / "stages.json").is_file() or any(is_checkpoint(out / d) for d in ("last", "best")):
+        raise UserError(f"out_dir: {out} holds a training run; `reftune eval` writes into a directory of its own "
+                        f"(e.g. out_dir={out / ('eval_' + ev.split)})")
+    with open_run(cfg, resume, logger=False) as run:
         splits = run.splits
         if ev.split not in splits or not splits[ev.split]:
             raise UserError(f"eval.split: split '{ev.split}' is empty or unknown (have: "
@@ -77,7 +81,7 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
             raise UserError(f"eval.offset: {ev.offset} skips all {len(splits[ev.split])} questions of '{ev.split}'")
         lm, tokenizer = load_pretrained(path, cfg.model.gguf_file)
         lm.to(get_accelerator().device)
-        out, template, kind = Path(cfg.out_dir), cfg.data.template, cfg.data.cot
+        template, kind = cfg.data.template, cfg.data.cot
         res = evaluate(lm, tokenizer, examples, template=template, cot=kind, batch_size=ev.batch_size,
                        max_new_tokens=ev.max_new_tokens, sandbox=run.sandbox, out_path=out / f"{ev.split}.jsonl")
         if ev.num_samples > 0:  # one sampling pass: pass@k, voting@k and (with a verifier) rerank@k

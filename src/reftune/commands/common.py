@@ -8,13 +8,15 @@ to block the retry.
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from reftune.config import save_config
+from reftune.config import leaves, load_config, save_config
 from reftune.data.splits import load_splits
 from reftune.errors import UserError
 from reftune.model.checkpoint import is_checkpoint, load_value_head
@@ -53,6 +55,22 @@ def _holds_work(run_dir: Path) -> bool:
             or any(is_checkpoint(p) for p in run_dir.rglob("best")))
 
 
+def record_resume(cfg, run_dir: Path) -> None:
+    """On resume, append what changed against the saved config (the CLI allowed only resumable fields) to
+    run_dir/resumes.jsonl: {"time", "changed": {field: [old, new]}}."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        before = leaves(load_config(type(cfg), saved))
+    except UserError:  # a config of another command or an older schema: nothing to compare
+        return
+    changed = {k: [before[k], v] for k, v in leaves(cfg).items() if k in before and before[k] != v}
+    if changed:
+        with (run_dir / "resumes.jsonl").open("a") as f:
+            f.write(json.dumps({"time": time.time(), "changed": changed}) + "\n")
+
+
 @dataclass
 class Run:
     """An open run: its config, directory, splits, sandbox and logger (see `open_run`)."""
@@ -82,8 +100,9 @@ class Run:
 @contextmanager
 def open_run(cfg, resume: bool = False, *, needs_model: bool = True, run_dir: bool = True,
              logger: bool = True) -> Iterator[Run]:
-    """Open a command's run: see the module docstring. run_dir=False (eval): write into out_dir without the
-    run-directory checks or the saved config; logger=False: no metrics.jsonl."""
+    """Open a command's run: see the module docstring. run_dir=False: write into out_dir without the
+    run-directory checks or the saved config (a caller that manages its directory itself); logger=False: no
+    metrics.jsonl."""
     if needs_model:
         require_model(cfg)
     fresh = not (Path(cfg.out_dir).exists() and any(Path(cfg.out_dir).iterdir()))
@@ -91,6 +110,7 @@ def open_run(cfg, resume: bool = False, *, needs_model: bool = True, run_dir: bo
     run = None
     try:
         if run_dir:
+            record_resume(cfg, path)
             save_config(cfg, path / "config.yaml")
         seed_everything(cfg.seed)
         report: dict = {}

@@ -21,11 +21,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from reftune.commands.common import Run, open_run
 from reftune.config import RunConfig
 from reftune.data.splits import save_splits
 from reftune.eval.greedy import evaluate
-from reftune.model.checkpoint import is_checkpoint, save_checkpoint
+from reftune.model.checkpoint import is_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
 from reftune.model.modeling import build_tiny_model, load_pretrained, train_tokenizer
 from reftune.model.prompts import build_prompt, build_target, get_template
 from reftune.rl.curriculum import from_config as curriculum_from_config
@@ -34,15 +36,36 @@ from reftune.train.sft import train_sft
 
 
 class Stages:
-    """Which stages of a run are finished, persisted in `stages.json`."""
+    """Which stages of a run are finished, persisted in `stages.json`, and where every RNG stood when each first
+    finished (`rng/<stage>.pt`): a resumed run puts them back (`restore_rng`) before the next stage starts, so a
+    stage started in a resumed process draws the same numbers as in the uninterrupted run."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / "stages.json"
+        self.path, self.rng_dir = run_dir / "stages.json", run_dir / "rng"
         self.done: dict = json.loads(self.path.read_text()) if self.path.is_file() else {}
 
     def finish(self, name: str, info: dict | None = None) -> None:
         self.done[name] = info or {}
         self.path.write_text(json.dumps(self.done, indent=2))
+        snapshot = self.rng_dir / f"{name}.pt"
+        if not snapshot.is_file():  # the first finish is the uninterrupted run's; a resumed one re-finishes "init"
+            self.rng_dir.mkdir(exist_ok=True)
+            torch.save(rng_state(), snapshot)
+
+    def reopen(self, name: str, results: Path) -> None:
+        """Mark `name` (and the evaluation) unfinished, its results forgotten: a resume continues the stage."""
+        for stage in (name, "eval"):
+            self.done.pop(stage, None)
+        self.path.write_text(json.dumps(self.done, indent=2))
+        if results.is_file():
+            kept = {k: v for k, v in json.loads(results.read_text()).items() if not k.startswith(f"{name}/")}
+            results.write_text(json.dumps(kept, indent=2))
+
+    def restore_rng(self) -> None:
+        """Every RNG as it was when the last finished stage first finished (no-op in a fresh run)."""
+        snapshot = self.rng_dir / f"{list(self.done)[-1]}.pt" if self.done else None
+        if snapshot is not None and snapshot.is_file():
+            set_rng_state(torch.load(snapshot, weights_only=False))
 
 
 def init_model(cfg, splits, run_dir: Path):
@@ -68,9 +91,13 @@ def init_model(cfg, splits, run_dir: Path):
 
 
 def sft_stage(run: Run, stages: Stages, name: str, start: Path, train, cfg, snapshot_epochs=()) -> None:
-    """SFT from `start` (or from `<name>/last` when resuming) into run_dir/<name>."""
+    """SFT from `start` (or from `<name>/last` when resuming) into run_dir/<name>. A finished stage is continued
+    when a resume raised its epochs and it had not stopped early."""
     if name in stages.done:
-        return
+        st = load_state(run.dir / name / "last")
+        if st is None or st["epoch"] >= cfg.epochs or (cfg.patience and st["stale"] >= cfg.patience):
+            return
+        stages.reopen(name, run.dir / "results.json")
     last = run.dir / name / "last"
     lm, tokenizer = load_pretrained(str(last if is_checkpoint(last) else start))
     stages.finish(name, train_sft(lm, tokenizer, train, run.splits["val"], cfg, run.context(name, run.dir / name),
@@ -78,10 +105,14 @@ def sft_stage(run: Run, stages: Stages, name: str, start: Path, train, cfg, snap
 
 
 def rl_stage(run: Run, stages: Stages, name: str, train, warmup: Path) -> None:
-    """PPO from the warm-up model (or from `<name>/last` when resuming); reference = warm-up model."""
-    if name in stages.done:
-        return
+    """PPO from the warm-up model (or from `<name>/last` when resuming); reference = warm-up model. A finished
+    stage is continued when a resume raised rl.steps."""
     cfg = run.cfg
+    if name in stages.done:
+        st = load_state(run.dir / name / "last")
+        if st is None or st["step"] >= cfg.rl.steps:
+            return
+        stages.reopen(name, run.dir / "results.json")
     policy, tokenizer = run.load_policy(warmup, run.dir / name / "last")
     ref = load_pretrained(str(warmup))[0].eval().requires_grad_(False) if needs_reference(cfg.rl) else None
     info = train_rl(policy, ref, tokenizer, train, run.splits["val"], cfg.rl, run.context(name, run.dir / name),
@@ -118,6 +149,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
             stages.finish("data", {**{k: len(v) for k, v in splits.items()}, **r.data_report})
         lm, tokenizer = init_model(cfg, splits, r.dir)
         stages.finish("init", {"parameters": sum(p.numel() for p in lm.parameters())})
+        stages.restore_rng()
         base = r.dir / "init"
         if cfg.model.name_or_path is None and splits.get("pretrain"):
             # the tiny default has no pretrained LM to start from: pretrain one on disjoint problems

@@ -7,8 +7,8 @@ Loaded from YAML and `key=value` overrides (`sft.epochs=3`, `data=gsm8k` as a sh
 schema.py: the dataclasses; loading.py: YAML, overrides, saving, the reference; checks.py: range checks.
 """
 
-from reftune.config.loading import (SHIPPED_CONFIGS, describe, load_config, parse_override, resolve_config_path,
-                                    save_config, to_dict)
+from reftune.config.loading import (SHIPPED_CONFIGS, describe, leaves, load_config, parse_override,
+                                    resolve_config_path, resume_config, save_config, saved_command, to_dict)
 from reftune.config.schema import (JOBS, CurriculumConfig, DataConfig, EvalConfig, EvalJob, InferenceConfig,
                                    ModelConfig, PretrainConfig, Precision, RewardModelConfig, RLConfig, RLJob,
                                    RMJob, RunConfig, SelfTrainConfig, SelfTrainJob, SFTConfig, SFTJob,
@@ -17,5 +17,5 @@ from reftune.config.schema import (JOBS, CurriculumConfig, DataConfig, EvalConfi
 __all__ = ["JOBS", "SHIPPED_CONFIGS", "CurriculumConfig", "DataConfig", "EvalConfig", "EvalJob", "InferenceConfig",
            "ModelConfig", "PretrainConfig", "Precision", "RLConfig", "RLJob", "RMJob", "RewardModelConfig",
            "RunConfig", "SFTConfig", "SFTJob", "SelfTrainConfig", "SelfTrainJob", "VerifierConfig", "VerifierJob",
-           "describe", "doc", "load_config", "parse_override", "resolve_config_path", "save_config", "section",
+           "describe", "doc", "leaves", "load_config", "resume_config", "saved_command", "parse_override", "resolve_config_path", "save_config", "section",
            "to_dict"]

@@ -1,7 +1,7 @@
 """Range checks on a loaded config that its types alone can't express (a bad value names its dotted field).
 
-`config.load_config` runs `validate` on every config it builds; the checks read sections by name, so one
-function serves every command's config.
+`config.load_config` runs `validate` on every config it builds, before any work; the checks read sections by
+name, so one function serves every command's config.
 """
 
 from __future__ import annotations
@@ -14,79 +14,128 @@ from reftune import algos
 from reftune.errors import ConfigError
 from reftune.rewards.functions import NO_REWARD_MODEL, resolve_rewards
 
+# fields that must be > 0 wherever a section has them (eval.num_samples may be 0: greedy only)
+POSITIVE = ("lr", "batch_size", "epochs", "steps", "prompts_per_step", "num_generations", "max_new_tokens",
+            "ppo_epochs", "minibatches", "gen_batch_size", "max_correct", "max_pairs_per_question", "eval_every",
+            "save_every", "eval_every_epochs", "temperature", "grad_clip", "max_length", "clip")
+NON_NEGATIVE = ("offset", "patience", "save_every_steps", "weight_decay", "warmup_steps", "snapshot_every",
+                "max_refill_rounds", "kl_coef", "vf_coef", "value_clip", "n_extra", "n_test", "n_pretrain")
+SECTIONS = ("pretrain", "sft", "rl", "eval", "verifier", "rm", "selftrain")
 
-def validate(cfg: Any) -> None:
-    """Range checks that types alone can't express; each names its field."""
-    def positive(name: str, value: float) -> None:
-        if value <= 0:
-            raise ConfigError(f"{name}: must be > 0, got {value}")
 
-    for sec_name in ("sft", "rl", "eval", "verifier", "rm", "selftrain"):
-        sec = getattr(cfg, sec_name, None)
-        if sec is None:
+def positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{name}: must be > 0, got {value}")
+
+
+def non_negative(name: str, value: float) -> None:
+    if value < 0:
+        raise ConfigError(f"{name}: must be ≥ 0, got {value}")
+
+
+def in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False):
+    if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ConfigError(f"{name}: must be in {span}, got {value}")
+
+
+def check_fields(sec_name: str, sec: Any) -> None:
+    """The checks a field's name implies, in any section."""
+    for f in dataclasses.fields(sec):
+        name, v = f"{sec_name}.{f.name}", getattr(sec, f.name)
+        if v is None:
             continue
-        for f in dataclasses.fields(sec):
-            v = getattr(sec, f.name)
-            if f.name in ("lr", "batch_size", "epochs", "steps", "prompts_per_step", "num_generations",
-                          "max_new_tokens", "ppo_epochs", "minibatches", "gen_batch_size", "max_correct",
-                          "max_pairs_per_question", "eval_every", "save_every", "eval_every_epochs") or (
-                    f.name == "num_samples" and sec_name != "eval"):  # eval.num_samples=0 means greedy only
-                positive(f"{sec_name}.{f.name}", v)
-            if f.name == "offset" and v < 0:
-                raise ConfigError(f"{sec_name}.offset: must be >= 0, got {v}")
-            if f.name == "limit" and v is not None:
-                positive(f"{sec_name}.limit", v)
-            if f.name == "num_samples" and v < 0:
-                raise ConfigError(f"{sec_name}.num_samples: must be >= 0, got {v}")
-            if f.name == "top_p" and not 0 < v <= 1:
-                raise ConfigError(f"{sec_name}.top_p: must be in (0, 1], got {v}")
-    rl = getattr(cfg, "rl", None)
-    if rl is not None:
-        if not 0 < rl.lam <= 1 or not 0 < rl.gamma <= 1:
-            raise ConfigError("rl.gamma and rl.lam must be in (0, 1]")
-        for name, value, valid in (("advantage", rl.advantage, algos.ADVANTAGE_ESTIMATORS),
-                                   ("kl_kind", rl.kl_kind, algos.KL_KINDS),
-                                   ("loss_agg", rl.loss_agg, algos.AGGREGATION_MODES)):
-            if value not in valid:
-                raise ConfigError(f"rl.{name}: '{value}' is not one of {', '.join(valid)}")
-        if (rl.prompts_per_step * rl.num_generations) % rl.minibatches:
-            raise ConfigError("rl.minibatches must divide rl.prompts_per_step * rl.num_generations")
-        names = [n for n, _, _ in resolve_rewards(rl.rewards)]  # names, weights, user functions: fail before training
-        if "reward_model" in names and not rl.reward_model:
-            raise ConfigError(NO_REWARD_MODEL)
-        if rl.reward_model and "reward_model" not in names:
-            raise ConfigError(f"rl.reward_model: set, but rl.rewards={rl.rewards!r} does not use it; add it, "
-                              f"e.g. rl.rewards=reft:1,reward_model:0.5")
-        if rl.reward_model and not (Path(rl.reward_model) / "config.json").is_file():
-            raise ConfigError(f"rl.reward_model: {rl.reward_model} is not a checkpoint directory (no config.json)")
-        if rl.overlong_penalty is not None and not 0 < rl.overlong_penalty <= rl.max_new_tokens:
-            raise ConfigError(f"rl.overlong_penalty: must be in 1..rl.max_new_tokens ({rl.max_new_tokens}), "
-                              f"got {rl.overlong_penalty}")
-        if rl.dynamic_sampling and rl.num_generations < 2:
-            raise ConfigError("rl.dynamic_sampling: needs rl.num_generations ≥ 2 (a group of one never disagrees)")
-        if rl.snapshot_every < 0:
-            raise ConfigError(f"rl.snapshot_every: must be ≥ 0, got {rl.snapshot_every}")
-        if rl.max_refill_rounds < 0:
-            raise ConfigError(f"rl.max_refill_rounds: must be ≥ 0, got {rl.max_refill_rounds}")
-        if rl.tis_cap is not None:
-            positive("rl.tis_cap", rl.tis_cap)
-            if rl.temperature != 1.0 or rl.top_p != 1.0:  # the sampler's log-probs are then of another distribution
-                raise ConfigError("rl.tis_cap: needs rl.temperature=1 and rl.top_p=1")
-    cur = getattr(cfg, "curriculum", None)
-    if cur is not None:
-        positive("curriculum.stages", cur.stages)
-        positive("curriculum.token_chunks", cur.token_chunks)
-        if cur.steps_per_stage < 0:
-            raise ConfigError(f"curriculum.steps_per_stage: must be ≥ 0, got {cur.steps_per_stage}")
-        if cur.advance_accuracy is not None and not 0 < cur.advance_accuracy <= 1:
-            raise ConfigError(f"curriculum.advance_accuracy: must be in (0, 1], got {cur.advance_accuracy}")
-        if cur.schedule == "staged" and cur.steps_per_stage == 0 and cur.advance_accuracy is None:
-            raise ConfigError("curriculum.steps_per_stage: 0 (no limit) needs curriculum.advance_accuracy")
-    data = cfg.data
+        if f.name in POSITIVE or (f.name == "num_samples" and sec_name != "eval") or f.name == "limit":
+            positive(name, v)
+        elif f.name in NON_NEGATIVE or f.name == "num_samples":
+            non_negative(name, v)
+        if f.name == "top_p":
+            in_range(name, v, 0, 1, low_open=True)
+        if f.name == "warmup_ratio":
+            in_range(name, v, 0, 1, high_open=True)
+
+
+def check_rl(rl: Any) -> None:
+    in_range("rl.gamma", rl.gamma, 0, 1, low_open=True)
+    in_range("rl.lam", rl.lam, 0, 1, low_open=True)
+    for name, value, valid in (("advantage", rl.advantage, algos.ADVANTAGE_ESTIMATORS),
+                               ("kl_kind", rl.kl_kind, algos.KL_KINDS),
+                               ("loss_agg", rl.loss_agg, algos.AGGREGATION_MODES)):
+        if value not in valid:
+            raise ConfigError(f"rl.{name}: '{value}' is not one of {', '.join(valid)}")
+    if (rl.prompts_per_step * rl.num_generations) % rl.minibatches:
+        raise ConfigError("rl.minibatches must divide rl.prompts_per_step * rl.num_generations")
+    names = [n for n, _, _ in resolve_rewards(rl.rewards)]  # names, weights, user functions: fail before training
+    if "reward_model" in names and not rl.reward_model:
+        raise ConfigError(NO_REWARD_MODEL)
+    if rl.reward_model and "reward_model" not in names:
+        raise ConfigError(f"rl.reward_model: set, but rl.rewards={rl.rewards!r} does not use it; add it, "
+                          f"e.g. rl.rewards=reft:1,reward_model:0.5")
+    if rl.reward_model and not (Path(rl.reward_model) / "config.json").is_file():
+        raise ConfigError(f"rl.reward_model: {rl.reward_model} is not a checkpoint directory (no config.json)")
+    if rl.overlong_penalty is not None and not 0 < rl.overlong_penalty <= rl.max_new_tokens:
+        raise ConfigError(f"rl.overlong_penalty: must be in 1..rl.max_new_tokens ({rl.max_new_tokens}), "
+                          f"got {rl.overlong_penalty}")
+    if rl.dynamic_sampling and rl.num_generations < 2:
+        raise ConfigError("rl.dynamic_sampling: needs rl.num_generations ≥ 2 (a group of one never disagrees)")
+    if rl.tis_cap is not None:
+        positive("rl.tis_cap", rl.tis_cap)
+        if rl.temperature != 1.0 or rl.top_p != 1.0:  # the sampler's log-probs are then of another distribution
+            raise ConfigError("rl.tis_cap: needs rl.temperature=1 and rl.top_p=1")
+
+
+def check_curriculum(cur: Any) -> None:
+    positive("curriculum.stages", cur.stages)
+    positive("curriculum.token_chunks", cur.token_chunks)
+    non_negative("curriculum.steps_per_stage", cur.steps_per_stage)
+    if cur.advance_accuracy is not None:
+        in_range("curriculum.advance_accuracy", cur.advance_accuracy, 0, 1, low_open=True)
+    if cur.schedule == "staged" and cur.steps_per_stage == 0 and cur.advance_accuracy is None:
+        raise ConfigError("curriculum.steps_per_stage: 0 (no limit) needs curriculum.advance_accuracy")
+
+
+def check_data(data: Any, trains: bool) -> None:
+    """trains: the command trains and picks checkpoints on validation, so it needs training and validation data."""
     if data.min_steps < 1 or data.max_steps < data.min_steps:
         raise ConfigError("data.min_steps must be ≥ 1 and ≤ data.max_steps")
     if data.pretrain_min_steps < 1 or data.pretrain_max_steps < data.pretrain_min_steps:
         raise ConfigError("data.pretrain_min_steps must be ≥ 1 and ≤ data.pretrain_max_steps")
+    positive("data.max_value", data.max_value)
+    for name in ("n_extra", "n_test", "n_pretrain"):
+        non_negative(f"data.{name}", getattr(data, name))
+    for name in ("n_train", "n_val"):
+        (positive if trains else non_negative)(f"data.{name}", getattr(data, name))
+    in_range("data.val_fraction", data.val_fraction, 0, 1, low_open=True, high_open=True)
+    if data.max_examples is not None:
+        positive("data.max_examples", data.max_examples)
     if data.template in ("r1", "r1_compact") and data.cot == "program":
         raise ConfigError(f"data.template: {data.template} wraps a natural-language chain of thought in <think>; "
                           f"use data.cot=nl")
+
+
+def check_model(model: Any) -> None:
+    """The tiny default's shape: every size > 0, heads dividing the hidden size into an even head size (RoPE)."""
+    for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "vocab_size", "max_length"):
+        positive(f"model.{name}", getattr(model, name))
+    if model.hidden_size % model.num_heads:
+        raise ConfigError(f"model.num_heads: {model.num_heads} does not divide model.hidden_size="
+                          f"{model.hidden_size}")
+    if (model.hidden_size // model.num_heads) % 2:
+        raise ConfigError(f"model.num_heads: head size model.hidden_size / model.num_heads = "
+                          f"{model.hidden_size // model.num_heads} must be even (rotary embeddings)")
+    if model.vocab_size < 16:
+        raise ConfigError(f"model.vocab_size: must be ≥ 16 (the special tokens and the digits), got {model.vocab_size}")
+
+
+def validate(cfg: Any) -> None:
+    """Range checks that types alone can't express; each names its field."""
+    for sec_name in SECTIONS:
+        if (sec := getattr(cfg, sec_name, None)) is not None:
+            check_fields(sec_name, sec)
+    if (rl := getattr(cfg, "rl", None)) is not None:
+        check_rl(rl)
+    if (cur := getattr(cfg, "curriculum", None)) is not None:
+        check_curriculum(cur)
+    trains = any(hasattr(cfg, s) for s in ("sft", "rl", "verifier", "rm"))
+    check_data(cfg.data, trains)
+    check_model(cfg.model)

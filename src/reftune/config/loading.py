@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from reftune.config.checks import validate
-from reftune.config.schema import JOBS
+from reftune.config.schema import COMMAND_NAMES, JOBS, RESUMABLE_FIELDS, RESUMABLE_KEYS
 from reftune.errors import ConfigError
 
 # PyYAML follows YAML 1.1, where `1e-4` (no dot) is a string; accept it wherever a float is expected.
@@ -154,7 +154,69 @@ def to_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """The resolved config as YAML, under a comment naming its command (`saved_command` reads it back)."""
+    header = f"# reftune {COMMAND_NAMES.get(type(cfg), '?')}\n"
+    Path(path).write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def saved_command(path: str | Path) -> str | None:
+    """The command whose config `save_config` wrote to `path` (None: none recorded, a run older than the header)."""
+    first = Path(path).read_text().split("\n", 1)[0]
+    return first.split()[-1] if first.startswith("# reftune ") else None
+
+
+def leaves(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Every field of a config by dotted name."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out.update(leaves(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else {prefix + f.name: value})
+    return out
+
+
+def resumable(key: str) -> bool:
+    """Whether a resumed run may change `key` (see schema.RESUMABLE_FIELDS / RESUMABLE_KEYS)."""
+    return key in RESUMABLE_KEYS or ("." in key and key.rsplit(".", 1)[1] in RESUMABLE_FIELDS
+                                     and not key.startswith(("data.", "model.", "eval.")))
+
+
+def resume_config(cls: type, path: str | Path | None, overrides: list[str] | None, saved: str | Path):
+    """The config of a run being resumed: the run's saved config (`saved`), with what the user gave now (a -c file,
+    key=value overrides) applied only where it may change on resume; any other difference is refused, naming
+    the field, its saved value and what may change."""
+    saved = Path(saved)
+    command = COMMAND_NAMES[cls]
+    if (other := saved_command(saved)) not in (None, command):
+        raise ConfigError(f"out_dir: {saved.parent} is a `reftune {other}` run; `reftune {command} --resume` cannot "
+                          f"continue it (use another out_dir)")
+    try:
+        base = load_config(cls, saved)
+    except ConfigError as e:
+        raise ConfigError(f"out_dir: {saved} is not a `reftune {command}` config ({e}); use another out_dir") from None
+    asked = load_config(cls, path, overrides)
+    before, after = leaves(base), leaves(asked)
+    given = [parse_override(o)[0] for o in overrides or []]
+    if path is not None:
+        given += list(leaves_of_yaml(resolve_config_path(path)))
+    for key in sorted({k for g in given for k in before if k == g or k.startswith(g + ".")}):
+        if before[key] == after[key]:
+            continue
+        if not resumable(key):
+            raise ConfigError(f"{key}: the run in {saved.parent} was started with {key}={before[key]!r}; --resume "
+                              f"continues it as it was (a resumed run may change only learning rates, "
+                              f"epochs/steps, patience and eval/save intervals); use a new out_dir to change it")
+        _set(base, key, after[key])
+    validate(base)
+    return base
+
+
+def leaves_of_yaml(path: Path) -> list[str]:
+    """The dotted keys a YAML config file sets."""
+    def walk(d: Any, prefix: str) -> list[str]:
+        if not isinstance(d, dict):
+            return [prefix[:-1]]
+        return [k for key, v in d.items() for k in walk(v, f"{prefix}{key}.")]
+    return walk(yaml.safe_load(path.read_text()) or {}, "")
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

@@ -289,3 +289,9 @@ class SelfTrainJob:
 
 
 JOBS = (RunConfig, SFTJob, RLJob, EvalJob, VerifierJob, RMJob, SelfTrainJob)  # one config per command
+COMMAND_NAMES = {RunConfig: "run", SFTJob: "sft", RLJob: "rl", EvalJob: "eval", VerifierJob: "verifier", RMJob: "rm",
+                 SelfTrainJob: "selftrain"}
+# fields a resumed run may change (`--resume` with a new value): by name in any training section, and these
+RESUMABLE_FIELDS = ("lr", "epochs", "steps", "patience", "eval_every", "save_every", "snapshot_every",
+                    "eval_every_epochs", "save_every_steps")
+RESUMABLE_KEYS = ("out_dir", "eval.batch_size")

@@ -119,12 +119,16 @@ def _convert_all(
 # --- fields --------------------------------------------------------------------------------------------
 
 
-def _text(record: Mapping, key: str, required: bool = True) -> str | None:
+def _text(record: Mapping, key: str, required: bool = True, numbers: bool = True) -> str | None:
+    """The field as stripped text; numbers: a JSON number is accepted too (an answer or a rationale may be
+    one, a question may not)."""
     value = record.get(key)
     if value is None:
         if required:
             raise _Invalid("missing field", key)
         return None
+    if not numbers and not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {type(value).__name__}", key)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise _Invalid(f"expected a string or a number, got {type(value).__name__}", key)
     text = value.strip() if isinstance(value, str) else str(value)
@@ -161,7 +165,7 @@ _FINAL = re.compile(r"\n?####\s*(?P<value>[^\n]*?)\s*$")
 
 def _gsm8k_converter(split: str, calculator: str) -> Callable[[dict, int], Example]:
     def convert(record: dict, place: int) -> Example:
-        question, solution = _text(record, "question"), _text(record, "answer")
+        question, solution = _text(record, "question", numbers=False), _text(record, "answer")
         final = _FINAL.search(solution)
         if final is None:
             raise _Invalid("no final '#### <answer>' line", "answer")
@@ -176,19 +180,19 @@ def _gsm8k_converter(split: str, calculator: str) -> Callable[[dict, int], Examp
 
 
 def _svamp(record: dict, place: int) -> Example:
-    question = f"{_text(record, 'Body')} {_text(record, 'Question')}"
+    question = f"{_text(record, 'Body', numbers=False)} {_text(record, 'Question', numbers=False)}"
     meta = {"equation": record.get("Equation"), "type": record.get("Type")}
     return Example(_text(record, "ID"), question, _numeric_answer(record, "Answer"), None, "numeric", meta)
 
 
 def _reft(record: dict, place: int) -> Example:
-    question, cot = _text(record, "question"), _text(record, "answer_cot", required=False)
+    question, cot = _text(record, "question", numbers=False), _text(record, "answer_cot", required=False)
     meta = {} if cot is None else {"cot_kind": "program" if "def solution" in cot else "nl"}
     return Example(_text(record, "item_id"), question, _numeric_answer(record, "answer_value"), cot, "numeric", meta)
 
 
 def _mathqa(record: dict, place: int) -> Example:
-    question, cot = _text(record, "question"), _text(record, "answer_cot", required=False)
+    question, cot = _text(record, "question", numbers=False), _text(record, "answer_cot", required=False)
     letter, options = _mcq_answer(record, "answer_value", question, "question")
     return Example(_text(record, "item_id"), question, letter, cot, "mcq", {"options": options})
 
@@ -202,7 +206,7 @@ def _generic_converter(fields: Mapping[str, str], answer_type: str, stem: str) -
     keys = {name: fields.get(name, name) for name in ("question", "answer", "cot", "id")}
 
     def convert(record: dict, place: int) -> Example:
-        question = _text(record, keys["question"])
+        question = _text(record, keys["question"], numbers=False)
         meta = {k: v for k, v in record.items() if k not in keys.values()}
         if answer_type == "numeric":
             answer = _numeric_answer(record, keys["answer"])

@@ -57,7 +57,8 @@ def load_splits(cfg: DataConfig, log=print, report: dict | None = None) -> dict[
                 raise UserError(f"data.cot=program but example {e.id} has a natural-language rationale; "
                                 f"use a P-CoT file (e.g. svamp_python_sdp.json)")
     if not train:
-        raise UserError(f"data: the training split of {cfg.path} is empty")
+        raise UserError(f"data.val_fraction: {cfg.path} has {len(examples)} valid example(s); holding out "
+                        f"{n_val} for validation (data.val_fraction={cfg.val_fraction:g}) leaves none to train on")
     return {"train": train, "extra": [], "val": val, "test": test, "pretrain": []}
 
 

@@ -90,7 +90,7 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
             if cfg.objective == "online_self_training" else [])
     state = TrainState(ctx.out_dir, core.lm, tokenizer, opt, sched, value_head=core.value_head, unit="step",
                        extras={"curriculum": curriculum})
-    state.resume()
+    state.resume(lr=cfg.lr)
     p, pad_id = state.progress, tokenizer.pad_token_id
 
     bar = tqdm(total=cfg.steps, initial=p.step, desc=ctx.stage, dynamic_ncols=True)

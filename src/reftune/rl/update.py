@@ -10,7 +10,7 @@ from reftune.config import RLConfig
 from reftune.model.batching import join_prompt_response
 from reftune.rl.batch import Rollout, ScoredBatch
 from reftune.rl.scoring import response_logprobs
-from reftune.train.accel import check_finite, optimizer_step
+from reftune.train.accel import optimizer_step
 
 
 def advantages(batch: ScoredBatch, scores: torch.Tensor, cfg: RLConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,8 +63,7 @@ def ppo_update(policy, opt, acc, batch: ScoredBatch, adv: torch.Tensor, returns:
                                             cfg.max_new_tokens)
                     loss = loss + cfg.kl_coef * kl_term
                     pg_stats["kl_loss"] = kl_term.detach()
-            check_finite(loss, where)
-            optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip)
+            optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip, where=where)
             with torch.no_grad():
                 pg_stats["entropy"] = algos.masked_mean(algos.entropy_from_logits(logits.detach()), mask[j])
             for k, v in {**pg_stats, "policy_loss": pg_loss.detach()}.items():
@@ -101,8 +100,7 @@ def nll_update(policy, opt, acc, rows: list[tuple[list[int], list[int]]], pad_id
             j = perm[start:start + size].to(acc.device)
             with acc.autocast():
                 loss = -algos.masked_mean(response_logprobs(policy, ids[j], attn[j], P, False)[0], mask[j])
-            check_finite(loss, where)
-            optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip)
+            optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip, where=where)
             losses.append(loss.item())
     return losses
 

@@ -32,17 +32,27 @@ def get_accelerator(precision: str = "fp32") -> Accelerator:
     return _ACCELERATOR
 
 
-def check_finite(loss: torch.Tensor, where: str) -> None:
+DIVERGED_HINT = ("the last good checkpoint (last/) is kept; continue with --resume and a lower learning rate "
+                 "(e.g. rl.lr=... or sft.lr=...), or use fp32")
+
+
+def check_finite(value: torch.Tensor, what: str, where: str) -> None:
     from reftune.errors import TrainingDiverged
-    if not torch.isfinite(loss).all():
-        raise TrainingDiverged(f"{where}: loss is {loss.item()} (NaN/inf); the run stopped and its last good "
-                               f"checkpoint is kept — lower the learning rate or use fp32")
+    if not torch.isfinite(value).all():
+        raise TrainingDiverged(f"{where}: {what} is {value.item() if value.numel() == 1 else 'not finite'} "
+                               f"(NaN/inf), so the weights were not updated; {DIVERGED_HINT}")
 
 
-def optimizer_step(acc: Accelerator, loss: torch.Tensor, params, opt, grad_clip: float, sched=None) -> float:
-    """backward → clip → step (→ scheduler step) → zero grad, the same in every loop; returns the grad norm."""
+def optimizer_step(acc: Accelerator, loss: torch.Tensor, params, opt, grad_clip: float, sched=None,
+                   where: str = "update") -> float:
+    """backward → clip → step (→ scheduler step) → zero grad, the same in every loop; returns the grad norm.
+
+    A non-finite loss or gradient norm raises `TrainingDiverged` before the weights change (`where` names the
+    step in the message)."""
+    check_finite(loss.detach(), "loss", where)
     acc.backward(loss)
     grad_norm = acc.clip_grad_norm_(params, grad_clip)
+    check_finite(torch.as_tensor(grad_norm).detach(), "gradient norm", where)
     opt.step()
     if sched is not None:
         sched.step()

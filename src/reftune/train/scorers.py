@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from reftune.train.accel import check_finite, get_accelerator, optimizer_step
+from reftune.train.accel import get_accelerator, optimizer_step
 from reftune.model.checkpoint import save_checkpoint
 from reftune.config import VerifierConfig
 from reftune.model.batching import left_pad
@@ -91,8 +91,7 @@ def train_scorer(model: torch.nn.Module, tokenizer, train: list, val: list, cfg:
             with acc.autocast():
                 scores = model(ids, attn)
             loss = objective.loss(scores.float(), batch)
-            check_finite(loss, f"{stage} step {step}")
-            grad_norm = optimizer_step(acc, loss, model.parameters(), opt, cfg.grad_clip, sched)
+            grad_norm = optimizer_step(acc, loss, model.parameters(), opt, cfg.grad_clip, sched, f"{stage} step {step}")
             losses.append(loss.item())
             step += 1
             bar.update(1)

@@ -21,7 +21,7 @@ from reftune.example import Example
 from reftune.errors import UserError
 from reftune.model.batching import collate_sft, encode_sft
 from reftune.model.prompts import build_prompt, build_target
-from reftune.train.accel import check_finite, get_accelerator, optimizer_step
+from reftune.train.accel import get_accelerator, optimizer_step
 from reftune.train.context import RunContext
 from reftune.train.state import TrainState
 
@@ -60,7 +60,7 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
     sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
     model, opt = acc.prepare(model, opt)
     state = TrainState(ctx.out_dir, acc.unwrap_model(model), tokenizer, opt, sched, unit="epoch")
-    state.resume()
+    state.resume(lr=cfg.lr)
     p = state.progress
 
     bar = tqdm(total=total, initial=p.step, desc=ctx.stage, dynamic_ncols=True)
@@ -75,8 +75,8 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
             batch = {k: v.to(acc.device) for k, v in batch.items()}
             with acc.autocast():
                 loss = model(**batch).loss
-            check_finite(loss, f"{ctx.stage} step {p.step}")
-            grad_norm = optimizer_step(acc, loss, model.parameters(), opt, cfg.grad_clip, sched)
+            grad_norm = optimizer_step(acc, loss, model.parameters(), opt, cfg.grad_clip, sched,
+                                       f"{ctx.stage} step {p.step}")
             p.step += 1
             tokens += int(batch["attention_mask"].sum())
             bar.update(1)

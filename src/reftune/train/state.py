@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
+from reftune.errors import TrainingDiverged
 from reftune.model.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
+from reftune.train.accel import DIVERGED_HINT
 
 
 @dataclass
@@ -45,15 +49,19 @@ class TrainState:
         self.extras = {k: v for k, v in (extras or {}).items()}
         self.progress = Progress()
 
-    def resume(self) -> bool:
+    def resume(self, lr: float | None = None) -> bool:
         """Load `out_dir/last`'s optimizer, scheduler, RNG, progress and extras, if it has a state.
 
-        The weights themselves were loaded by the caller (the model is built from `last/`)."""
+        The weights themselves were loaded by the caller (the model is built from `last/`). lr: the run's
+        learning rate now; when it differs from the saved one (a resume that lowers it after a divergence), the
+        restored schedule continues from the new peak."""
         state = load_state(self.out_dir / "last")
         if state is None:
             return False
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if lr is not None and any(base != lr for base in self.scheduler.base_lrs):
+            self._set_peak_lr(lr)
         set_rng_state(state["rng"])
         self.progress = Progress(step=state["step"], epoch=state.get("epoch", 0), best_val=state["best_val"],
                                  best_at=state[f"best_{self.unit}"], stale=state.get("stale", 0))
@@ -61,6 +69,17 @@ class TrainState:
             if obj is not None and state.get(name) is not None:
                 obj.load_state_dict(state[name])
         return True
+
+    def _set_peak_lr(self, lr: float) -> None:
+        """Rescale a restored LambdaLR schedule to peak `lr`: base lrs, and the current lr at its step."""
+        sched = self.scheduler
+        sched.base_lrs = [lr] * len(sched.base_lrs)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = lr
+        current = [lr * fn(sched.last_epoch) for fn in sched.lr_lambdas]
+        for group, value in zip(self.optimizer.param_groups, current):
+            group["lr"] = value
+        sched._last_lr = current
 
     def _state(self) -> dict[str, Any]:
         p = self.progress
@@ -74,7 +93,12 @@ class TrainState:
 
     def save(self, name: str, resumable: bool = False) -> Path:
         """Write the weights to `out_dir/name` (e.g. "last", "epoch-2", "step-30"); with the resumable state
-        when `resumable`."""
+        when `resumable`. Non-finite weights are never saved: `TrainingDiverged`, and the previous checkpoint of
+        that name stays as it was."""
+        modules = [self.model] + ([self.value_head] if self.value_head is not None else [])
+        if not all(torch.isfinite(t).all() for m in modules for t in m.parameters()):
+            raise TrainingDiverged(f"{self.out_dir}: the weights are NaN/inf after step {self.progress.step}, so "
+                                   f"{name}/ was not written; {DIVERGED_HINT}")
         return save_checkpoint(self.out_dir / name, self.model, self.tokenizer, value_head=self.value_head,
                                state=self._state() if resumable else None)
 
