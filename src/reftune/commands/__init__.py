@@ -11,9 +11,10 @@ from reftune.data.splits import save_splits
 from reftune.errors import UserError
 from reftune.eval.greedy import evaluate
 from reftune.model.checkpoint import is_checkpoint
+from reftune.model.lora import is_lora
 from reftune.model.modeling import PolicyWithValue, load_pretrained
 from reftune.commands.common import open_run, require_model
-from reftune.commands.run import init_model, run
+from reftune.commands.run import init_model, run, stage_report
 
 __all__ = ["eval", "rl", "rm", "run", "selftrain", "sft", "verifier"]
 
@@ -40,29 +41,43 @@ def _sampling_model(cfg, start: str):
 def sft(cfg: SFTJob, resume: bool = False) -> dict:
     from reftune.train.sft import train_sft
     with open_run(cfg, resume, needs_model=False) as run:
+        run.logger.set_report_to(cfg.report_to)
         save_splits(run.splits, run.dir / "data")
         last = run.dir / "last"
-        lm, tokenizer = load_pretrained(str(last)) if is_checkpoint(last) else init_model(cfg, run.splits, run.dir)
-        return train_sft(lm, tokenizer, run.splits["train"], run.splits["val"], cfg.sft, run.context("sft"),
+        if is_checkpoint(last):
+            lm, tokenizer = load_pretrained(str(last), lora_trainable=True)
+        else:
+            lm, tokenizer = init_model(cfg, run.splits, run.dir)
+            lm = run.with_lora(lm, run.dir / "init")
+        info = train_sft(lm, tokenizer, run.splits["train"], run.splits["val"], cfg.sft, run.context("sft"),
                          snapshot_epochs=(cfg.snapshot_epoch,) if cfg.snapshot_epoch else ())
+        stage_report(run, "sft")
+        return info
 
 
 def rl(cfg: RLJob, resume: bool = False) -> dict:
     from reftune.rl.curriculum import from_config as curriculum_from_config
     from reftune.rl.loop import needs_reference, train_rl
+    from reftune.rewards.functions import check_reward_args
     with open_run(cfg, resume) as run:
+        run.logger.set_report_to(cfg.report_to)
         start = require_model(cfg)
+        train = run.splits["train"] + (run.splits["extra"] if cfg.rl.use_extra else [])
+        check_reward_args(cfg.rl.rewards, train)  # a missing argument is named before the model loads
         policy, tokenizer = run.load_policy(start, run.dir / "last")
         ref = None
-        if needs_reference(cfg.rl):
-            ref = load_pretrained(start, cfg.model.gguf_file)[0].eval().requires_grad_(False)
-        train = run.splits["train"] + (run.splits["extra"] if cfg.rl.use_extra else [])
-        return train_rl(policy, ref, tokenizer, train, run.splits["val"], cfg.rl, run.context("rl"),
+        if needs_reference(cfg.rl):  # with LoRA: the policy itself, adapters disabled (no second copy)
+            ref = (policy.lm if is_lora(policy.lm)
+                   else load_pretrained(start, cfg.model.gguf_file)[0].requires_grad_(False))
+        info = train_rl(policy, ref, tokenizer, train, run.splits["val"], cfg.rl, run.context("rl"),
                         curriculum=curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed))
+        stage_report(run, "rl")
+        return info
 
 
 def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the command's name
-    from reftune.eval.sampling import evaluate_sampling, results_table
+    from reftune.eval.sampling import results_table
+    from reftune.model.sampler import make_sampler
     from reftune.train.accel import get_accelerator
     path, ev = require_model(cfg), cfg.eval
     if ev.verifier and ev.num_samples < 1:
@@ -81,29 +96,47 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
             raise UserError(f"eval.offset: {ev.offset} skips all {len(splits[ev.split])} questions of '{ev.split}'")
         lm, tokenizer = load_pretrained(path, cfg.model.gguf_file)
         lm.to(get_accelerator().device)
-        template, kind = cfg.data.template, cfg.data.cot
-        res = evaluate(lm, tokenizer, examples, template=template, cot=kind, batch_size=ev.batch_size,
-                       max_new_tokens=ev.max_new_tokens, sandbox=run.sandbox, out_path=out / f"{ev.split}.jsonl")
-        if ev.num_samples > 0:  # one sampling pass: pass@k, voting@k and (with a verifier) rerank@k
-            scorer = None
-            if ev.verifier:
-                from reftune.rewards.scorer import load_scorer
-                scorer = load_scorer(ev.verifier, template, batch_size=ev.batch_size,
-                                     max_length=cfg.model.max_length, device=lm.device)
-            res["sampling"] = evaluate_sampling(
-                lm, tokenizer, examples, ev.num_samples, temperature=ev.temperature, top_p=ev.top_p,
-                max_new_tokens=ev.max_new_tokens, template=template, cot=kind, batch_size=ev.batch_size,
-                sandbox=run.sandbox, seed=cfg.seed, scorer=scorer, out_path=out / f"{ev.split}_samples.jsonl")
+        template, kind, ro = cfg.data.template, cfg.data.cot, cfg.rollout
+        sampler = None if ro.backend == "hf" else make_sampler(
+            ro.backend, lm, tokenizer, device=lm.device, batch_size=ev.batch_size, seed=cfg.seed,
+            gpu_memory_utilization=ro.gpu_memory_utilization, tensor_parallel_size=ro.tensor_parallel_size)
+        try:
+            res = _evaluate(cfg, run, lm, tokenizer, examples, sampler)
+        finally:
+            if sampler is not None:
+                sampler.close()
         (out / "results.json").write_text(json.dumps(res, indent=2))
         title = f"{path or cfg.model.gguf_file} on {ev.split}"
         (out / "results.md").write_text(results_table(res, res.get("sampling"), title))
         return res
 
 
+def _evaluate(cfg: EvalJob, run, lm, tokenizer, examples, sampler) -> dict:
+    """Greedy accuracy, and with eval.num_samples the sampled metrics, through `sampler` (None: hf)."""
+    from reftune.eval.sampling import evaluate_sampling
+    ev, out, template, kind = cfg.eval, Path(cfg.out_dir), cfg.data.template, cfg.data.cot
+    res = evaluate(lm, tokenizer, examples, template=template, cot=kind, batch_size=ev.batch_size,
+                   max_new_tokens=ev.max_new_tokens, sandbox=run.sandbox, out_path=out / f"{ev.split}.jsonl",
+                   sampler=sampler)
+    if ev.num_samples > 0:  # one sampling pass: pass@k, voting@k and (with a verifier) rerank@k
+        scorer = None
+        if ev.verifier:
+            from reftune.rewards.scorer import load_scorer
+            scorer = load_scorer(ev.verifier, template, batch_size=ev.batch_size, max_length=cfg.model.max_length,
+                                 device=lm.device)
+        res["sampling"] = evaluate_sampling(
+            lm, tokenizer, examples, ev.num_samples, temperature=ev.temperature, top_p=ev.top_p,
+            max_new_tokens=ev.max_new_tokens, template=template, cot=kind, batch_size=ev.batch_size,
+            sandbox=run.sandbox, seed=cfg.seed, scorer=scorer, sampler=sampler,
+            out_path=out / f"{ev.split}_samples.jsonl")
+    return res
+
+
 def verifier(cfg: VerifierJob, resume: bool = False) -> dict:
     """Sample and grade solutions on train (and val) questions, then train the P(correct) classifier on them."""
     from reftune.train.verifier import labelled_solutions, train_verifier
     with open_run(cfg, resume) as run:
+        run.logger.set_report_to(cfg.report_to)
         v = cfg.verifier
         questions = {"train": run.splits["train"][:v.max_questions], "val": run.splits["val"]}
         lm, tokenizer = _sampling_model(cfg, require_model(cfg))
@@ -134,6 +167,7 @@ def rm(cfg: RMJob, resume: bool = False) -> dict:
     files = {"train": r.pairs_path, "val": r.val_pairs_path}
     pairs = {name: load_pairs(path) for name, path in files.items() if path}  # a bad file fails before any work
     with open_run(cfg, resume) as run:
+        run.logger.set_report_to(cfg.report_to)
         questions = {"train": run.splits["train"][:r.max_questions], "val": run.splits["val"]}
         lm, tokenizer = _sampling_model(cfg, require_model(cfg))
         for i, name in enumerate(("train", "val")):
@@ -162,6 +196,7 @@ def selftrain(cfg: SelfTrainJob, resume: bool = False) -> dict:
     from reftune.train.self_training import augment_with_samples, augmentation_stats
     from reftune.train.sft import train_sft
     with open_run(cfg, resume) as run:
+        run.logger.set_report_to(cfg.report_to)
         st = cfg.selftrain
         train = [e for e in run.splits["train"] if e.cot]
         lm, tokenizer = _sampling_model(cfg, require_model(cfg))
@@ -170,8 +205,8 @@ def selftrain(cfg: SelfTrainJob, resume: bool = False) -> dict:
         stats = augmentation_stats(train, augmented)
         save_splits({"selftrain": augmented}, run.dir / "data")
         last = run.dir / "last"
-        if is_checkpoint(last):
-            lm, tokenizer = load_pretrained(str(last))
+        lm, tokenizer = (load_pretrained(str(last), lora_trainable=True) if is_checkpoint(last)
+                         else (run.with_lora(lm, require_model(cfg)), tokenizer))
         run.logger.log("selftrain", 0, **stats)
         info = train_sft(lm, tokenizer, augmented, run.splits["val"], cfg.sft, run.context("selftrain"))
         return {**info, **stats}

@@ -20,6 +20,7 @@ from reftune.config import leaves, load_config, save_config
 from reftune.data.splits import load_splits
 from reftune.errors import UserError
 from reftune.model.checkpoint import is_checkpoint, load_value_head
+from reftune.model.lora import apply_lora
 from reftune.model.modeling import PolicyWithValue, load_pretrained
 from reftune.train.context import RunContext
 from reftune.train.logger import MetricsLogger
@@ -88,13 +89,26 @@ class Run:
 
     def load_policy(self, start: str | Path, last: Path | None = None) -> tuple[PolicyWithValue, object]:
         """(policy with value head, tokenizer) from `last` when it is a checkpoint (a resumed stage), else from
-        `start` (its value head too, when it has one). A GGUF file (model.gguf_file) applies to `start` only."""
-        resumed = last is not None and is_checkpoint(last)
-        path = last if resumed else start
-        lm, tokenizer = load_pretrained(str(path), None if resumed else self.cfg.model.gguf_file)
+        `start` (its value head too, when it has one) with fresh LoRA adapters when lora.r > 0. A GGUF file
+        (model.gguf_file) applies to `start` only."""
+        lm, tokenizer, path = self.load_trainable(start, last)
         policy = PolicyWithValue(lm)
         load_value_head(path, policy.value_head)
         return policy, tokenizer
+
+    def load_trainable(self, start: str | Path, last: Path | None = None, gguf: bool = True):
+        """(lm, tokenizer, the path it came from) for a training stage: `last` resumed as saved (LoRA adapters
+        kept trainable), else `start` (merged if it is itself a LoRA checkpoint) with this run's LoRA adapters."""
+        if last is not None and is_checkpoint(last):
+            lm, tokenizer = load_pretrained(str(last), lora_trainable=True)
+            return lm, tokenizer, last
+        lm, tokenizer = load_pretrained(str(start), self.cfg.model.gguf_file if gguf else None)
+        return self.with_lora(lm, start), tokenizer, start
+
+    def with_lora(self, lm, start: str | Path):
+        """`lm` with fresh LoRA adapters when the command's lora.r > 0 (else `lm` itself)."""
+        lora = getattr(self.cfg, "lora", None)
+        return apply_lora(lm, lora, start) if lora is not None and lora.r > 0 else lm
 
 
 @contextmanager

@@ -28,7 +28,8 @@ from reftune.config import RunConfig
 from reftune.data.splits import save_splits
 from reftune.eval.greedy import evaluate
 from reftune.model.checkpoint import is_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
-from reftune.model.modeling import build_tiny_model, load_pretrained, train_tokenizer
+from reftune.model.lora import is_lora
+from reftune.model.modeling import build_tiny_model, is_tiny_default, load_pretrained, train_tokenizer
 from reftune.model.prompts import build_prompt, build_target, get_template
 from reftune.rl.curriculum import from_config as curriculum_from_config
 from reftune.rl.loop import needs_reference, train_rl
@@ -69,11 +70,12 @@ class Stages:
 
 
 def init_model(cfg, splits, run_dir: Path):
-    """(lm, tokenizer): `run_dir/init` if present, else built (tiny default) or loaded (--model) and saved there."""
+    """(lm, tokenizer): `run_dir/init` if present, else built (tiny default) or loaded (--model, or
+    model.gguf_file alone) and saved there."""
     init = run_dir / "init"
     if is_checkpoint(init):
         return load_pretrained(str(init))
-    if cfg.model.name_or_path is None:
+    if is_tiny_default(cfg.model):
         texts = splits["train"] + splits.get("pretrain", [])
         corpus = [e.question + "\n" + (e.cot or "") for e in texts]
         corpus += [e.meta.get("nl_cot", "") + "\n" + e.meta.get("program", "") for e in texts]
@@ -85,7 +87,7 @@ def init_model(cfg, splits, run_dir: Path):
         lm = build_tiny_model(tokenizer, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
                               m.max_length, cfg.seed)
     else:
-        lm, tokenizer = load_pretrained(cfg.model.name_or_path, cfg.model.gguf_file)
+        lm, tokenizer = load_pretrained(cfg.model.name_or_path or "", cfg.model.gguf_file)
     save_checkpoint(init, lm, tokenizer)
     return lm, tokenizer
 
@@ -99,7 +101,10 @@ def sft_stage(run: Run, stages: Stages, name: str, start: Path, train, cfg, snap
             return
         stages.reopen(name, run.dir / "results.json")
     last = run.dir / name / "last"
-    lm, tokenizer = load_pretrained(str(last if is_checkpoint(last) else start))
+    if name == "pretrain":  # the tiny base's language-model pretraining is always full
+        lm, tokenizer = load_pretrained(str(last if is_checkpoint(last) else start))
+    else:
+        lm, tokenizer, _ = run.load_trainable(start, last, gguf=False)
     stages.finish(name, train_sft(lm, tokenizer, train, run.splits["val"], cfg, run.context(name, run.dir / name),
                                   snapshot_epochs=snapshot_epochs))
 
@@ -114,14 +119,17 @@ def rl_stage(run: Run, stages: Stages, name: str, train, warmup: Path) -> None:
             return
         stages.reopen(name, run.dir / "results.json")
     policy, tokenizer = run.load_policy(warmup, run.dir / name / "last")
-    ref = load_pretrained(str(warmup))[0].eval().requires_grad_(False) if needs_reference(cfg.rl) else None
+    ref = None
+    if needs_reference(cfg.rl):  # with LoRA: the policy itself, adapters disabled (no second copy)
+        ref = policy.lm if is_lora(policy.lm) else load_pretrained(str(warmup))[0].requires_grad_(False)
     info = train_rl(policy, ref, tokenizer, train, run.splits["val"], cfg.rl, run.context(name, run.dir / name),
                     curriculum=curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed))
     stages.finish(name, info)
 
 
-def evaluate_models(run: Run, models: dict[str, Path]) -> dict:
-    """Greedy accuracy of each model on val and test (those already in results.json are kept)."""
+def evaluate_models(run: Run, models: dict[str, Path], log: bool = True) -> dict:
+    """Greedy accuracy of each model on val and test (those already in results.json are kept); log: also in
+    metrics.jsonl / TensorBoard (stage "eval", tagged by model and split)."""
     cfg, path = run.cfg, run.dir / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     for name, model_dir in models.items():
@@ -134,7 +142,8 @@ def evaluate_models(run: Run, models: dict[str, Path]) -> dict:
                            sandbox=run.sandbox, out_path=run.dir / "eval" / f"{name}_{split}.jsonl",
                            desc=f"eval {name} {split}")
             results[f"{name}/{split}"] = res
-            run.logger.log("eval", 0, model=name, split=split, accuracy=res["accuracy"])
+            if log:
+                run.logger.log("eval", 0, model=name, split=split, accuracy=res["accuracy"])
             print(f"[eval] {name:>10} {split:>4}: accuracy {res['accuracy']:.3f}")
         path.write_text(json.dumps(results, indent=2))
     return results
@@ -142,8 +151,11 @@ def evaluate_models(run: Run, models: dict[str, Path]) -> dict:
 
 def run(cfg: RunConfig, resume: bool = False) -> dict:
     """Run every stage; returns the results dict also written to `results.json`."""
+    from reftune.rewards.functions import check_reward_args
     with open_run(cfg, resume, needs_model=False) as r:
+        r.logger.set_report_to(cfg.report_to)
         stages, splits = Stages(r.dir), r.splits
+        check_reward_args(cfg.rl.rewards, splits["train"] + splits["extra"])  # before any training
         if "data" not in stages.done:
             save_splits(splits, r.dir / "data")
             stages.finish("data", {**{k: len(v) for k, v in splits.items()}, **r.data_report})
@@ -151,7 +163,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         stages.finish("init", {"parameters": sum(p.numel() for p in lm.parameters())})
         stages.restore_rng()
         base = r.dir / "init"
-        if cfg.model.name_or_path is None and splits.get("pretrain"):
+        if is_tiny_default(cfg.model) and splits.get("pretrain"):
             # the tiny default has no pretrained LM to start from: pretrain one on disjoint problems
             sft_stage(r, stages, "pretrain", base, splits["pretrain"], cfg.pretrain)
             base = r.dir / "pretrain" / "last"
@@ -173,3 +185,15 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         from reftune.train.report import write_report
         write_report(r.dir)
         return results
+
+
+def stage_report(run: Run, name: str) -> dict:
+    """The end of `reftune sft` / `reftune rl`: greedy accuracy of the chosen checkpoint (`best/`, else `last/`) on
+    val and test into results.json (`<name>/<split>`, made afresh: a resumed stage may have moved on) and
+    eval/*.jsonl, then report.md with the curves. Not logged to metrics.jsonl, which holds the training alone."""
+    from reftune.train.report import write_report
+    (run.dir / "results.json").unlink(missing_ok=True)
+    chosen = run.dir / "best" if is_checkpoint(run.dir / "best") else run.dir / "last"
+    results = evaluate_models(run, {name: chosen}, log=False)
+    write_report(run.dir, title=f"reftune {name}: {run.dir.name}")
+    return results

@@ -10,11 +10,11 @@ schema.py: the dataclasses; loading.py: YAML, overrides, saving, the reference; 
 from reftune.config.loading import (SHIPPED_CONFIGS, describe, leaves, load_config, parse_override,
                                     resolve_config_path, resume_config, save_config, saved_command, to_dict)
 from reftune.config.schema import (JOBS, CurriculumConfig, DataConfig, EvalConfig, EvalJob, InferenceConfig,
-                                   ModelConfig, PretrainConfig, Precision, RewardModelConfig, RLConfig, RLJob,
+                                   LoraConfig, ModelConfig, RolloutConfig, PretrainConfig, Precision, RewardModelConfig, RLConfig, RLJob,
                                    RMJob, RunConfig, SelfTrainConfig, SelfTrainJob, SFTConfig, SFTJob,
                                    VerifierConfig, VerifierJob, doc, section)
 
-__all__ = ["JOBS", "SHIPPED_CONFIGS", "CurriculumConfig", "DataConfig", "EvalConfig", "EvalJob", "InferenceConfig",
+__all__ = ["JOBS", "SHIPPED_CONFIGS", "CurriculumConfig", "DataConfig", "EvalConfig", "EvalJob", "InferenceConfig", "LoraConfig", "RolloutConfig",
            "ModelConfig", "PretrainConfig", "Precision", "RLConfig", "RLJob", "RMJob", "RewardModelConfig",
            "RunConfig", "SFTConfig", "SFTJob", "SelfTrainConfig", "SelfTrainJob", "VerifierConfig", "VerifierJob",
            "describe", "doc", "leaves", "load_config", "resume_config", "saved_command", "parse_override", "resolve_config_path", "save_config", "section",

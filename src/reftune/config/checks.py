@@ -7,11 +7,14 @@ name, so one function serves every command's config.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from pathlib import Path
 from typing import Any
 
 from reftune import algos
+from reftune.config.schema import DATASET_NAMES
 from reftune.errors import ConfigError
+from reftune.model.prompts import configure_template
 from reftune.rewards.functions import NO_REWARD_MODEL, resolve_rewards
 
 # fields that must be > 0 wherever a section has them (eval.num_samples may be 0: greedy only)
@@ -106,11 +109,55 @@ def check_data(data: Any, trains: bool) -> None:
     for name in ("n_train", "n_val"):
         (positive if trains else non_negative)(f"data.{name}", getattr(data, name))
     in_range("data.val_fraction", data.val_fraction, 0, 1, low_open=True, high_open=True)
-    if data.max_examples is not None:
-        positive("data.max_examples", data.max_examples)
-    if data.template in ("r1", "r1_compact") and data.cot == "program":
+    for name in ("max_examples", "max_val", "max_test"):
+        if getattr(data, name) is not None:
+            positive(f"data.{name}", getattr(data, name))
+    if configure_template(data.template, data.system_prompt, data.chat).think and data.cot == "program":
         raise ConfigError(f"data.template: {data.template} wraps a natural-language chain of thought in <think>; "
                           f"use data.cot=nl")
+    check_user_data(data)
+
+
+GENERIC_LOADERS = ("json", "parquet", "hub")  # the loaders a field mapping and an answer type apply to
+
+
+def check_user_data(data: Any) -> None:
+    """The fields that describe a user's own data: loader names, field mapping, answer markers and backend."""
+    for name, value in (("name", data.name), ("test_format", data.test_format)):
+        if value is not None and value not in DATASET_NAMES:
+            raise ConfigError(f"data.{name}: unknown dataset '{value}' (valid: {', '.join(DATASET_NAMES)})")
+    mapped = [f.name for f in dataclasses.fields(data.fields) if getattr(data.fields, f.name) is not None]
+    if data.name not in GENERIC_LOADERS:
+        if mapped:
+            raise ConfigError(f"data.fields.{mapped[0]}: a field mapping applies to data=json|parquet|hub, "
+                              f"not data={data.name}")
+        if data.answer_type != "number":
+            raise ConfigError(f"data.answer_type: applies to data=json|parquet|hub; data={data.name} has its own")
+    if data.name == "hub" and not data.path:
+        raise ConfigError("data.path: data=hub needs a dataset id (e.g. openai/gsm8k) or a local dataset folder")
+    if data.answer_markers is not None:
+        marker_list(data.answer_markers)
+    if data.answer_backend == "math_verify" and importlib.util.find_spec("math_verify") is None:
+        raise ConfigError("data.answer_backend: math_verify needs the math-verify package: "
+                          "pip install 'reftune[verify]' (or leave data.answer_backend=builtin)")
+
+
+def marker_list(markers: Any) -> list[str]:
+    """`data.answer_markers` as a list: "a|b" or a YAML list of non-empty texts."""
+    if isinstance(markers, str):
+        markers = markers.split("|")
+    if not isinstance(markers, list) or not markers or not all(isinstance(m, str) and m.strip() for m in markers):
+        raise ConfigError(f"data.answer_markers: expected markers separated by |, e.g. "
+                          f"data.answer_markers='Answer:|The answer is', got {markers!r}")
+    return [m.strip() for m in markers]
+
+
+def check_model_for_template(model: Any, data: Any) -> None:
+    """A chat template needs an instruct model's chat template; the tiny default has none."""
+    from reftune.model.prompts import get_template
+    if get_template(data.template).chat and not model.name_or_path and not model.gguf_file:
+        raise ConfigError(f"data.template: {data.template!r} is a chat template, which the tiny default's "
+                          f"tokenizer lacks; give an instruct model (--model DIR or model.gguf_file=...)")
 
 
 def check_model(model: Any) -> None:
@@ -136,6 +183,21 @@ def validate(cfg: Any) -> None:
         check_rl(rl)
     if (cur := getattr(cfg, "curriculum", None)) is not None:
         check_curriculum(cur)
+    if (rollout := getattr(cfg, "rollout", None)) is not None:
+        in_range("rollout.gpu_memory_utilization", rollout.gpu_memory_utilization, 0, 1, low_open=True)
+        positive("rollout.tensor_parallel_size", rollout.tensor_parallel_size)
+        if rollout.backend == "vllm" and getattr(getattr(cfg, "lora", None), "r", 0):
+            raise ConfigError("rollout.backend: vllm with LoRA adapters (lora.r > 0) is not supported yet; "
+                              "use rollout.backend=hf or full fine-tuning (lora.r=0)")
+    if (lora := getattr(cfg, "lora", None)) is not None:
+        non_negative("lora.r", lora.r)
+        positive("lora.alpha", lora.alpha)
+        in_range("lora.dropout", lora.dropout, 0, 1, high_open=True)
     trains = any(hasattr(cfg, s) for s in ("sft", "rl", "verifier", "rm"))
     check_data(cfg.data, trains)
     check_model(cfg.model)
+    check_model_for_template(cfg.model, cfg.data)
+    report_to = getattr(cfg, "report_to", "none")
+    if report_to in ("wandb", "trackio") and importlib.util.find_spec(report_to) is None:
+        raise ConfigError(f"report_to: {report_to} is not installed (pip install {report_to}); "
+                          f"or report_to=tensorboard")

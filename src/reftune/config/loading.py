@@ -97,6 +97,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, dict) and (not raw.lstrip().startswith("{") or all(v is None for v in value.values())):
+        value = raw  # "Premise: {premise}" and "{question}" are texts (templates, formats); a mapping is {k: v}
     return key.strip(), value
 
 

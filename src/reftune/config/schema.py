@@ -17,15 +17,37 @@ def section(cls: type, text: str) -> Any:
 
 
 Precision = Literal["fp32", "bf16", "fp16"]
+# data.name: the embedded task, then the loaders of `reftune.data.loaders` (json | parquet | hub: a user's own data)
+DATASET_NAMES = ("synthetic", "gsm8k", "svamp", "reft", "mathqa", "mathqa_numeric", "json", "parquet", "hub")
+
+
+@dataclass
+class FieldsConfig:
+    """Which keys of a user's records (data=json | parquet | hub) hold what; None = the key of the same name."""
+
+    question: Optional[str] = doc(None, "key of the question, or a format string over the record's keys, e.g. 'Premise: {premise} Hypothesis: {hypothesis}'")
+    answer: Optional[str] = doc(None, "key of the gold final answer (e.g. label)")
+    cot: Optional[str] = doc(None, "key of the demonstration (chain of thought); a record without one is answer-only (RL, not SFT)")
+    id: Optional[str] = doc(None, "key of a unique id; records without one are named <file>-<place>")
 
 
 @dataclass
 class DataConfig:
-    name: str = doc("synthetic", "dataset: synthetic (embedded) | gsm8k | svamp | reft | mathqa | mathqa_numeric | json")
-    path: Optional[str] = doc(None, "training file (or folder) for real datasets; None for the synthetic task")
-    test_path: Optional[str] = doc(None, "test file for real datasets (e.g. the ReFT release's *_test_set.json)")
+    name: str = doc("synthetic", "dataset: synthetic (embedded) | gsm8k | svamp | reft | mathqa | mathqa_numeric | json | parquet | hub")
+    path: Optional[str] = doc(None, "training file (or folder) for real datasets; hub: a dataset id or a local dataset folder; gsm8k without it: openai/gsm8k from the hub")
+    test_path: Optional[str] = doc(None, "test file, read by the training file's loader (data.test_format to change it); e.g. the ReFT release's *_test_set.json")
+    test_format: Optional[str] = doc(None, "loader of data.test_path (a data.name value); None = data.name's own (svamp: reft, the ReFT release's test file)")
+    fields: FieldsConfig = section(FieldsConfig, "json | parquet | hub: which record keys hold the question, answer, cot, id")
+    answer_type: Literal["number", "text", "choice"] = doc("number", "json | parquet | hub: number (numeric match; wrong numbers get rl.partial_reward) | text (normalised exact match: labels such as yes / no) | choice (an option letter a-e; options inside the question)")
+    subset: Optional[str] = doc(None, "hub: the dataset's configuration name (e.g. main for openai/gsm8k)")
+    split: str = doc("train", "hub (and gsm8k without data.path): the split the training (and validation) examples come from")
+    test_split: Optional[str] = doc(None, "hub: the split of data.path used as test set when data.test_path is not set (gsm8k without data.path: test); None = no test set")
     cot: Literal["nl", "program"] = doc("nl", "chain of thought kind: nl (N-CoT) or program (P-CoT, executed)")
-    template: str = doc("reft", "prompt template preset (see reftune.model.prompts.TEMPLATES)")
+    template: str = doc("reft", "prompt template: a preset (reft | chat | r1 | r1_compact), a text with {question}, or a file holding one (.txt; .yaml with prompt, system, chat)")
+    system_prompt: Optional[str] = doc(None, "custom data.template: a system prompt (a system turn with data.chat=true, else the prompt's first paragraph)")
+    chat: Optional[bool] = doc(None, "custom data.template: put it in the tokenizer's chat template as the user turn (an instruct model); None = false")
+    answer_markers: Optional[Any] = doc(None, "final-answer markers in priority order, separated by |, e.g. 'Answer:|The answer is' (or a YAML list); a marker ending in {...} reads a braced argument, as \\boxed{...} does; None = the built-in list (reftune.grading.answers.DEFAULT_MARKERS)")
+    answer_backend: Literal["builtin", "math_verify"] = doc("builtin", "how an extracted answer is compared with the gold one: builtin (numbers, letters, normalised text) | math_verify (symbolic, pip install 'reftune[verify]')")
     n_train: int = doc(500, "synthetic: training questions with a rationale")
     n_extra: int = doc(4000, "synthetic: extra answer-only training questions (used by RL when rl.use_extra)")
     n_pretrain: int = doc(8000, "synthetic: problems (disjoint from every split) whose full text pretrains the tiny default's base model")
@@ -37,7 +59,9 @@ class DataConfig:
     pretrain_max_steps: int = doc(4, "synthetic: most steps in the pretraining problems (shorter than the task's: the base must learn longer chains from the fine-tuning data)")
     max_value: int = doc(99, "synthetic: largest intermediate value")
     val_fraction: float = doc(0.1, "real data: share of the training file held out for validation")
-    max_examples: Optional[int] = doc(None, "real data: keep only the first N training examples (smoke runs)")
+    max_examples: Optional[int] = doc(None, "real data: keep only the first N training examples (smoke runs); also cuts validation and test unless data.max_val / data.max_test say otherwise")
+    max_val: Optional[int] = doc(None, "real data: keep only the first N validation examples; None = all, or max(1, data.max_examples // 4) when data.max_examples is set")
+    max_test: Optional[int] = doc(None, "real data: keep only the first N test examples; None = all, or max(1, data.max_examples // 4) when data.max_examples is set")
     exclude_questions: Optional[str] = doc(None, "synthetic: JSONL file (or folder of them) whose questions never enter a split, e.g. a base model's data/")
     skip_invalid: bool = doc(False, "skip malformed records (counted in the log) instead of stopping")
     seed: int = doc(1234, "data generation / split seed (fixed across training seeds)")
@@ -182,6 +206,26 @@ class SelfTrainConfig:
 
 
 @dataclass
+class RolloutConfig:
+    """The generation engine of RL rollouts and of `reftune eval` (validation during training stays on hf)."""
+
+    backend: Literal["hf", "vllm"] = doc("hf", "hf (built-in, samples from the trainer's own weights) | vllm (a colocated vLLM engine; RL pushes the weights into it after every update)")
+    gpu_memory_utilization: float = doc(0.3, "vllm on GPU: share of the GPU's memory the engine may take (weights + KV cache)")
+    tensor_parallel_size: int = doc(1, "vllm: GPUs the engine shards the model over")
+    sleep: bool = doc(False, "vllm on GPU: free the engine's memory during each update (sleep, then wake before the next rollout)")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (through `peft`) instead of full fine-tuning, for the SFT and RL stages."""
+
+    r: int = doc(0, "LoRA rank; 0 = full fine-tuning (every weight trained)")
+    alpha: float = doc(16.0, "LoRA scaling: the adapter's update is multiplied by alpha / r")
+    dropout: float = doc(0.0, "dropout on the adapters' input (0 keeps runs deterministic)")
+    target_modules: str = doc("all-linear", "layers that get adapters: all-linear, or comma-separated module names (q_proj,v_proj)")
+
+
+@dataclass
 class CurriculumConfig:
     name: Literal["none", "r3"] = doc("none", "RL start states: none (the question) | r3 (reverse curriculum from demonstration prefixes)")
     schedule: Literal["staged", "mixed"] = doc("mixed", "r3: staged (from next to the answer back to the question) | mixed (all start states at once, the R^3 release)")
@@ -199,6 +243,7 @@ class RunConfig:
     out_dir: str = doc("runs/default", "run directory (created; reused with --resume)")
     seed: int = doc(0, "training seed (model init, sampling, batching)")
     precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    report_to: Literal["tensorboard", "wandb", "trackio", "none"] = doc("tensorboard", "where the logged scalars go besides metrics.jsonl: tensorboard (out_dir/tb) | wandb | trackio | none")
     warmup_epochs: int = doc(2, "SFT warm-up epochs before RL (the paper uses 1-2)")
     sft_baseline: bool = doc(True, "also train the SFT baseline: continue SFT, best validation checkpoint")
     rl_extra: bool = doc(False, "also run ReFT with the extra answer-only questions")
@@ -206,6 +251,8 @@ class RunConfig:
     model: ModelConfig = section(ModelConfig, "model and tokenizer")
     pretrain: PretrainConfig = section(PretrainConfig, "base-model pretraining (tiny default only; skipped with --model or data.n_pretrain=0)")
     sft: SFTConfig = section(SFTConfig, "SFT stages")
+    lora: LoraConfig = section(LoraConfig, "LoRA adapters for the SFT and RL stages (r=0: full fine-tuning)")
+    rollout: RolloutConfig = section(RolloutConfig, "RL rollout engine")
     rl: RLConfig = section(RLConfig, "RL stage")
     curriculum: CurriculumConfig = section(CurriculumConfig, "RL start states (R^3 reverse curriculum)")
     eval: EvalConfig = section(EvalConfig, "evaluation")
@@ -218,10 +265,12 @@ class SFTJob:
     out_dir: str = doc("runs/sft", "run directory")
     seed: int = doc(0, "training seed")
     precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    report_to: Literal["tensorboard", "wandb", "trackio", "none"] = doc("tensorboard", "where the logged scalars go besides metrics.jsonl: tensorboard (out_dir/tb) | wandb | trackio | none")
     snapshot_epoch: Optional[int] = doc(None, "also keep the weights after epoch K in out_dir/epoch-K (a warm-up model for `reftune rl`); early stopping waits for it")
     data: DataConfig = section(DataConfig, "dataset and splits")
     model: ModelConfig = section(ModelConfig, "model and tokenizer (a checkpoint dir to continue from)")
     sft: SFTConfig = section(SFTConfig, "SFT settings")
+    lora: LoraConfig = section(LoraConfig, "LoRA adapters (r=0: full fine-tuning)")
     eval: EvalConfig = section(EvalConfig, "validation decoding")
 
 
@@ -232,10 +281,13 @@ class RLJob:
     out_dir: str = doc("runs/rl", "run directory")
     seed: int = doc(0, "training seed")
     precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    report_to: Literal["tensorboard", "wandb", "trackio", "none"] = doc("tensorboard", "where the logged scalars go besides metrics.jsonl: tensorboard (out_dir/tb) | wandb | trackio | none")
     data: DataConfig = section(DataConfig, "dataset and splits")
     model: ModelConfig = section(ModelConfig, "policy to start from (required: a checkpoint dir)")
     rl: RLConfig = section(RLConfig, "RL settings")
     curriculum: CurriculumConfig = section(CurriculumConfig, "RL start states (R^3 reverse curriculum)")
+    lora: LoraConfig = section(LoraConfig, "LoRA adapters on the policy; the reference is the policy with adapters disabled (r=0: full fine-tuning)")
+    rollout: RolloutConfig = section(RolloutConfig, "rollout engine")
     eval: EvalConfig = section(EvalConfig, "validation decoding")
 
 
@@ -248,6 +300,7 @@ class EvalJob:
     data: DataConfig = section(DataConfig, "dataset and splits")
     model: ModelConfig = section(ModelConfig, "checkpoint to evaluate (required)")
     eval: InferenceConfig = section(InferenceConfig, "evaluation settings")
+    rollout: RolloutConfig = section(RolloutConfig, "generation engine (greedy and sampled evaluation)")
 
 
 @dataclass
@@ -257,6 +310,7 @@ class VerifierJob:
     out_dir: str = doc("runs/verifier", "run directory (the verifier is saved in best/)")
     seed: int = doc(0, "sampling and training seed")
     precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    report_to: Literal["tensorboard", "wandb", "trackio", "none"] = doc("tensorboard", "where the logged scalars go besides metrics.jsonl: tensorboard (out_dir/tb) | wandb | trackio | none")
     data: DataConfig = section(DataConfig, "dataset: train questions to learn from, val questions to validate on")
     model: ModelConfig = section(ModelConfig, "model that samples the solutions (required: a checkpoint dir)")
     verifier: VerifierConfig = section(VerifierConfig, "sampling and training settings")
@@ -269,6 +323,7 @@ class RMJob:
     out_dir: str = doc("runs/rm", "run directory (the reward model is saved in best/)")
     seed: int = doc(0, "sampling, pair drawing and training seed")
     precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    report_to: Literal["tensorboard", "wandb", "trackio", "none"] = doc("tensorboard", "where the logged scalars go besides metrics.jsonl: tensorboard (out_dir/tb) | wandb | trackio | none")
     data: DataConfig = section(DataConfig, "dataset: train questions to build pairs from, val questions to validate on")
     model: ModelConfig = section(ModelConfig, "model that samples the solutions and that the reward model starts from (required: a checkpoint dir)")
     rm: RewardModelConfig = section(RewardModelConfig, "pairs and training settings")
@@ -281,10 +336,12 @@ class SelfTrainJob:
     out_dir: str = doc("runs/selftrain", "run directory")
     seed: int = doc(0, "sampling and training seed")
     precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
+    report_to: Literal["tensorboard", "wandb", "trackio", "none"] = doc("tensorboard", "where the logged scalars go besides metrics.jsonl: tensorboard (out_dir/tb) | wandb | trackio | none")
     data: DataConfig = section(DataConfig, "dataset and splits")
     model: ModelConfig = section(ModelConfig, "warm-up model: samples the solutions, SFT continues from it (required)")
     selftrain: SelfTrainConfig = section(SelfTrainConfig, "sampling and filtering settings")
     sft: SFTConfig = section(SFTConfig, "SFT on the augmented data")
+    lora: LoraConfig = section(LoraConfig, "LoRA adapters (r=0: full fine-tuning)")
     eval: EvalConfig = section(EvalConfig, "validation decoding")
 
 
@@ -294,4 +351,4 @@ COMMAND_NAMES = {RunConfig: "run", SFTJob: "sft", RLJob: "rl", EvalJob: "eval", 
 # fields a resumed run may change (`--resume` with a new value): by name in any training section, and these
 RESUMABLE_FIELDS = ("lr", "epochs", "steps", "patience", "eval_every", "save_every", "snapshot_every",
                     "eval_every_epochs", "save_every_steps")
-RESUMABLE_KEYS = ("out_dir", "eval.batch_size")
+RESUMABLE_KEYS = ("out_dir", "eval.batch_size", "report_to")

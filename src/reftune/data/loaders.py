@@ -12,7 +12,11 @@ One entry point, `load_dataset(name, path, ...)`, for:
 - "mathqa": ReFT's multiple-choice MathQA (options inside the question, a letter as answer): answer_type
   "mcq", meta["options"] from `answers.mcq_options`. "mathqa_numeric": the numeric-answer variant.
 - "json": any JSON array or JSONL file, keys mapped by `fields` (our name -> the file's key, for
-  "question", "answer", "cot", "id"); unmapped keys go to meta. So a user's data needs no code.
+  "question", "answer", "cot", "id"); unmapped keys go to meta. So a user's data needs no code. The question
+  may also be a format string over the record's keys ("Premise: {premise}\nHypothesis: {hypothesis}"), for
+  tasks whose input spans several columns (NLI); those columns stay in meta.
+- "parquet": a Parquet file, and "hub": a Hugging Face dataset id (or a local dataset folder) with `subset`
+  and `split`, both read through `datasets` (`pip install 'reftune[hub]'`), then mapped as "json" is.
 
 Numeric gold answers are validated and stored in a canonical exact form ("1,600" -> "1600", 203.0 ->
 "203", 0.41666666666666663 kept as is). A bad record raises `DataError` naming the file, the place (the
@@ -29,11 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reftune.config.schema import DATASET_NAMES
 from reftune.grading.answers import mcq_options, parse_number
 from reftune.example import Example
 from reftune.errors import DataError, UserError
 
-DATASETS = ("gsm8k", "svamp", "reft", "mathqa", "mathqa_numeric", "json")
+DATASETS = tuple(n for n in DATASET_NAMES if n != "synthetic")
+GENERIC = ("json", "parquet", "hub")  # the loaders that take a field mapping and an answer type
 
 
 @dataclass
@@ -103,7 +109,7 @@ def _convert_all(
             result.examples.append(example)
         except _Invalid as bad:
             error = DataError(
-                str(bad) if unit == "line" else f"item {place}: {bad}",
+                str(bad) if unit == "line" else f"{unit} {place}: {bad}",
                 path=path,
                 line=place if unit == "line" else None,
                 field=bad.field,
@@ -197,17 +203,35 @@ def _mathqa(record: dict, place: int) -> Example:
     return Example(_text(record, "item_id"), question, letter, cot, "mcq", {"options": options})
 
 
+def _question(record: Mapping, spec: str) -> str:
+    """The question: the record's key `spec`, or `spec` as a format string over the record's keys."""
+    if "{" not in spec:
+        return _text(record, spec, numbers=False)
+    try:
+        text = spec.replace("\\n", "\n").format(**record).strip()  # "\\n" typed in a shell: a newline
+    except KeyError as e:
+        raise _Invalid(f"no key {e} for the question format {spec!r}", "question") from None
+    except (IndexError, ValueError) as e:
+        raise _Invalid(f"bad question format {spec!r} ({e})", "question") from None
+    if not text:
+        raise _Invalid("empty question", "question")
+    return text
+
+
 def _generic_converter(fields: Mapping[str, str], answer_type: str, stem: str) -> Callable[[dict, int], Example]:
     unknown = set(fields) - {"question", "answer", "cot", "id"}
     if unknown:
         raise UserError(f"unknown keys in fields: {sorted(unknown)}; expected question, answer, cot, id")
     if answer_type not in ("numeric", "mcq", "text"):
         raise UserError(f"unknown answer_type {answer_type!r}: expected 'numeric', 'mcq' or 'text'")
-    keys = {name: fields.get(name, name) for name in ("question", "answer", "cot", "id")}
+    keys = {name: fields.get(name) or name for name in ("question", "answer", "cot", "id")}
+    consumed = {keys["answer"], keys["cot"], keys["id"]}  # a question format's keys stay in meta (reward columns)
+    if "{" not in keys["question"]:
+        consumed.add(keys["question"])
 
     def convert(record: dict, place: int) -> Example:
-        question = _text(record, keys["question"], numbers=False)
-        meta = {k: v for k, v in record.items() if k not in keys.values()}
+        question = _question(record, keys["question"])
+        meta = {k: v for k, v in record.items() if k not in consumed}
         if answer_type == "numeric":
             answer = _numeric_answer(record, keys["answer"])
         elif answer_type == "mcq":
@@ -231,17 +255,45 @@ def _resolve(path: str, candidates: list[str]) -> Path:
     return p
 
 
-def _gsm8k_hub_records(split: str) -> list[tuple[int, Any]]:
-    """Rows of `openai/gsm8k` (config "main"), numbered from 1 like lines."""
+def _import_datasets(what: str):
     try:
         import datasets
     except ImportError as exc:
-        raise UserError("loading openai/gsm8k needs `datasets` (pip install 'reftune[hub]'); or pass a path") from exc
-    try:
-        rows = datasets.load_dataset("openai/gsm8k", "main", split=split)
-    except Exception as exc:  # offline, unknown split, hub errors: all fixed by the user the same way
-        raise UserError(f"could not load openai/gsm8k split {split!r} ({exc}); offline? pass a local path") from exc
+        raise UserError(f"{what} needs `datasets` (pip install 'reftune[hub]')") from exc
+    return datasets
+
+
+def _rows(rows) -> list[tuple[int, Any]]:
+    """A `datasets.Dataset`'s rows as records numbered from 1."""
     return [(i, dict(row)) for i, row in enumerate(rows, 1)]
+
+
+def _gsm8k_hub_records(split: str) -> list[tuple[int, Any]]:
+    """Rows of `openai/gsm8k` (config "main"), numbered from 1 like lines."""
+    return _hub_records("openai/gsm8k", "main", split)
+
+
+def _hub_records(path: str, subset: str | None, split: str) -> list[tuple[int, Any]]:
+    """Rows of a hub dataset (or a local dataset folder / data file that `datasets` reads) at `split`."""
+    datasets = _import_datasets(f"loading {path}")
+    try:
+        rows = datasets.load_dataset(path, subset, split=split)
+    except Exception as exc:  # offline, unknown split, hub errors: all fixed by the user the same way
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"could not load {path} split {split!r} ({first}); offline? pass a local path") from exc
+    return _rows(rows)
+
+
+def _parquet_records(file: Path) -> list[tuple[int, Any]]:
+    if not file.is_file():
+        raise UserError(f"{file}: no such data file")
+    datasets = _import_datasets(f"reading {file}")
+    try:
+        rows = datasets.load_dataset("parquet", data_files=str(file), split="train")
+    except Exception as exc:  # a corrupt or non-Parquet file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{file}: not a readable Parquet file ({first})") from exc
+    return _rows(rows)
 
 
 def load_dataset(
@@ -253,11 +305,13 @@ def load_dataset(
     skip_invalid: bool = False,
     calculator: str = "strip",
     answer_type: str = "numeric",
+    subset: str | None = None,
 ) -> LoadResult:
     """Load dataset `name` (one of DATASETS) from `path`; see the module docstring for each format.
 
     split: for a folder path, the file `{split}.jsonl`/`{split}.json` is read (GSM8K default "train");
-        for GSM8K without a path, the hub split. fields, answer_type: the "json" loader only.
+        for GSM8K without a path and for "hub", the dataset's split (default "train"); subset: "hub" only.
+    fields, answer_type: the "json", "parquet" and "hub" loaders only.
     calculator: GSM8K's `<<a*b=c>>` annotations, "strip" or "keep".
     Raises UserError for an unknown name, a missing or empty file; DataError for a bad record unless
     skip_invalid.
@@ -266,8 +320,9 @@ def load_dataset(
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if calculator not in ("strip", "keep"):
         raise UserError(f"calculator must be 'strip' or 'keep', not {calculator!r}")
-    if name != "json" and (fields is not None or answer_type != "numeric"):
-        raise UserError(f"fields and answer_type apply to the 'json' loader only, not {name!r}")
+    if name not in GENERIC and (fields is not None or answer_type != "numeric"):
+        raise UserError(f"fields and answer_type apply to the 'json' loader only (and 'parquet', 'hub'), "
+                        f"not {name!r}")
     if path is None and name != "gsm8k":
         raise UserError(f"dataset {name!r} needs a path to its file")
     by_split = [f"{split}.jsonl", f"{split}.json"] if split else []
@@ -282,13 +337,18 @@ def load_dataset(
             source, (unit, records) = str(file), _read_records(file)
         return _convert_all(source, unit, records, _gsm8k_converter(split_name, calculator), skip_invalid)
 
+    if name == "hub":
+        convert = _generic_converter(fields or {}, answer_type, Path(path).name)
+        return _convert_all(path, "row", _hub_records(path, subset, split or "train"), convert, skip_invalid)
     file = _resolve(path, ["SVAMP.json"] if name == "svamp" else by_split)
-    if name == "json":
+    if name in GENERIC:
         convert = _generic_converter(fields or {}, answer_type, file.stem)
+        if name == "parquet":
+            return _convert_all(str(file), "row", _parquet_records(file), convert, skip_invalid)
     else:
         convert = {"svamp": _svamp, "reft": _reft, "mathqa": _mathqa, "mathqa_numeric": _reft}[name]
     unit, records = _read_records(file)
     return _convert_all(str(file), unit, records, convert, skip_invalid)
 
 
-__all__ = ["DATASETS", "LoadResult", "load_dataset"]
+__all__ = ["DATASETS", "GENERIC", "LoadResult", "load_dataset"]

@@ -7,14 +7,15 @@ from pathlib import Path
 from reftune.data.jsonl import write_jsonl
 from reftune.eval.generation import generate_and_grade
 from reftune.example import Example
-from reftune.model.sampler import HFSampler
+from reftune.model.sampler import HFSampler, Sampler
 
 
 def evaluate(model, tokenizer, examples: list[Example], *, template: str = "reft", cot: str = "nl",
              batch_size: int = 128, max_new_tokens: int = 96, sandbox=None, out_path: str | Path | None = None,
-             desc: str = "eval") -> dict:
-    """Greedy-decode every example; returns {"accuracy", "n", "answered"}; writes JSONL if `out_path`."""
-    sampler = HFSampler(model, tokenizer, batch_size=batch_size, device=model.device)
+             desc: str = "eval", sampler: Sampler | None = None) -> dict:
+    """Greedy-decode every example; returns {"accuracy", "n", "answered"}; writes JSONL if `out_path`.
+    `sampler` replaces the default `HFSampler(model, ...)` (e.g. a vLLM engine)."""
+    sampler = sampler or HFSampler(model, tokenizer, batch_size=batch_size, device=model.device)
     records = []
     for ex, [(text, g, _)] in generate_and_grade(sampler, tokenizer, examples, 1, questions_per_chunk=batch_size,
                                                  temperature=0.0, max_new_tokens=max_new_tokens, template=template,

@@ -36,6 +36,11 @@ DEFAULT_MARKERS: tuple[str, ...] = (
     "Therefore, the answer is",
     "####",
     "\\boxed{...}",
+    # what instruct models write ("The final answer is 42", "Final answer: 42", "Answer: 42", "**Answer:** 42"),
+    # after the markers above so a ReFT-style completion reads as before
+    "The final answer is",
+    "Final answer:",
+    "Answer:",
 )
 
 _MINUS = str.maketrans({"−": "-", "–": "-"})
@@ -116,7 +121,8 @@ def _mcq_letter(span: str) -> str | None:
 
 
 def _text_span(span: str) -> str | None:
-    span = span.strip().rstrip(".").strip()
+    # markdown emphasis and a colon around the answer ("**Answer:** yes", "The answer is: **no**.")
+    span = span.strip().lstrip(":*_ ").rstrip(".*_ ").strip()
     if len(span) >= 2 and span[0] == span[-1] == "$":
         span = span[1:-1].strip()
     return span or None

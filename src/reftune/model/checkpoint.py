@@ -48,7 +48,10 @@ def save_checkpoint(path: str | Path, model, tokenizer, value_head: torch.nn.Mod
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True)  # a peft model saves its adapters only
+    if hasattr(model, "peft_config"):
+        from reftune.model.lora import save_start
+        save_start(model, tmp)
     tokenizer.save_pretrained(tmp)
     if value_head is not None:
         save_file({k: v.detach().contiguous() for k, v in value_head.state_dict().items()}, tmp / VALUE_HEAD_FILE)
@@ -95,4 +98,6 @@ def load_state(path: str | Path) -> dict[str, Any] | None:
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    return (recover(path) / "config.json").is_file()
+    """A model checkpoint: HF files (config.json) or LoRA adapters (adapter_config.json)."""
+    path = recover(path)
+    return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()

@@ -67,9 +67,22 @@ def smollm2_gguf_path() -> Path:
     return files[0]
 
 
-def load_pretrained(name_or_path: str, gguf_file: str | None = None):
-    """(model, tokenizer) in fp32 from a local HF dir, a hub id (where there is internet) or a GGUF file."""
+def is_tiny_default(model_cfg) -> bool:
+    """Whether a `ModelConfig` asks for the tiny default: neither `name_or_path` nor `gguf_file` is set. Every
+    command decides with this one test, so `model.gguf_file=smollm2` alone loads SmolLM2 everywhere."""
+    return not model_cfg.name_or_path and not model_cfg.gguf_file
+
+
+def load_pretrained(name_or_path: str, gguf_file: str | None = None, *, lora_trainable: bool = False):
+    """(model, tokenizer) in fp32 from a local HF dir, a hub id (where there is internet) or a GGUF file.
+
+    A LoRA checkpoint (`reftune.model.lora`) comes back merged into its start model, or, with `lora_trainable`
+    (resuming its own stage), as a peft model whose adapters train."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from reftune.model.lora import is_adapter_dir, load_lora
+    if not gguf_file and is_adapter_dir(name_or_path):
+        return load_lora(name_or_path, load_pretrained, trainable=lora_trainable)
 
     kwargs: dict = {}
     if gguf_file == "smollm2":

@@ -8,11 +8,20 @@ Presets:
 - ``r1_compact``: the same output format after the short ``reft`` prompt (no instruction paragraph), for
   small models pretrained on the ``reft`` prompt: the R1 instruction costs a tiny tokenizer ~100 tokens and
   pushes every sequence past the positions such a base was trained on.
+
+Custom templates (`data.template`): a text with ``{question}`` (a typed ``\\n`` is a newline), or a file
+holding one (plain text, or YAML ``{prompt, system, chat}``), with an optional system prompt
+(`data.system_prompt`) and, with `data.chat`, put through the tokenizer's chat template as the user turn. The
+config check (`configure_template`) registers the resolved template under the `data.template` string, so every
+stage that is handed that string (SFT targets, rollouts, evaluation, scorers) prompts the same way.
+Simplification: one process holds one custom template per string, the one of the config loaded last (a CLI
+command loads one).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from reftune.errors import ConfigError
 
@@ -24,6 +33,7 @@ class Template:
     text: str
     chat: bool = False
     think: bool = False  # the prompt ends inside "<think>": targets close it and add "<answer>" (R1 format)
+    system: str | None = None  # a system prompt: the system turn (chat), else the prompt's first paragraph
 
 
 TEMPLATES: dict[str, Template] = {
@@ -37,10 +47,76 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+_CUSTOM: dict[str, Template] = {}  # data.template string -> its resolved custom template (`configure_template`)
+TEMPLATE_FILES = (".txt", ".yaml", ".yml", ".json", ".jinja")
+
+
+def _checked(text: str, field: str = "data.template") -> str:
+    if "{question}" not in text:
+        raise ConfigError(f"{field}: a custom template needs the placeholder {{question}} (got {text[:60]!r})")
+    try:
+        text.format(question="")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"{field}: only {{question}} may appear in braces (write a literal brace as {{{{ or }}}}); "
+                          f"bad placeholder {e}") from None
+    return text
+
+
+def _from_file(path: Path) -> Template:
+    """A template file: plain text with {question}, or YAML/JSON {prompt, system, chat}."""
+    import yaml
+    if not path.is_file():
+        raise ConfigError(f"data.template: no template file {path}")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml", ".json"):
+        spec = yaml.safe_load(text)
+        if not isinstance(spec, dict) or not isinstance(spec.get("prompt"), str):
+            raise ConfigError(f"data.template: {path} must hold a mapping with a 'prompt' text (and optional "
+                              f"'system', 'chat')")
+        unknown = set(spec) - {"prompt", "system", "chat"}
+        if unknown:
+            raise ConfigError(f"data.template: {path} has unknown keys {sorted(unknown)} (valid: prompt, system, chat)")
+        return Template(_checked(spec["prompt"]), chat=bool(spec.get("chat", False)), system=spec.get("system"))
+    return Template(_checked(text))
+
+
+def parse_template(spec: str, system_prompt: str | None = None, chat: bool | None = None) -> Template:
+    """The template `data.template` names: a preset, a text with {question}, or a file (see the module docstring);
+    system_prompt and chat (`data.system_prompt`, `data.chat`) override a custom template's own."""
+    if spec in TEMPLATES:
+        if system_prompt is not None or chat is not None:
+            raise ConfigError(f"data.system_prompt / data.chat: apply to a custom data.template, not the preset "
+                              f"'{spec}'; write the text, e.g. data.template='{{question}}' data.chat=true")
+        return TEMPLATES[spec]
+    if "{question}" in spec:
+        tpl = Template(_checked(unescape(spec)))
+    elif spec.endswith(TEMPLATE_FILES) or Path(spec).expanduser().is_file():
+        tpl = _from_file(Path(spec).expanduser())
+    else:
+        raise ConfigError(f"data.template: unknown template '{spec}' (a preset: {', '.join(TEMPLATES)}; a text with "
+                          f"{{question}}; or a template file)")
+    return Template(tpl.text, chat=tpl.chat if chat is None else chat,
+                    system=tpl.system if system_prompt is None else unescape(system_prompt))
+
+
+def unescape(text: str) -> str:
+    """"\\n" and "\\t" typed in a shell argument (data.template='Q: {question}\\nA:') as the characters they name."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def configure_template(spec: str, system_prompt: str | None = None, chat: bool | None = None) -> Template:
+    """Resolve `data.template` and register a custom one under its string, so `get_template(spec)` returns it."""
+    tpl = parse_template(spec, system_prompt, chat)
+    if spec not in TEMPLATES:
+        _CUSTOM[spec] = tpl
+    return tpl
+
+
 def get_template(name: str) -> Template:
-    if name not in TEMPLATES:
-        raise ConfigError(f"data.template: unknown template '{name}' (valid: {', '.join(TEMPLATES)})")
-    return TEMPLATES[name]
+    """A preset, the custom template registered for `name` (`configure_template`), or `name` parsed as one."""
+    if name in TEMPLATES:
+        return TEMPLATES[name]
+    return _CUSTOM.get(name) or parse_template(name)
 
 
 def build_prompt(question: str, template: str | Template, tokenizer=None) -> str:
@@ -48,11 +124,19 @@ def build_prompt(question: str, template: str | Template, tokenizer=None) -> str
     tpl = get_template(template) if isinstance(template, str) else template
     body = tpl.text.format(question=question)
     if not tpl.chat:
-        return body
+        return body if tpl.system is None else f"{tpl.system}\n\n{body}"
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
-        raise ConfigError("data.template: 'chat' needs a tokenizer with a chat template (an instruct model)")
-    messages = [{"role": "user", "content": body}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        raise ConfigError("data.template: a chat template needs a tokenizer with a chat template (an instruct "
+                          "model); the tiny default has none")
+    return tokenizer.apply_chat_template(prompt_messages(question, tpl), tokenize=False, add_generation_prompt=True)
+
+
+def prompt_messages(question: str, template: str | Template) -> list[dict[str, str]]:
+    """The chat messages a chat template puts through the tokenizer: an optional system turn, then the user turn
+    (TRL's conversational prompt format)."""
+    tpl = get_template(template) if isinstance(template, str) else template
+    messages = [{"role": "system", "content": tpl.system}] if tpl.system is not None else []
+    return messages + [{"role": "user", "content": tpl.text.format(question=question)}]
 
 
 def build_target(cot: str, template: str | Template, answer: str | None = None) -> str:

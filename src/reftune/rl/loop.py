@@ -33,11 +33,11 @@ from reftune.example import Example
 from reftune.errors import UserError
 from reftune.model.batching import encode_target
 from reftune.model.prompts import build_target
-from reftune.model.sampler import HFSampler
+from reftune.model.sampler import make_sampler
 from reftune.rewards.scorer import load_reward_scorer
 from reftune.rewards.functions import resolve_rewards
 from reftune.rl.metrics import iteration_record
-from reftune.rl.rollout import RolloutSetup, batch_indices, collect, dynamic_sampling
+from reftune.rl.rollout import RolloutSetup, batch_indices, collect, dynamic_sampling, release_engine, sync_engine
 from reftune.rl.scoring import ReferenceLM, needs_reference, score
 from reftune.rl.update import advantages, ppo_update, self_training_update
 from reftune.train.accel import get_accelerator
@@ -63,8 +63,12 @@ def rollout_setup(core, tokenizer, train: list[Example], cfg: RLConfig, ctx: Run
     if cfg.reward_model and any(name == "reward_model" for name, _, _ in reward_fns):
         scorer = load_reward_scorer(cfg.reward_model, template=ctx.template, sigmoid=cfg.reward_model_sigmoid,
                                     batch_size=ctx.eval_batch_size, device=device)
-    sampler = HFSampler(core.lm, tokenizer, batch_size=max(cfg.prompts_per_step * cfg.num_generations, 64),
-                        device=device)
+    backend = ctx.rollout.backend if ctx.rollout is not None else "hf"
+    options = {} if backend == "hf" else {
+        "dtype": cfg.rollout_precision, "seed": ctx.seed, "gpu_memory_utilization": ctx.rollout.gpu_memory_utilization,
+        "tensor_parallel_size": ctx.rollout.tensor_parallel_size, "enable_sleep_mode": ctx.rollout.sleep}
+    sampler = make_sampler(backend, core.lm, tokenizer, device=device,
+                           batch_size=max(cfg.prompts_per_step * cfg.num_generations, 64), **options)
     return RolloutSetup.build(sampler, tokenizer, train, cfg, ctx, reward_fns=reward_fns, reward_scorer=scorer,
                               curriculum=curriculum, device_type=device.type)
 
@@ -103,11 +107,13 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
         batch = score(policy, ref, rollout, pad_id=pad_id, device=acc.device, autocast=acc.autocast,
                       chunks=cfg.minibatches, with_values=use_values, tis_cap=cfg.tis_cap)
         t1, returns = time.time(), None
+        release_engine(setup)  # vllm on GPU with rollout.sleep: its memory is the update's until the next rollout
         if cfg.objective == "ppo":
             adv, returns = advantages(batch, rollout.scores, cfg)
             stats = ppo_update(policy, opt, acc, batch, adv, returns, cfg, use_values, where)
         else:
             stats = self_training_update(policy, opt, acc, rollout, setup.prompt_ids, gold, pad_id, cfg, where)
+        sync_engine(setup, core.lm)  # a separate engine (vllm) samples the next rollout from the new weights
         sched.step()
         p.step += 1
         record = iteration_record(rollout, batch, stats, cfg, lr=sched.get_last_lr()[0], rollout_s=t_rollout,
@@ -130,4 +136,6 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
         if cfg.snapshot_every and p.step % cfg.snapshot_every == 0:
             state.save(f"step-{p.step}")
     bar.close()
+    if hasattr(setup.sampler, "close"):
+        setup.sampler.close()  # one vLLM engine per process: the next stage builds its own
     return {"best_val": p.best_val, "best_step": p.best_at}

@@ -62,8 +62,8 @@ def collect(setup: RolloutSetup, idx: list[int], k: int) -> Rollout:
     starts = cur.choose([setup.questions[i] for i in idx], k) if cur is not None else None
     prompts = ([setup.prompt_ids[i] + s.ids for i, s in zip(idx, starts)] if starts
                else [setup.prompt_ids[i] for i in idx])
-    dtype = DTYPES[cfg.rollout_precision]
-    with torch.autocast(setup.device_type, dtype=dtype, enabled=dtype != torch.float32):
+    dtype = DTYPES[cfg.rollout_precision]  # the hf sampler runs under autocast to it; vllm was built in it
+    with torch.autocast(setup.device_type, dtype=dtype, enabled=dtype != torch.float32 and not engine(setup)):
         samples = setup.sampler.generate(prompts, G, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
     if starts:
         samples.texts = cur.complete(starts, samples.texts, G)
@@ -95,3 +95,22 @@ def dynamic_sampling(setup: RolloutSetup, batch: Rollout, k: int) -> tuple[Rollo
     if not kept.idx:
         return batch, fraction
     return kept.groups(list(range(min(len(kept.idx), cfg.prompts_per_step))), G), fraction
+
+
+def engine(setup: RolloutSetup) -> bool:
+    """Whether the sampler is a separate engine with its own copy of the weights (vllm), not the policy itself."""
+    return hasattr(setup.sampler, "load_weights")
+
+
+def release_engine(setup: RolloutSetup) -> None:
+    """Before the update: a sleeping-capable engine (vllm on GPU, rollout.sleep) frees its memory."""
+    if engine(setup) and setup.ctx.rollout is not None and setup.ctx.rollout.sleep:
+        setup.sampler.sleep()
+
+
+def sync_engine(setup: RolloutSetup, lm) -> None:
+    """After the update: an engine is woken (if asleep) and given the policy's new weights, in memory."""
+    if engine(setup):
+        if setup.ctx.rollout is not None and setup.ctx.rollout.sleep:
+            setup.sampler.wake_up()
+        setup.sampler.load_weights(lm)

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from reftune import algos
 from reftune.model.batching import join_prompt_response, positions
+from reftune.model.lora import is_lora
 from reftune.rl.batch import Rollout, ScoredBatch
 
 
@@ -24,15 +27,18 @@ def response_logprobs(model, input_ids, attention_mask, prompt_width: int, with_
 
 
 class ReferenceLM(torch.nn.Module):
-    """A plain causal LM (the frozen reference) behind the policy's call signature (no value head)."""
+    """The frozen reference behind the policy's call signature (no value head): a plain causal LM, or the
+    policy's own LoRA model with its adapters disabled (the start model, without a second copy)."""
 
     def __init__(self, lm):
         super().__init__()
         self.lm = lm
 
     def forward(self, input_ids, attention_mask, position_ids, with_values=False):
-        return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False).logits, None
+        adapters_off = self.lm.disable_adapter() if is_lora(self.lm) else contextlib.nullcontext()
+        with adapters_off:
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                           use_cache=False).logits, None
 
 
 def needs_reference(cfg) -> bool:

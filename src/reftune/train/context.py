@@ -19,7 +19,8 @@ class RunContext:
     preset and the chain-of-thought kind (`data.template`, `data.cot`); sandbox: the `ProgramSandbox` that P-CoT
     programs run in (None for N-CoT); precision: the trainer's (`precision`); seed: the training seed;
     eval_batch_size / eval_max_new_tokens: greedy validation decoding (`eval.*`); max_length: the longest
-    prompt + response (`model.max_length`).
+    prompt + response (`model.max_length`); rollout: the `RolloutConfig` of RL's sampler (None: the built-in
+    hf backend).
     """
 
     out_dir: Path
@@ -33,6 +34,7 @@ class RunContext:
     eval_batch_size: int = 128
     eval_max_new_tokens: int = 96
     max_length: int = 320
+    rollout: Any = None
 
     @classmethod
     def from_config(cls, cfg, out_dir: str | Path, logger, sandbox=None, stage: str = "sft") -> RunContext:
@@ -40,7 +42,7 @@ class RunContext:
         return cls(out_dir=Path(out_dir), logger=logger, stage=stage, template=cfg.data.template, cot=cfg.data.cot,
                    sandbox=sandbox, precision=getattr(cfg, "precision", "fp32"), seed=cfg.seed,
                    eval_batch_size=cfg.eval.batch_size, eval_max_new_tokens=cfg.eval.max_new_tokens,
-                   max_length=cfg.model.max_length)
+                   max_length=cfg.model.max_length, rollout=getattr(cfg, "rollout", None))
 
     def at(self, stage: str, out_dir: str | Path) -> RunContext:
         """The same run, another stage writing to another directory."""

@@ -1,39 +1,75 @@
-"""Metrics: one JSON line per record in `metrics.jsonl` and the same scalars in TensorBoard."""
+"""Metrics: one JSON line per record in `metrics.jsonl`, and the same scalars in a tracker (`report_to`):
+TensorBoard (`tb/`, the default), Weights & Biases, trackio, or none.
+
+A tracker tag is `<stage>/<metric>`, with the record's model and split in between when it names them
+(`eval/sft/test/accuracy`), so each model's and split's evaluation gets a curve of its own. The tracker opens
+at the first record, so `report_to` may still be set after the logger is built.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import time
 from pathlib import Path
 
+TRACKERS = ("tensorboard", "wandb", "trackio", "none")
+TAG_FIELDS = ("model", "split")  # text fields of a record that name what its numbers are about
+
+
+def tag(stage: str, key: str, record: dict) -> str:
+    """The tracker tag of metric `key` of a record: stage, then its model and split (when given), then the key."""
+    parts = [stage] + [record[f] for f in TAG_FIELDS if isinstance(record.get(f), str)] + [key]
+    return "/".join(parts)
+
 
 class MetricsLogger:
-    """Append-only metrics for a run. Each record has a `stage` and a `step`; numbers go to TensorBoard."""
+    """Append-only metrics for a run. Each record has a `stage` and a `step`; numbers go to the tracker."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, report_to: str | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / "metrics.jsonl"
-        self._tb = None
-        if tensorboard:
+        self.report_to = report_to or ("tensorboard" if tensorboard else "none")
+        self._tracker = None
+
+    def set_report_to(self, report_to: str) -> None:
+        """Send the scalars to `report_to` (one of TRACKERS) from the next record on."""
+        if report_to not in TRACKERS:
+            raise ValueError(f"report_to: {report_to!r} is not one of {', '.join(TRACKERS)}")
+        if report_to != self.report_to:
+            self.close()
+            self.report_to = report_to
+
+    def _open(self):
+        if self.report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            writer = SummaryWriter(str(self.run_dir / "tb"))
+            return writer.add_scalar, lambda: (writer.flush(), writer.close())
+        if self.report_to in ("wandb", "trackio"):  # the same module-level API: init, log, finish
+            module = importlib.import_module(self.report_to)
+            module.init(project="reftune", name=self.run_dir.name, dir=str(self.run_dir))
+            return (lambda name, value, step: module.log({name: value, "step": step})), module.finish
+        return None
 
     def log(self, stage: str, step: int, **metrics) -> None:
         clean = {k: (float(v) if hasattr(v, "item") or isinstance(v, (int, float)) else v) for k, v in metrics.items()}
         record = {"stage": stage, "step": step, "time": round(time.time(), 3), **clean}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        if self._tracker is None and self.report_to != "none":
+            self._tracker = self._open()
+        if self._tracker is not None:
+            add_scalar = self._tracker[0]
             for k, v in clean.items():
                 if isinstance(v, float) and math.isfinite(v):
-                    self._tb.add_scalar(f"{stage}/{k}", v, step)
+                    add_scalar(tag(stage, k, clean), v, step)
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
-            self._tb.close()
+        if self._tracker is not None:
+            self._tracker[1]()
+            self._tracker = None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

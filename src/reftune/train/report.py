@@ -1,4 +1,5 @@
-"""`report.md` for a run directory: the results table and PNG curves (reward, KL, validation accuracy)."""
+"""`report.md` for a run directory (`reftune run`, `sft`, `rl`): the results table and PNG curves (reward, KL,
+validation accuracy, the best validation point marked)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from reftune.train.logger import read_metrics
 
 LABELS = {"base": "base model (before SFT)", "warmup": "(a) warm-up (SFT, few epochs)", "sft": "(b) SFT baseline (best val epoch)",
-          "reft": "(c) ReFT from warm-up", "reft_extra": "(d) ReFT + answer-only questions"}
+          "reft": "(c) ReFT from warm-up", "reft_extra": "(d) ReFT + answer-only questions",
+          "rl": "RL (best val step)"}
 
 
 def _plot(records: list[dict], key: str, path: Path, title: str) -> bool:
@@ -26,6 +28,10 @@ def _plot(records: list[dict], key: str, path: Path, title: str) -> bool:
     fig, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series) + 1.5, 3.5), sharey=True, squeeze=False)
     for ax, (stage, pts) in zip(axes[0], series.items()):
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None)
+        if key == "val_accuracy":  # the checkpoint kept in best/: the first highest validation point
+            best = max(pts, key=lambda p: p[1])
+            ax.plot([best[0]], [best[1]], marker="*", markersize=14, color="tab:red", linestyle="none", label="best")
+            ax.legend(loc="lower right")
         unit = "iteration" if stage.startswith(("reft", "rl")) else "step"
         ax.set_xlabel(f"{stage} {unit}")
         ax.set_title(stage)
@@ -38,13 +44,13 @@ def _plot(records: list[dict], key: str, path: Path, title: str) -> bool:
     return True
 
 
-def write_report(run_dir: str | Path) -> Path:
+def write_report(run_dir: str | Path, title: str | None = None) -> Path:
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else {}
     records = read_metrics(run_dir)
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    lines = [f"# reftune run: {run_dir.name}", "", "Greedy accuracy (checkpoints chosen on validation, never on test).", "",
+    lines = [f"# {title or f'reftune run: {run_dir.name}'}", "", "Greedy accuracy (checkpoints chosen on validation, never on test).", "",
              "| model | val | test |", "|---|---|---|"]
     names = sorted({k.split("/")[0] for k in results}, key=lambda n: list(LABELS).index(n) if n in LABELS else 99)
     for name in names:
