@@ -44,7 +44,7 @@ from reftune.model.prompts import build_prompt
 from reftune.model.sampler import HFSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from jobs import cpu_name  # noqa: E402  (the experiment scripts' shared helpers)
+from jobs import cpu_name, matmul_peak  # noqa: E402  (the experiment scripts' shared helpers)
 
 RESULTS = Path(__file__).parent / "results" / "bench.json"
 GSM8K = "/work/shared/data/gsm8k/test.jsonl"
@@ -169,18 +169,6 @@ def worker(name: str, iters: int | None, gsm8k: str) -> dict:
         train = res["training"][precision]
         train["flop_utilisation"] = round(train["model_gflops_per_s"] / gflops, 4)
     return res
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Measured GFLOP/s of an n x n torch.matmul (best of `reps`, after one warm-up)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return round(2 * n ** 3 / best / 1e9, 1)
 
 
 def hardware() -> dict:

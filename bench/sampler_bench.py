@@ -32,6 +32,9 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from jobs import matmul_peak  # noqa: E402  (the scripts' and benches' shared helpers)
+
 RESULTS = Path(__file__).parent / "results" / "sampler_bench.json"
 GSM8K = "/work/shared/data/gsm8k/test.jsonl"
 BACKENDS = ["hf", "hf-bf16", "vllm-bf16", "vllm-fp32"]
@@ -82,18 +85,6 @@ def rollout_flops(model, prompt_lens: list[int], response_lens: list[list[int]])
     return total
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 1024, reps: int = 5) -> float:
-    """GFLOP/s of an n x n torch.matmul, best of `reps` after one warm-up."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return round(2 * n ** 3 / best / 1e9, 1)
-
-
 def worker(name: str, backend: str, iters: int | None) -> dict:
     from reftune.model.batching import encode
     from reftune.model.prompts import build_prompt
@@ -102,7 +93,7 @@ def worker(name: str, backend: str, iters: int | None) -> dict:
     iters = iters or s["iters"]
     load_start = round(os.getloadavg()[0], 2)
     # measured first: once the vLLM engine exists, torch.set_num_threads is a no-op
-    peak = matmul_peak(torch.float32 if backend in ("hf", "vllm-fp32") else torch.bfloat16)
+    peak = matmul_peak(torch.float32 if backend in ("hf", "vllm-fp32") else torch.bfloat16, n=1024)
     torch.manual_seed(0)
     model, tok, questions = load(name)
     model.eval()

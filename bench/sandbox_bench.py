@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from reftune.grading.sandbox import ProgramSandbox, _render  # noqa: E402
+from reftune.grading.sandbox import ProgramSandbox, pool_pids, _render  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mwp_reft" / "svamp_python_sdp.json"
@@ -81,25 +81,6 @@ def in_process_seconds(programs: list[str]) -> float:
         exec(compile(p, "<program>", "exec"), ns)
         ns["solution"]()
     return (time.perf_counter() - start) / len(programs)
-
-
-def pool_pids(sandbox: ProgramSandbox) -> list[int]:
-    """Every process of the pool: each worker's bwrap and all its descendants (host pids, from /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit():
-                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            pass
-    found = [w.proc.pid for w in sandbox._workers]
-    todo = list(found)
-    while todo:
-        pid = todo.pop()
-        kids = [p for p, parent in parents.items() if parent == pid]
-        found += kids
-        todo += kids
-    return found
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -66,3 +66,20 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def matmul_peak(dtype, n: int = 2048, reps: int = 5) -> float:
+    """Measured GFLOP/s of an n x n torch.matmul of `dtype` (best of `reps`, after one warm-up): the benches'
+    FLOP-utilisation denominator."""
+    import time
+
+    import torch
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.matmul(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return round(2 * n ** 3 / best / 1e9, 1)
+

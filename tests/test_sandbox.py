@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from reftune.grading.sandbox import ProgramResult, ProgramSandbox, execute_program
+from reftune.grading.sandbox import ProgramResult, ProgramSandbox, descendants, execute_program
 from reftune.errors import UserError
 
 TIMEOUT = 1.0
@@ -189,27 +189,9 @@ def _file_state(path: Path) -> tuple:
     return path.read_bytes(), st.st_mode, st.st_mtime_ns, st.st_uid
 
 
-def _descendants(pid: int) -> list[int]:
-    """Host pids below `pid` (this test process sees every pid namespace from outside)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        try:
-            if entry.isdigit():
-                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            pass  # exited meanwhile
-    found, todo = [], [pid]
-    while todo:
-        pid = todo.pop()
-        kids = [p for p, parent in parents.items() if parent == pid]
-        found += kids
-        todo += kids
-    return found
-
-
 def _pool_processes(sb: ProgramSandbox) -> list[int]:
     """How many processes each worker's sandbox holds: 2 (bubblewrap's init and the Python worker) when idle."""
-    return [len(_descendants(w.proc.pid)) for w in sb._workers]
+    return [len(descendants(w.proc.pid)) for w in sb._workers]
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from reftune.errors import UserError
@@ -380,3 +381,28 @@ def execute_program(program: str, **kwargs) -> ProgramResult:
         if key not in _defaults:
             _defaults[key] = ProgramSandbox(**kwargs)
     return _defaults[key].run(program)
+
+
+def descendants(pid: int) -> list[int]:
+    """Host pids below `pid`, read from the host's /proc (the trainer sees every sandbox's pid namespace from
+    outside): how the tests and the bench count a pool's processes."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit():
+                parents[int(entry)] = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            pass  # exited meanwhile
+    found, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        kids = [p for p, parent in parents.items() if parent == pid]
+        found += kids
+        todo += kids
+    return found
+
+
+def pool_pids(sandbox: ProgramSandbox) -> list[int]:
+    """Every host process of a pool: each worker's bubblewrap and all its descendants."""
+    return [pid for w in sandbox._workers for pid in [w.proc.pid, *descendants(w.proc.pid)]]
+
