@@ -20,7 +20,8 @@ from reftune.rewards.functions import NO_REWARD_MODEL, resolve_rewards
 # fields that must be > 0 wherever a section has them (eval.num_samples may be 0: greedy only)
 POSITIVE = ("lr", "batch_size", "epochs", "steps", "prompts_per_step", "num_generations", "max_new_tokens",
             "ppo_epochs", "minibatches", "gen_batch_size", "max_correct", "max_pairs_per_question", "eval_every",
-            "save_every", "eval_every_epochs", "temperature", "grad_clip", "max_length", "clip")
+            "save_every", "eval_every_epochs", "temperature", "grad_clip", "max_length", "clip",
+            "gradient_accumulation_steps")
 NON_NEGATIVE = ("offset", "patience", "save_every_steps", "weight_decay", "warmup_steps", "snapshot_every",
                 "max_refill_rounds", "kl_coef", "vf_coef", "value_clip", "n_extra", "n_test", "n_pretrain")
 SECTIONS = ("pretrain", "sft", "rl", "eval", "verifier", "rm", "selftrain")
@@ -54,6 +55,8 @@ def check_fields(sec_name: str, sec: Any) -> None:
             non_negative(name, v)
         if f.name == "top_p":
             in_range(name, v, 0, 1, low_open=True)
+        if f.name == "gradient_accumulation_steps" and v > 0 and sec.batch_size % v:
+            raise ConfigError(f"{name}: {v} does not divide {sec_name}.batch_size={sec.batch_size}")
         if f.name == "warmup_ratio":
             in_range(name, v, 0, 1, high_open=True)
 

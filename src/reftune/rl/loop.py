@@ -86,6 +86,8 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     acc = get_accelerator(ctx.precision)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    if cfg.gradient_checkpointing:  # only in train mode: rollouts and scoring keep their KV cache / speed
+        policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy, opt = acc.prepare(policy, opt)
     core = acc.unwrap_model(policy)
     ref = ReferenceLM(ref_lm).eval() if ref_lm is not None and needs_reference(cfg) else None

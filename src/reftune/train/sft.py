@@ -21,7 +21,7 @@ from reftune.example import Example
 from reftune.errors import UserError
 from reftune.model.batching import collate_sft, encode_sft
 from reftune.model.prompts import build_prompt, build_target
-from reftune.train.accel import get_accelerator, optimizer_step
+from reftune.train.accel import check_finite, get_accelerator, optimizer_step
 from reftune.train.context import RunContext
 from reftune.train.state import TrainState
 
@@ -45,6 +45,27 @@ def sft_rows(tokenizer, train: list[Example], ctx: RunContext, loss_on_prompt: b
     return fitting
 
 
+def accumulated_step(model, acc, micro_batches: list[dict], opt, sched, grad_clip: float, where: str):
+    """One optimizer step over a batch given as micro-batches: each micro-batch's token-mean loss is weighted by
+    its share of the batch's target tokens and backpropagated on its own, so the gradient is the whole batch's
+    (up to float rounding) while only one micro-batch's activations are held. Returns (loss, grad norm)."""
+    if len(micro_batches) == 1:
+        with acc.autocast():
+            loss = model(**micro_batches[0]).loss
+        return loss, optimizer_step(acc, loss, model.parameters(), opt, grad_clip, sched, where)
+    counts = [int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches]  # the model shifts labels by one
+    total, done = sum(counts), []
+    for b, n in zip(micro_batches, counts):
+        with acc.autocast():
+            loss = model(**b).loss * (n / total)
+        if len(done) < len(micro_batches) - 1:
+            check_finite(loss.detach(), "loss", where)
+            acc.backward(loss)
+        done.append(loss.detach())
+    grad_norm = optimizer_step(acc, loss, model.parameters(), opt, grad_clip, sched, where)
+    return sum(done), grad_norm
+
+
 def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: SFTConfig, ctx: RunContext,
               snapshot_epochs=()) -> dict:
     """Train `model` in place; returns {"best_val", "best_epoch", "epochs_run"}. Resumes from ctx.out_dir/last."""
@@ -58,6 +79,8 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model, opt = acc.prepare(model, opt)
     state = TrainState(ctx.out_dir, acc.unwrap_model(model), tokenizer, opt, sched, unit="epoch")
     state.resume(lr=cfg.lr)
@@ -70,15 +93,13 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
         order = order.tolist()
         model.train()
         for i in range(p.step - p.epoch * steps_per_epoch, steps_per_epoch):
-            batch = collate_sft([rows[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]],
-                                tokenizer.pad_token_id)
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-            with acc.autocast():
-                loss = model(**batch).loss
-            grad_norm = optimizer_step(acc, loss, model.parameters(), opt, cfg.grad_clip, sched,
-                                       f"{ctx.stage} step {p.step}")
+            picked = [rows[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
+            k = cfg.gradient_accumulation_steps
+            micro = [{key: v.to(acc.device) for key, v in collate_sft(picked[m::k], tokenizer.pad_token_id).items()}
+                     for m in range(k)]
+            loss, grad_norm = accumulated_step(model, acc, micro, opt, sched, cfg.grad_clip, f"{ctx.stage} step {p.step}")
             p.step += 1
-            tokens += int(batch["attention_mask"].sum())
+            tokens += sum(int(b["attention_mask"].sum()) for b in micro)
             bar.update(1)
             if p.step % 10 == 0 or p.step == total:
                 dt = time.time() - t0
