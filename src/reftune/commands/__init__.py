@@ -11,7 +11,6 @@ from reftune.data.splits import save_splits
 from reftune.errors import UserError
 from reftune.eval.greedy import evaluate
 from reftune.model.checkpoint import is_checkpoint
-from reftune.model.lora import is_lora
 from reftune.model.modeling import PolicyWithValue, load_pretrained
 from reftune.commands.common import open_run, require_model
 from reftune.commands.run import init_model, run, stage_report
@@ -41,7 +40,6 @@ def _sampling_model(cfg, start: str):
 def sft(cfg: SFTJob, resume: bool = False) -> dict:
     from reftune.train.sft import train_sft
     with open_run(cfg, resume, needs_model=False) as run:
-        run.logger.set_report_to(cfg.report_to)
         save_splits(run.splits, run.dir / "data")
         last = run.dir / "last"
         if is_checkpoint(last):
@@ -60,15 +58,11 @@ def rl(cfg: RLJob, resume: bool = False) -> dict:
     from reftune.rl.loop import needs_reference, train_rl
     from reftune.rewards.functions import check_reward_args
     with open_run(cfg, resume) as run:
-        run.logger.set_report_to(cfg.report_to)
         start = require_model(cfg)
         train = run.splits["train"] + (run.splits["extra"] if cfg.rl.use_extra else [])
         check_reward_args(cfg.rl.rewards, train)  # a missing argument is named before the model loads
         policy, tokenizer = run.load_policy(start, run.dir / "last")
-        ref = None
-        if needs_reference(cfg.rl):  # with LoRA: the policy itself, adapters disabled (no second copy)
-            ref = (policy.lm if is_lora(policy.lm)
-                   else load_pretrained(start, cfg.model.gguf_file)[0].requires_grad_(False))
+        ref = run.reference(policy, start) if needs_reference(cfg.rl) else None
         info = train_rl(policy, ref, tokenizer, train, run.splits["val"], cfg.rl, run.context("rl"),
                         curriculum=curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed))
         stage_report(run, "rl")
@@ -136,7 +130,6 @@ def verifier(cfg: VerifierJob, resume: bool = False) -> dict:
     """Sample and grade solutions on train (and val) questions, then train the P(correct) classifier on them."""
     from reftune.train.verifier import labelled_solutions, train_verifier
     with open_run(cfg, resume) as run:
-        run.logger.set_report_to(cfg.report_to)
         v = cfg.verifier
         questions = {"train": run.splits["train"][:v.max_questions], "val": run.splits["val"]}
         lm, tokenizer = _sampling_model(cfg, require_model(cfg))
@@ -167,7 +160,6 @@ def rm(cfg: RMJob, resume: bool = False) -> dict:
     files = {"train": r.pairs_path, "val": r.val_pairs_path}
     pairs = {name: load_pairs(path) for name, path in files.items() if path}  # a bad file fails before any work
     with open_run(cfg, resume) as run:
-        run.logger.set_report_to(cfg.report_to)
         questions = {"train": run.splits["train"][:r.max_questions], "val": run.splits["val"]}
         lm, tokenizer = _sampling_model(cfg, require_model(cfg))
         for i, name in enumerate(("train", "val")):
@@ -196,7 +188,6 @@ def selftrain(cfg: SelfTrainJob, resume: bool = False) -> dict:
     from reftune.train.self_training import augment_with_samples, augmentation_stats
     from reftune.train.sft import train_sft
     with open_run(cfg, resume) as run:
-        run.logger.set_report_to(cfg.report_to)
         st = cfg.selftrain
         train = [e for e in run.splits["train"] if e.cot]
         lm, tokenizer = _sampling_model(cfg, require_model(cfg))

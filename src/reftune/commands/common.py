@@ -20,7 +20,7 @@ from reftune.config import leaves, load_config, save_config
 from reftune.data.splits import load_splits
 from reftune.errors import UserError
 from reftune.model.checkpoint import is_checkpoint, load_value_head
-from reftune.model.lora import apply_lora
+from reftune.model.lora import apply_lora, is_lora
 from reftune.model.modeling import PolicyWithValue, load_pretrained
 from reftune.train.context import RunContext
 from reftune.train.logger import MetricsLogger
@@ -105,6 +105,13 @@ class Run:
         lm, tokenizer = load_pretrained(str(start), self.cfg.model.gguf_file if gguf else None)
         return self.with_lora(lm, start), tokenizer, start
 
+    def reference(self, policy: PolicyWithValue, start: str | Path, gguf: bool = True):
+        """RL's frozen KL reference: with LoRA the policy's own LM (its adapters disabled by `ReferenceLM`: no
+        second copy), else the start model loaded again."""
+        if is_lora(policy.lm):
+            return policy.lm
+        return load_pretrained(str(start), self.cfg.model.gguf_file if gguf else None)[0].requires_grad_(False)
+
     def with_lora(self, lm, start: str | Path):
         """`lm` with fresh LoRA adapters when the command's lora.r > 0 (else `lm` itself)."""
         lora = getattr(self.cfg, "lora", None)
@@ -130,7 +137,7 @@ def open_run(cfg, resume: bool = False, *, needs_model: bool = True, run_dir: bo
         report: dict = {}
         run = Run(cfg, path, load_splits(cfg.data, report=report), data_report=report)
         run.sandbox = make_sandbox(cfg)
-        run.logger = MetricsLogger(path) if logger else None
+        run.logger = MetricsLogger(path, report_to=getattr(cfg, "report_to", None)) if logger else None
         yield run
     except Exception:  # not KeyboardInterrupt: an interrupted run is resumed, not retried
         if run_dir and fresh and path.exists() and not _holds_work(path):

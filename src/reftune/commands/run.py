@@ -28,7 +28,6 @@ from reftune.config import RunConfig
 from reftune.data.splits import save_splits
 from reftune.eval.greedy import evaluate
 from reftune.model.checkpoint import is_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
-from reftune.model.lora import is_lora
 from reftune.model.modeling import build_tiny_model, is_tiny_default, load_pretrained, train_tokenizer
 from reftune.model.prompts import build_prompt, build_target, get_template
 from reftune.rl.curriculum import from_config as curriculum_from_config
@@ -119,9 +118,7 @@ def rl_stage(run: Run, stages: Stages, name: str, train, warmup: Path) -> None:
             return
         stages.reopen(name, run.dir / "results.json")
     policy, tokenizer = run.load_policy(warmup, run.dir / name / "last")
-    ref = None
-    if needs_reference(cfg.rl):  # with LoRA: the policy itself, adapters disabled (no second copy)
-        ref = policy.lm if is_lora(policy.lm) else load_pretrained(str(warmup))[0].requires_grad_(False)
+    ref = run.reference(policy, warmup, gguf=False) if needs_reference(cfg.rl) else None
     info = train_rl(policy, ref, tokenizer, train, run.splits["val"], cfg.rl, run.context(name, run.dir / name),
                     curriculum=curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed))
     stages.finish(name, info)
@@ -153,7 +150,6 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
     """Run every stage; returns the results dict also written to `results.json`."""
     from reftune.rewards.functions import check_reward_args
     with open_run(cfg, resume, needs_model=False) as r:
-        r.logger.set_report_to(cfg.report_to)
         stages, splits = Stages(r.dir), r.splits
         check_reward_args(cfg.rl.rewards, splits["train"] + splits["extra"])  # before any training
         if "data" not in stages.done:
