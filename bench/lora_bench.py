@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/lora_bench.py [--model tiny|smollm2|both] [--steps 3] [--rank 16]
 
-For each model and mode (full, LoRA r=RANK on all linear layers), in its own subprocess (one torch thread):
-trainable parameters, optimizer state (MiB after the steps), the saved checkpoint (MiB on disk: HF weights for
+For each model and mode (full, LoRA r=RANK on all linear layers, QLoRA: the same over a 4-bit NF4 base), in its own
+subprocess (one torch thread): trainable parameters, the model's weights in memory (MiB, after quantization), optimizer state (MiB after the steps), the saved checkpoint (MiB on disk: HF weights for
 full, adapters for LoRA), peak RSS (MiB, the whole process) and seconds per step of `--steps` AdamW steps on an
 8 x 128-token batch. Writes bench/results/lora.json. Not a test: numbers depend on the machine and its load.
 """
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "lora.json"
 
 
-def measure(model: str, rank: int, steps: int) -> dict:
+def measure(model: str, rank: int, steps: int, quantize: str = "none") -> dict:
     import torch
 
     from reftune.config import LoraConfig
@@ -42,7 +42,7 @@ def measure(model: str, rank: int, steps: int) -> dict:
         lm, tok = load_pretrained("", "smollm2")
     start = tempfile.mkdtemp()
     if rank:
-        lm = apply_lora(lm, LoraConfig(r=rank), start)
+        lm = apply_lora(lm, LoraConfig(r=rank, quantize=quantize), start)
     trainable = sum(p.numel() for p in lm.parameters() if p.requires_grad)
     opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(4, min(lm.config.vocab_size, 500), (8, 128))
@@ -58,7 +58,9 @@ def measure(model: str, rank: int, steps: int) -> dict:
     out = Path(tempfile.mkdtemp()) / "ckpt"
     save_checkpoint(out, lm, tok)
     disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and "tokenizer" not in f.name)
-    return {"model": model, "mode": f"lora r={rank}" if rank else "full",
+    weights = sum(t.numel() * t.element_size() for t in [*lm.parameters(), *lm.buffers()])
+    mode = (f"qlora r={rank} ({quantize})" if quantize != "none" else f"lora r={rank}") if rank else "full"
+    return {"model": model, "mode": mode, "weights_mib": round(weights / 2**20, 2),
             "params": sum(p.numel() for p in lm.parameters()), "trainable_params": trainable,
             "optimizer_state_mib": round(state_bytes / 2**20, 2), "checkpoint_mib": round(disk / 2**20, 2),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -70,16 +72,16 @@ def main() -> int:
     p.add_argument("--model", choices=["tiny", "smollm2", "both"], default="tiny")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--one", nargs=2, metavar=("MODEL", "RANK"), help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs=3, metavar=("MODEL", "RANK", "QUANTIZE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.steps)))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args.steps, args.one[2])))
         return 0
     models = ["tiny", "smollm2"] if args.model == "both" else [args.model]
     rows = []
     for m in models:
-        for rank in (0, args.rank):
-            res = subprocess.run([sys.executable, __file__, "--one", m, str(rank), "--steps", str(args.steps)],
+        for rank, quantize in ((0, "none"), (args.rank, "none"), (args.rank, "4bit")):
+            res = subprocess.run([sys.executable, __file__, "--one", m, str(rank), quantize, "--steps", str(args.steps)],
                                  capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
             if res.returncode:
                 print(res.stderr[-2000:], file=sys.stderr)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from reftune.config import RunConfig, load_config
-from reftune.rl.curriculum import (Curriculum, MixedSchedule, StagedSchedule, encode_start, from_config, split_steps,
-                                start_states)
+from reftune.rl.curriculum import (AdaptiveSchedule, Curriculum, MixedSchedule, StagedSchedule, encode_start,
+                                from_config, split_steps, start_states)
 from reftune.example import Example
 from reftune.errors import UserError
 from reftune.train.context import RunContext
@@ -185,6 +185,86 @@ def test_schedule_state_round_trips():
         cur.load_state_dict(Curriculum(a, tokenizer=None).state_dict())
 
 
+class Drawn(random.Random):
+    """An rng whose randint returns `pick` clamped into the range asked for, and records the ranges."""
+
+    def __init__(self, pick: int):
+        super().__init__(0)
+        self.pick, self.asked = pick, []
+
+    def randint(self, a: int, b: int) -> int:
+        self.asked.append((a, b))
+        return min(max(self.pick, a), b)
+
+
+def _visit(schedule, key, k, accuracy, num_states=7):
+    """Draw question `key` (its range is recorded), then report its accuracy from start k."""
+    rng = Drawn(k)
+    schedule.sample(num_states, rng, key)
+    schedule.update(0, {}, [(key, k, accuracy)])
+    return schedule.ranges[key][:2]
+
+
+def test_adaptive_schedule_gives_fewer_steps_after_a_success_and_more_after_a_failure():
+    """K = 7 (k = 0..6), threshold 0.5: bisection while the range is wide, then one step at a time."""
+    s = AdaptiveSchedule(threshold=0.5)
+    assert _visit(s, "q", 4, 0.75) == [0, 3]   # solved from 4 given steps: at most 3 from now on
+    assert _visit(s, "q", 1, 0.25) == [2, 3]   # failed from 1: at least 2
+    assert _visit(s, "q", 3, 0.5) == [2, 2]    # 0.5 reaches the threshold: hi = 2 = lo
+    assert _visit(s, "q", 2, 1.0) == [1, 1]    # one k wide: a success moves both ends down
+    assert _visit(s, "q", 1, 0.0) == [2, 2]    # ... and a failure both up
+    assert _visit(s, "q", 2, 1.0) == [1, 1]
+    assert _visit(s, "q", 1, 1.0) == [0, 0]    # from the plain question now
+    assert _visit(s, "q", 0, 1.0) == [0, 0]    # k never goes below 0
+    assert _visit(s, "q", 0, 0.0) == [1, 1]    # forgotten: one step given again
+    t = AdaptiveSchedule(threshold=0.5)
+    assert _visit(t, "hard", 6, 0.0) == [6, 6] and _visit(t, "hard", 6, 0.0) == [6, 6]  # never the whole answer
+    assert _visit(AdaptiveSchedule(threshold=0.8), "q", 3, 0.75) == [4, 6]  # 0.75 < 0.8: a failure
+
+
+def test_adaptive_schedule_draws_k_in_each_questions_own_range():
+    s = AdaptiveSchedule()
+    rng = Drawn(99)
+    assert s.sample(7, rng, "a") == 6 and rng.asked == [(0, 6)]  # a new question: the full range
+    s.update(1, {}, [("a", 6, 1.0)])
+    assert s.sample(7, rng, "a") == 5 and s.sample(4, rng, "b") == 3 and rng.asked[1:] == [(0, 5), (0, 3)]
+    assert s.sample(1, rng, "c") == 0 and "c" not in s.ranges  # no demonstration: the question, untracked
+    s.update(2, {}, [("c", 0, 0.0), ("unseen", 2, 1.0)])  # ignored, not invented
+    assert set(s.ranges) == {"a", "b"}
+    # a question's first draw is the mixed schedule's, from the same rng
+    assert [AdaptiveSchedule().sample(7, random.Random(i), "x") for i in range(20)] == \
+        [MixedSchedule().sample(7, random.Random(i)) for i in range(20)]
+    with pytest.raises(ValueError):
+        AdaptiveSchedule(threshold=0)
+
+
+def test_curriculum_moves_each_question_by_its_own_samples():
+    """Curriculum.update groups the samples by (question, k): two questions of G = 3 samples each."""
+    s = AdaptiveSchedule(threshold=0.5)
+    for key in ("a", "b"):
+        s.sample(5, Drawn(2), key)
+    cur = Curriculum(s, tokenizer=None)
+    metrics = cur.update(1, [2, 2, 2, 3, 3, 3], [True, True, False, False, False, True], ["a"] * 3 + ["b"] * 3)
+    assert s.ranges == {"a": [0, 1, 5], "b": [4, 4, 5]}  # a: 2/3 correct from k=2; b: 1/3 from k=3
+    assert metrics == {"acc_k/2": pytest.approx(2 / 3), "acc_k/3": pytest.approx(1 / 3), "start_k": 2.5,
+                       "adaptive_max_k": 2.5, "adaptive_at_question": 0.0}
+    s.update(2, {}, [("a", 1, 1.0)])
+    assert s.update(3, {}, []) == {"adaptive_max_k": 2.0, "adaptive_at_question": 0.5}
+
+
+def test_adaptive_state_round_trips():
+    a = AdaptiveSchedule(0.5)
+    for key, k, acc in (("a", 4, 1.0), ("b", 2, 0.0), ("a", 1, 0.0)):
+        _visit(a, key, k, acc)
+    b = AdaptiveSchedule(0.5)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert b.ranges == a.ranges == {"a": [2, 3, 7], "b": [3, 6, 7]}
+    for step in range(5):
+        assert a.sample(7, random.Random(step), "a") == b.sample(7, random.Random(step), "a")
+    with pytest.raises(UserError, match="adaptive"):
+        Curriculum(MixedSchedule(), None).load_state_dict(Curriculum(a, None).state_dict())
+
+
 def test_curriculum_chooses_reproducibly_and_reports_accuracy_per_k(tokenizer):
     examples = generate_splits(2, {"train": 6})["train"] + [Example("x", "Q?", "3")]
     cur = Curriculum(MixedSchedule(), tokenizer, seed=1)
@@ -209,6 +289,13 @@ def test_config_builds_the_curriculum_from_the_command_line():
     assert from_config(staged.curriculum, None).schedule.advance_accuracy == 0.7
     with pytest.raises(UserError, match="curriculum.advance_accuracy"):
         load_config(RunConfig, None, ["curriculum.schedule=staged", "curriculum.steps_per_stage=0"])
+    adaptive = load_config(RunConfig, None, ["curriculum=r3", "curriculum.schedule=adaptive",
+                                             "curriculum.adaptive_threshold=0.75"])
+    assert from_config(adaptive.curriculum, None).schedule.threshold == 0.75
+    with pytest.raises(UserError, match="curriculum.adaptive_threshold"):
+        load_config(RunConfig, None, ["curriculum.adaptive_threshold=0"])
+    with pytest.raises(UserError, match="rl.dynamic_sampling"):
+        load_config(RunConfig, None, ["curriculum=r3", "curriculum.schedule=adaptive", "rl.dynamic_sampling=true"])
 
 
 def test_shipped_long_chain_config_generates_six_to_eight_steps():
@@ -248,7 +335,8 @@ def test_rl_starts_from_demonstration_prefixes_and_logs_accuracy_per_k(tokenizer
     monkeypatch.setattr(reftune.rewards.functions, "grade",
                         lambda texts, exs, *a: graded.append((texts, exs)) or grade(texts, exs, *a))
 
-    cfg = RLConfig(steps=2, prompts_per_step=4, num_generations=2, minibatches=2, max_new_tokens=8, eval_every=2)
+    cfg = RLConfig(steps=2, prompts_per_step=4, num_generations=2, minibatches=2, max_new_tokens=8, eval_every=2,
+                   eval_at_start=False)  # prompts[0], prompts[1]: the two iterations; prompts[2]: validation
     cur = Curriculum(StagedSchedule(stages=2, steps_per_stage=1), tokenizer, seed=0)
     torch.manual_seed(0)
     reftune.rl.loop.train_rl(policy, ref, tokenizer, splits["train"], splits["val"], cfg,
@@ -296,3 +384,41 @@ def test_the_run_passes_the_curriculum_to_rl_and_resumes_its_stage(tokenizer, tm
         rl_stage(Run(cfg, tmp_path, splits, logger=logger), stages, "reft", splits["train"], tmp_path / "warmup")
     rl = [r for r in read_metrics(tmp_path) if r["stage"] == "reft" and "reward" in r]
     assert [(r["step"], r["curriculum_stage"]) for r in rl] == [(1, 0.0), (2, 1.0)]
+
+
+@pytest.mark.slow
+def test_reftune_run_with_the_adaptive_schedule_logs_and_resumes_it(tmp_path):
+    """`reftune run curriculum=r3 curriculum.schedule=adaptive` on the tiny default: the RL records carry the
+    per-k accuracy, the mean start k and the adaptive ranges' summary; the ranges are in the resumable state;
+    and 2 iterations + resume to 3 equal 3 uninterrupted (the ranges restored, not started over)."""
+    from reftune.cli import main
+    from reftune.model.checkpoint import load_state
+    from reftune.train.logger import read_metrics
+
+    args = ["data.n_train=16", "data.n_val=4", "data.n_test=4", "data.n_extra=0", "data.n_pretrain=0",
+            "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
+            "model.vocab_size=280", "sft.epochs=1", "warmup_epochs=1", "sft_baseline=false", "sft.batch_size=8",
+            "rl.prompts_per_step=4", "rl.num_generations=2", "rl.minibatches=2", "rl.max_new_tokens=12",
+            "rl.eval_every=1", "rl.save_every=1", "eval.max_new_tokens=12", "eval.batch_size=8", "report_to=none",
+            "curriculum=r3", "curriculum.schedule=adaptive"]
+
+    def reft(out):
+        return [{k: v for k, v in r.items() if not k.endswith("_s") and k not in ("time", "tokens_per_s")}
+                for r in read_metrics(out) if r["stage"] == "reft" and "reward" in r]
+
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert main(["run", f"out_dir={whole}", "rl.steps=3", *args]) == 0
+    assert main(["run", f"out_dir={part}", "rl.steps=2", *args]) == 0
+    assert main(["run", "--resume", f"out_dir={part}", "rl.steps=3"]) == 0
+
+    records = reft(whole)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:
+        acc_k = {k: v for k, v in r.items() if k.startswith("acc_k/")}
+        assert acc_k and all(0 <= v <= 1 for v in acc_k.values()) and r["start_k"] >= 0
+        assert 0 <= r["adaptive_at_question"] <= 1 and r["adaptive_max_k"] >= 0
+    ranges = load_state(whole / "reft" / "last")["curriculum"]["state"]["ranges"]
+    assert ranges and all(0 <= lo <= hi < n for lo, hi, n in ranges.values())
+    assert any((lo, hi) != (0, n - 1) for lo, hi, n in ranges.values())  # visited questions moved
+    assert reft(part) == records
+    assert load_state(part / "reft" / "last")["curriculum"] == load_state(whole / "reft" / "last")["curriculum"]

@@ -100,7 +100,7 @@ def test_metrics_log_every_rl_step_with_all_keys(finished):
             assert all(math.isfinite(r[k]) for k in RL_KEYS)
             assert 0 < r["response_length"] <= cfg.rl.max_new_tokens
         vals = [r for r in records if r["stage"] == stage and "val_accuracy" in r]
-        assert [r["step"] for r in vals] == [1, 2]  # rl.eval_every=1
+        assert [r["step"] for r in vals] == [0, 1, 2]  # the start model (rl.eval_at_start), then rl.eval_every=1
     sft_vals = [r for r in records if r["stage"] == "sft" and "val_accuracy" in r]
     assert [r["epoch"] for r in sft_vals] == [1, 2]
 

@@ -184,6 +184,9 @@ def test_rm_command_from_pair_files_end_to_end(synthetic, tokenizer, tmp_path):
     best = next(r for r in epochs if r["epoch"] == results["best_epoch"])
     assert best["val_accuracy"] == max(r["val_accuracy"] for r in epochs)
     assert load_pairs(out / "pairs_train.jsonl") == load_pairs(files["train"])
+    report = (out / "report.md").read_text()
+    assert f"Best epoch (on validation): {results['best_epoch']}" in report and "| accuracy |" in report
+    assert (out / "plots" / "val_accuracy.png").is_file() and "plots/val_loss.png" in report
 
 
 def test_rm_builds_pairs_from_graded_samples(synthetic, tokenizer, tmp_path, monkeypatch):
@@ -261,3 +264,58 @@ def test_the_reward_model_reward_needs_rl_reward_model(synthetic, tokenizer, tmp
     no_head = save_checkpoint(tmp_path / "policy", build_tiny_model(tokenizer, 16, 1, 2, 32, 256, seed=0), tokenizer)
     with pytest.raises(ConfigError, match="rl.reward_model: .*no value_head"):
         load_reward_scorer(no_head)
+
+
+# --- the standard HF export ------------------------------------------------------------------------------
+
+def test_a_trained_reward_model_is_also_an_hf_sequence_classifier(synthetic, tokenizer, tmp_path):
+    """`reftune rm` writes hf_classifier/ next to best/: AutoModelForSequenceClassification loads it without reftune,
+    and its logit for prompt + completion + EOS is reftune's score minus the head's bias (kept in the config)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    start = save_checkpoint(tmp_path / "start", build_tiny_model(tokenizer, 16, 1, 2, 32, 256, seed=0), tokenizer)
+    files = {split: _write(tmp_path / f"{split}.jsonl", [json.dumps(
+        {"question": e.question, "chosen": e.cot, "rejected": _wrong(e.cot, e.answer)}) for e in synthetic[split]])
+        for split in ("train", "val")}
+    out = tmp_path / "rm"
+    assert main(["rm", "--model", str(start), f"out_dir={out}", *TINY, f"rm.pairs_path={files['train']}",
+                 f"rm.val_pairs_path={files['val']}", "rm.epochs=1", "rm.batch_size=8", "rm.lr=1e-3"]) == 0
+    hf = AutoModelForSequenceClassification.from_pretrained(out / "hf_classifier").eval()
+    hf_tok = AutoTokenizer.from_pretrained(out / "hf_classifier")
+    assert hf.config.num_labels == 1 and hf.config.reftune_reward_model["kind"] == "bradley_terry"
+    bias = hf.config.reftune_score_bias
+    score = load_reward_scorer(out / "best")
+    examples = synthetic["val"][:3]
+    prompts = [build_prompt(e.question, "reft", hf_tok) for e in examples]
+    completions = [e.cot for e in examples] + [_wrong(examples[0].cot, examples[0].answer)]
+    prompts.append(prompts[0])
+    ours = score(prompts, completions)
+    with torch.no_grad():
+        theirs = [hf(input_ids=T([encode_solution(hf_tok, p, c, 256)])).logits.item() + bias
+                  for p, c in zip(prompts, completions)]
+    assert theirs == pytest.approx(ours, abs=1e-4)
+    assert len(set(round(x, 4) for x in ours)) > 1  # the scores differ between texts: the comparison means something
+
+
+def test_the_export_keeps_a_verifier_head_bias_in_the_config(synthetic, tokenizer, tmp_path):
+    """A verifier's head has a bias (its prior log-odds), which HF's score layer cannot hold: it goes to the config,
+    and logit + reftune_score_bias is reftune's raw score."""
+    from transformers import AutoModelForSequenceClassification
+
+    from reftune.model.classifier import save_sequence_classifier
+    from reftune.rewards.scorer import verifier_scores
+
+    policy = PolicyWithValue(build_tiny_model(tokenizer, 16, 1, 2, 32, 256, seed=0)).eval()
+    with torch.no_grad():
+        policy.value_head.weight.normal_(generator=torch.Generator().manual_seed(0))
+        policy.value_head.bias.fill_(0.7)
+    path = save_sequence_classifier(tmp_path / "cls", policy.lm, policy.value_head, tokenizer, {"kind": "verifier"})
+    hf = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    assert hf.config.reftune_score_bias == pytest.approx(0.7)
+    prompts = [build_prompt(e.question, "reft", tokenizer) for e in synthetic["val"][:2]]
+    completions = [e.cot for e in synthetic["val"][:2]]
+    ours = verifier_scores(policy, tokenizer, prompts, completions, max_length=256, squash=False)
+    with torch.no_grad():
+        theirs = [hf(input_ids=T([encode_solution(tokenizer, p, c, 256)])).logits.item() + 0.7
+                  for p, c in zip(prompts, completions)]
+    assert theirs == pytest.approx(ours, abs=1e-4)

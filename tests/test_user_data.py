@@ -224,6 +224,23 @@ def test_math_verify_backend_is_refused_clearly_where_not_installed():
     assert "pip install 'reftune[verify]'" in one_line_error(proc, "sft")
 
 
+def test_math_verify_grades_latex_answers_of_a_data_file(tmp_path):
+    """data.answer_backend=math_verify (installed by `make test`): a file's LaTeX answers reach the grader through
+    the splits, and equivalent forms count as right, others as wrong."""
+    pytest.importorskip("math_verify")
+    f = tmp_path / "latex.jsonl"
+    rows = [{"question": f"Half of {i}?", "answer": f"\\frac{{{i}}}{{2}}", "cot": f"The answer is {i / 2}."}
+            for i in range(1, 9)]
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = load_config(SFTJob, None, ["data=json", f"data.path={f}", "data.answer_type=text",
+                                     "data.answer_backend=math_verify"])
+    splits = load_splits(cfg.data, log=lambda *_: None)
+    e = next(x for x in splits["train"] + splits["val"] + splits["test"] if x.answer == "\\frac{3}{2}")
+    texts = ["So it is 1.5. The answer is 1.5", "The answer is \\boxed{\\frac{6}{4}}", "The answer is 3/2",
+             "The answer is 2", "no answer"]
+    assert [g.correct for g in grade(texts, [e] * len(texts))] == [True, True, True, False, False]
+
+
 # --- templates and markers -----------------------------------------------------------------------------------
 
 
@@ -377,14 +394,20 @@ def test_sft_and_rl_write_results_and_report_and_tag_evaluations(tmp_path):
     assert set(json.loads((rl / "results.json").read_text())) == {"rl/val", "rl/test"}
     assert "RL (best val step)" in (rl / "report.md").read_text() and (rl / "plots" / "reward.png").is_file()
     assert any((rl / "tb").iterdir())
+    val = [(r["step"], r["val_accuracy"]) for r in map(json.loads, (rl / "metrics.jsonl").read_text().splitlines())
+           if r["stage"] == "rl" and "val_accuracy" in r]
+    assert [step for step, _ in val] == [0, 1]  # the start model's point (rl.eval_at_start), then the trained step
+    assert val[0][1] == results["sft/val"]["accuracy"]  # the start is SFT's best checkpoint: the same greedy score
 
 
 def test_tracker_tags_name_model_and_split(tmp_path, monkeypatch):
     from reftune.train.logger import MetricsLogger, tag
     assert tag("eval", "accuracy", {"model": "sft", "split": "test"}) == "eval/sft/test/accuracy"
     assert tag("reft", "reward", {}) == "reft/reward"
-    (tmp_path / "wandb.py").write_text("calls = []\ndef init(**kw): calls.append(('init', kw))\n"
-                                       "def log(d): calls.append(('log', d))\ndef finish(): calls.append(('finish',))\n")
+    (tmp_path / "wandb.py").write_text("calls = []\nclass Run:\n"  # wandb's API: init() -> a run with log, finish
+                                       "    def log(self, d, step=None): calls.append(('log', d))\n"
+                                       "    def finish(self): calls.append(('finish',))\n"
+                                       "def init(**kw):\n    calls.append(('init', kw))\n    return Run()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "wandb", raising=False)
     logger = MetricsLogger(tmp_path / "run")

@@ -1,4 +1,4 @@
-"""The vLLM backend through the CLI (`rollout.backend=vllm`): 3-iteration PPO and GRPO runs, and `reftune eval`
+"""The vLLM backend through the CLI (`rollout.backend=vllm`): 3-iteration PPO, GRPO and LoRA GRPO runs, and `reftune eval`
 giving the HF backend's greedy outputs. Runs where vllm imports (`make test-vllm`); skipped elsewhere.
 
 The model is the tiny Llama with head size 32 (vLLM's CPU attention supports no smaller): hidden 64, 2 heads.
@@ -31,7 +31,9 @@ def start(tmp_path_factory):
     return out / "last"
 
 
-@pytest.mark.parametrize("estimator", [["rl.advantage=gae"], ["rl.advantage=grpo", "rl.kl_in=loss", "rl.kl_kind=k3"]])
+@pytest.mark.parametrize("estimator", [["rl.advantage=gae"], ["rl.advantage=grpo", "rl.kl_in=loss", "rl.kl_kind=k3"],
+                                       ["rl.advantage=grpo", "rl.kl_in=loss", "rl.kl_kind=k3", "lora.r=4"]],
+                         ids=["gae", "grpo", "grpo-lora"])
 def test_three_rl_iterations_through_the_vllm_backend(start, tmp_path, estimator):
     out = tmp_path / "rl"
     assert cli("rl", "--model", start, f"out_dir={out}", *DATA, *RL, *estimator, "rl.steps=3", "rl.lr=1e-2",
@@ -39,7 +41,7 @@ def test_three_rl_iterations_through_the_vllm_backend(start, tmp_path, estimator
     steps = [r for r in records(out) if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2, 3]
     # an fp32 engine samples what the fp32 trainer would: the mismatch stays at rounding level, also after the
-    # weights were pushed (iterations 2 and 3 sample from updated weights)
+    # weights were pushed (iterations 2 and 3 sample from updated weights; with LoRA, the merged W + ΔW)
     assert all(r["logp_mismatch_mean"] < 1e-3 for r in steps), [r["logp_mismatch_mean"] for r in steps]
     assert steps[-1]["kl"] != 0.0  # the policy moved away from its reference
 

@@ -144,6 +144,29 @@ def test_pushed_weights_change_the_next_rollout(lm, tokenizer, engine, prompts):
     assert engine.generate(prompts, 1, temperature=0.0, max_new_tokens=MAX_NEW).response_ids == before.response_ids
 
 
+def test_a_lora_policy_is_served_as_its_merged_weights(lm, tokenizer, engine, prompts):
+    """LoRA (peft) with trained (non-zero) adapters: the pushed weights are W + ΔW, so the engine's greedy rows and
+    log-probs are the adapted model's; the trainer's model keeps its adapters separate."""
+    peft = pytest.importorskip("peft")
+    adapted = peft.get_peft_model(copy.deepcopy(lm), peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    noise = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for name, w in adapted.named_parameters():
+            if "lora_B" in name:
+                w.copy_(torch.randn(w.shape, generator=noise) * 0.2)
+    before = engine.generate(prompts, 1, temperature=0.0, max_new_tokens=MAX_NEW)
+    engine.load_weights(adapted)
+    after = engine.generate(prompts, 1, temperature=0.0, max_new_tokens=MAX_NEW)
+    assert after.response_ids != before.response_ids  # the adapters matter
+    assert after.response_ids == HFSampler(adapted, tokenizer).generate(prompts, 1, temperature=0.0,
+                                                                        max_new_tokens=MAX_NEW).response_ids
+    for p, resp, lps in zip(after.prompt_ids, after.response_ids, after.logprobs):
+        assert lps == pytest.approx(trainer_logprobs(adapted, p, resp), abs=1e-4)
+    assert any("lora_B" in n for n, _ in adapted.named_parameters())  # still a peft model
+    engine.load_weights(lm)
+    assert engine.generate(prompts, 1, temperature=0.0, max_new_tokens=MAX_NEW).response_ids == before.response_ids
+
+
 def test_bf16_engine_logprobs_are_within_bf16_rounding_of_the_fp32_trainer(lm, tokenizer, engine, prompts):
     """The mismatch rl.tis_cap corrects: a bf16 sampler against an fp32 trainer. Stated tolerance: mean
     |Δ log p| < 0.02 nats and every token < 0.2 (bf16 keeps 8 mantissa bits). Last in the file: vLLM keeps

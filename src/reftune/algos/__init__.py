@@ -14,7 +14,14 @@ from reftune.algos.advantages import (
     rloo,
 )
 from reftune.algos.kl import KL_KINDS, kl_estimate, kl_penalized_rewards, last_token_index
-from reftune.algos.losses import AGGREGATION_MODES, aggregate_loss, clipped_policy_loss, clipped_value_loss, kl_loss
+from reftune.algos.losses import (
+    AGGREGATION_MODES,
+    aggregate_loss,
+    aggregation_count,
+    clipped_policy_loss,
+    clipped_value_loss,
+    kl_loss,
+)
 from reftune.algos.masked import (
     entropy_from_logits,
     explained_variance,
@@ -30,6 +37,7 @@ __all__ = [
     "AGGREGATION_MODES",
     "KL_KINDS",
     "aggregate_loss",
+    "aggregation_count",
     "clipped_policy_loss",
     "clipped_value_loss",
     "dr_grpo",

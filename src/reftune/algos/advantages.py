@@ -2,7 +2,7 @@
 
 Every estimator has the same signature:
 
-    fn(token_rewards, mask, *, values=None, group_ids=None, gamma=1.0, lam=0.95, eps=1e-6)
+    fn(token_rewards, mask, *, values=None, group_ids=None, gamma=1.0, lam=0.95, eps=1e-6, all_sum=None)
         -> (advantages [B, T], returns [B, T])
 
 token_rewards [B, T]: per-token reward, zero except the outcome score on the last response token and,
@@ -10,17 +10,20 @@ token_rewards [B, T]: per-token reward, zero except the outcome score on the las
 mask [B, T]: response tokens (bool or 0/1 float); entries outside it are ignored, whatever they hold.
 values [B, T]: critic values (only "gae"). group_ids [B]: long, equal for samples of the same prompt, any
     values, in any order (only the group estimators "grpo", "dr_grpo", "rloo").
+all_sum: None, or a sum across processes when each holds a shard of the batch (whole groups): an estimator
+    with batch-wide statistics ("reinforce_pp") takes them over every shard; the others ignore it.
 Outputs are zero outside the mask and detached: advantages are constants for the policy update.
 
 None of the estimators whitens across the batch except "reinforce_pp", whose definition includes it. Whitening
-is a separate, visible step of the RL loop (`reftune.rl.update.advantages`): with `rl.whiten_advantages` (the
-default) it applies `masked_whiten` over the batch's response tokens to every estimator's advantages, the group
-estimators' included.
+is a separate, visible step of the RL loop (`reftune.rl.update.advantages`): `rl.whiten_advantages=auto` (the
+default) applies `masked_whiten` over the batch's response tokens to GAE's advantages only, as PPO does; `true`
+applies it to every estimator's, the group estimators' included; `false` to none.
 
 Adding an algorithm is one decorated function:
 
     @register_advantage("my_estimator")
-    def my_estimator(token_rewards, mask, *, values=None, group_ids=None, gamma=1.0, lam=0.95, eps=1e-6): ...
+    def my_estimator(token_rewards, mask, *, values=None, group_ids=None, gamma=1.0, lam=0.95, eps=1e-6,
+                     all_sum=None): ...
 """
 
 from __future__ import annotations
@@ -119,6 +122,7 @@ def gae(
     gamma: float = 1.0,
     lam: float = 0.95,
     eps: float = 1e-6,
+    all_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Generalised Advantage Estimation (PPO, ReFT) with the critic's per-token values.
 
@@ -144,6 +148,7 @@ def grpo(
     gamma: float = 1.0,
     lam: float = 0.95,
     eps: float = 1e-6,
+    all_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """GRPO (DeepSeekMath): (score - group mean) / (group std + eps) on every token of the response.
 
@@ -171,6 +176,7 @@ def dr_grpo(
     gamma: float = 1.0,
     lam: float = 0.95,
     eps: float = 1e-6,
+    all_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Dr. GRPO (Liu et al., 2025): score - group mean, without dividing by the group std.
 
@@ -194,6 +200,7 @@ def rloo(
     gamma: float = 1.0,
     lam: float = 0.95,
     eps: float = 1e-6,
+    all_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """REINFORCE Leave-One-Out (Ahmadian et al., 2024): score - mean score of the *other* samples of the group.
 
@@ -220,14 +227,16 @@ def reinforce_pp(
     gamma: float = 1.0,
     lam: float = 0.95,
     eps: float = 1e-6,
+    all_sum: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """REINFORCE++ (Hu, 2025): discounted return-to-go per token, whitened over the whole batch.
 
     G_t = sum_k gamma^k r_{t+k} over the masked tokens; advantages = (G - mean) / sqrt(var + eps), mean and
-    unbiased var over all masked tokens of the batch (global normalisation; no critic, no groups).
+    unbiased var over all masked tokens of the batch, every process's shard with `all_sum` (global
+    normalisation; no critic, no groups).
     returns = G, the unwhitened return-to-go. values, group_ids, lam are unused.
     """
     mask = mask.bool()
     rewards = token_rewards.detach()
     returns = _reverse_gae(rewards, torch.zeros_like(rewards), mask, gamma, lam=1.0)
-    return masked_whiten(returns, mask, eps=eps), returns
+    return masked_whiten(returns, mask, eps=eps, all_sum=all_sum), returns

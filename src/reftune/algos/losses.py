@@ -40,6 +40,19 @@ def aggregate_loss(loss_mat: Tensor, mask: Tensor, mode: str, norm_const: float 
     raise ValueError(f"unknown loss aggregation {mode!r}; valid modes: {', '.join(AGGREGATION_MODES)}")
 
 
+def aggregation_count(mask: Tensor, mode: str) -> Tensor:
+    """What `aggregate_loss` divides by, as a 0-dim float tensor: the masked tokens ("token_mean") or the rows
+    (the sequence modes) of mask [B, T].
+
+    Data parallelism uses it: a process holding a shard of the batch rescales its loss by its count over the
+    count of all shards, so that the shards' losses add up to the loss of the whole batch."""
+    if mode not in AGGREGATION_MODES:
+        raise ValueError(f"unknown loss aggregation {mode!r}; valid modes: {', '.join(AGGREGATION_MODES)}")
+    if mode == "token_mean":
+        return mask.bool().sum().float()
+    return torch.tensor(float(mask.shape[0]), device=mask.device)
+
+
 def _zero_outside(x: Tensor, mask: Tensor) -> Tensor:
     """x with 0 wherever the bool `mask` is False (selecting, so NaN there is dropped, gradient included)."""
     return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))

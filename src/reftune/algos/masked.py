@@ -9,6 +9,8 @@ with zeros. Entries outside the mask may hold anything, NaN included: every redu
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -31,40 +33,53 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / count.clamp(min=1).to(x.dtype)
 
 
-def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True) -> Tensor:
+def _moments(x: Tensor, mask: Tensor, unbiased: bool, all_sum: Callable[[Tensor], Tensor] | None) -> tuple[Tensor, Tensor]:
+    """(mean, variance) of x over its masked entries; every partial sum (count, sum, sum of squared deviations)
+    goes through `all_sum` first, so with a sum across processes they are the statistics of all processes' x."""
+    total = all_sum or (lambda t: t)
+    n = total(mask.bool().sum().to(x.dtype))
+    mean = total(masked_sum(x, mask)) / n.clamp(min=1)
+    sum_sq = total(masked_sum((x - mean).square(), mask))
+    return mean, sum_sq / ((n - 1) if unbiased else n).clamp(min=1)
+
+
+def masked_var(x: Tensor, mask: Tensor, unbiased: bool = True,
+               all_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Variance of `x` over all masked entries, a 0-dim tensor.
 
     unbiased=True divides by n - 1 (Bessel), clamped to at least 1: a single masked entry has variance 0.
+    all_sum: None, or a sum across processes (`reftune.train.accel.all_sum`) when each process holds a shard of
+    the batch: the variance is then over the masked entries of every shard, the same on each process.
     """
-    centered = x - masked_mean(x, mask)
-    sum_sq = masked_sum(centered.square(), mask)
-    n = mask.bool().sum().to(x.dtype)
-    return sum_sq / ((n - 1) if unbiased else n).clamp(min=1)
+    return _moments(x, mask, unbiased, all_sum)[1]
 
 
-def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8,
+                  all_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Normalise `x` to mean 0 and (unbiased) standard deviation 1 over its masked entries.
 
     Returns (x - mean) / sqrt(var + eps), same shape as x, with zeros outside the mask. shift_mean=False adds
     the mean back, so only the spread is normalised. Statistics are over all masked entries of the tensor
-    (the batch-level normalisation PPO and REINFORCE++ use), not per row.
+    (the batch-level normalisation PPO and REINFORCE++ use), not per row; with `all_sum` (see `masked_var`)
+    over all processes' shards of the batch.
     """
-    mean = masked_mean(x, mask)
-    whitened = (x - mean) * torch.rsqrt(masked_var(x, mask) + eps)
+    mean, var = _moments(x, mask, True, all_sum)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask.bool(), whitened, torch.zeros((), dtype=whitened.dtype, device=whitened.device))
 
 
-def explained_variance(values: Tensor, returns: Tensor, mask: Tensor) -> Tensor:
+def explained_variance(values: Tensor, returns: Tensor, mask: Tensor,
+                       all_sum: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """How much of the variance of `returns` the critic's `values` explain: 1 - Var(returns - values) / Var(returns).
 
     values, returns, mask: [B, T]. Returns a 0-dim float tensor: 1 is a perfect critic, 0 no better than a
     constant, negative worse than one. Choice: when Var(returns) == 0 (e.g. every reward in the batch equal)
-    the ratio is undefined and we return 0 rather than NaN, so logs stay plottable.
+    the ratio is undefined and we return 0 rather than NaN, so logs stay plottable. all_sum: see `masked_var`.
     """
-    var_returns = masked_var(returns, mask, unbiased=False)
-    var_residual = masked_var(returns - values, mask, unbiased=False)
+    var_returns = masked_var(returns, mask, unbiased=False, all_sum=all_sum)
+    var_residual = masked_var(returns - values, mask, unbiased=False, all_sum=all_sum)
     ev = 1 - var_residual / var_returns
     return torch.where(var_returns > 0, ev, torch.zeros_like(ev))
 

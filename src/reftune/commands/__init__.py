@@ -4,6 +4,7 @@ verifier, rm, selftrain) from its config. Each opens its run with `common.open_r
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from reftune.config import EvalJob, RLJob, RMJob, SelfTrainJob, SFTJob, VerifierJob
@@ -14,6 +15,7 @@ from reftune.model.checkpoint import is_checkpoint
 from reftune.model.modeling import PolicyWithValue, load_pretrained
 from reftune.commands.common import open_run, require_model
 from reftune.commands.run import init_model, run, stage_report
+from reftune.train.accel import main_first, on_main
 
 __all__ = ["eval", "rl", "rm", "run", "selftrain", "sft", "verifier"]
 
@@ -30,26 +32,28 @@ def _graded_samples(run, sampling, lm, tokenizer, name: str, examples, seed: int
         batch_size=sampling.gen_batch_size, sandbox=run.sandbox, seed=seed, desc=f"sample {name}"))
 
 
-def _sampling_model(cfg, start: str):
-    """The model that samples (verifier, rm, selftrain), on the training device."""
+def _sampling_model(cfg, start: str, gguf: bool = True):
+    """The model that samples (verifier, rm, selftrain), on the training device; gguf=False: `start` is a
+    checkpoint of this run (model.gguf_file does not apply)."""
     from reftune.train.accel import get_accelerator
-    lm, tokenizer = load_pretrained(start, cfg.model.gguf_file)
+    lm, tokenizer = load_pretrained(start, cfg.model.gguf_file if gguf else None)
     return lm.to(get_accelerator(cfg.precision).device), tokenizer
 
 
 def sft(cfg: SFTJob, resume: bool = False) -> dict:
     from reftune.train.sft import train_sft
-    with open_run(cfg, resume, needs_model=False) as run:
-        save_splits(run.splits, run.dir / "data")
+    with open_run(cfg, resume, needs_model=False, data_parallel=True) as run:
+        on_main(save_splits, run.splits, run.dir / "data")
         last = run.dir / "last"
         if is_checkpoint(last):
             lm, tokenizer = load_pretrained(str(last), lora_trainable=True)
         else:
-            lm, tokenizer = init_model(cfg, run.splits, run.dir)
+            with main_first():  # the main process builds and saves init/, the others load it
+                lm, tokenizer = init_model(cfg, run.splits, run.dir)
             lm = run.with_lora(lm, run.dir / "init")
         info = train_sft(lm, tokenizer, run.splits["train"], run.splits["val"], cfg.sft, run.context("sft"),
                          snapshot_epochs=(cfg.snapshot_epoch,) if cfg.snapshot_epoch else ())
-        stage_report(run, "sft")
+        on_main(stage_report, run, "sft")
         return info
 
 
@@ -57,7 +61,7 @@ def rl(cfg: RLJob, resume: bool = False) -> dict:
     from reftune.rl.curriculum import from_config as curriculum_from_config
     from reftune.rl.loop import needs_reference, train_rl
     from reftune.rewards.functions import check_reward_args
-    with open_run(cfg, resume) as run:
+    with open_run(cfg, resume, data_parallel=True) as run:
         start = require_model(cfg)
         train = run.splits["train"] + (run.splits["extra"] if cfg.rl.use_extra else [])
         check_reward_args(cfg.rl.rewards, train)  # a missing argument is named before the model loads
@@ -65,7 +69,7 @@ def rl(cfg: RLJob, resume: bool = False) -> dict:
         ref = run.reference(policy, start) if needs_reference(cfg.rl) else None
         info = train_rl(policy, ref, tokenizer, train, run.splits["val"], cfg.rl, run.context("rl"),
                         curriculum=curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed))
-        stage_report(run, "rl")
+        on_main(stage_report, run, "rl")
         return info
 
 
@@ -128,6 +132,7 @@ def _evaluate(cfg: EvalJob, run, lm, tokenizer, examples, sampler) -> dict:
 
 def verifier(cfg: VerifierJob, resume: bool = False) -> dict:
     """Sample and grade solutions on train (and val) questions, then train the P(correct) classifier on them."""
+    from reftune.train.report import write_scorer_report
     from reftune.train.verifier import labelled_solutions, train_verifier
     with open_run(cfg, resume) as run:
         v = cfg.verifier
@@ -145,6 +150,7 @@ def verifier(cfg: VerifierJob, resume: bool = False) -> dict:
         info["sample_accuracy"] = {name: sum(y for _, y in items[name]) / max(len(items[name]), 1)
                                    for name in items}
         (run.dir / "results.json").write_text(json.dumps(info, indent=2))
+        write_scorer_report(run.dir, info, "verifier")
         return info
 
 
@@ -154,6 +160,7 @@ def rm(cfg: RMJob, resume: bool = False) -> dict:
     (or rm.val_pairs_path), never trained on. Writes the pairs used to run_dir/pairs_<split>.jsonl."""
     from reftune.data.jsonl import write_jsonl
     from reftune.data.pairs import load_pairs, pairs_from_samples
+    from reftune.train.report import write_scorer_report
     from reftune.train.reward_model import encode_pairs, train_reward_model
     require_model(cfg)
     r = cfg.rm
@@ -180,24 +187,61 @@ def rm(cfg: RMJob, resume: bool = False) -> dict:
                                   template=cfg.data.template, max_length=cfg.model.max_length)
         info["pairs"] = {name: len(p) for name, p in pairs.items()}
         (run.dir / "results.json").write_text(json.dumps(info, indent=2))
+        write_scorer_report(run.dir, info, "rm")
         return info
 
 
 def selftrain(cfg: SelfTrainJob, resume: bool = False) -> dict:
-    """Offline self-training: sample from the warm-up model, keep distinct correct solutions, SFT again."""
-    from reftune.train.self_training import augment_with_samples, augmentation_stats
-    from reftune.train.sft import train_sft
+    """Offline self-training (selftrain.rounds=1), or expert iteration in rounds: each round samples from the
+    current model, keeps the distinct correct solutions (pooled with earlier rounds'), and runs SFT again (from the
+    start model, or the previous round's: selftrain.round_start). The final model is the round with the best
+    validation accuracy, in out_dir/best; per-round results are in rounds.json and metrics.jsonl; the chosen model's
+    greedy val and test accuracy in results.json and report.md, as for `sft` and `rl`."""
+    from reftune.train.self_training import best_round
     with open_run(cfg, resume) as run:
-        st = cfg.selftrain
+        st, start = cfg.selftrain, require_model(cfg)
         train = [e for e in run.splits["train"] if e.cot]
-        lm, tokenizer = _sampling_model(cfg, require_model(cfg))
-        per_question = _graded_samples(run, st, lm, tokenizer, "train", train, cfg.seed)
-        augmented = augment_with_samples(train, per_question, st.max_correct, cfg.data.template)
-        stats = augmentation_stats(train, augmented)
-        save_splits({"selftrain": augmented}, run.dir / "data")
-        last = run.dir / "last"
-        lm, tokenizer = (load_pretrained(str(last), lora_trainable=True) if is_checkpoint(last)
-                         else (run.with_lora(lm, require_model(cfg)), tokenizer))
-        run.logger.log("selftrain", 0, **stats)
-        info = train_sft(lm, tokenizer, augmented, run.splits["val"], cfg.sft, run.context("selftrain"))
-        return {**info, **stats}
+        done_path = run.dir / "rounds.json"
+        done = json.loads(done_path.read_text()) if done_path.is_file() else []
+        pooled, sample_from = [[] for _ in train], None
+        for r in range(1, st.rounds + 1):
+            pooled, info = _selftrain_round(run, r, train, pooled, sample_from, done[r - 1] if r <= len(done) else None)
+            if r > len(done):
+                done.append(info)
+                done_path.write_text(json.dumps(done, indent=2))
+            sample_from = run.dir / f"round-{r}" / "best"  # the next round samples from this round's choice
+        chosen = best_round(done)
+        if st.rounds > 1:
+            shutil.copytree(run.dir / f"round-{chosen + 1}" / "best", run.dir / "best", dirs_exist_ok=True)
+            run.logger.log("selftrain", st.rounds, best_round=chosen + 1, best_val=done[chosen]["best_val"])
+        stage_report(run, "selftrain")  # the chosen model on val and test: results.json, eval/, report.md
+        return {**done[chosen], "rounds": done, "best_round": chosen + 1}
+
+
+def _selftrain_round(run, r: int, train, pooled, sample_from, finished: dict | None):
+    """Round r of `selftrain`: sample from `sample_from` (None: the start model), pool, SFT unless `finished`
+    (its info, from rounds.json). Returns (pooled samples, the round's info). With one round, the names and
+    layout are those of plain offline self-training (samples_train.jsonl, data/selftrain.jsonl, best/ in out_dir)."""
+    from reftune.train.self_training import augment_with_samples, augmentation_stats, pool_rounds
+    from reftune.train.sft import train_sft
+    cfg, st, start = run.cfg, run.cfg.selftrain, require_model(run.cfg)
+    tag = "" if st.rounds == 1 else f"_round{r}"
+    lm, tokenizer = _sampling_model(cfg, str(sample_from or start), gguf=sample_from is None)
+    pooled = pool_rounds(pooled, _graded_samples(run, st, lm, tokenizer, f"train{tag}", train, cfg.seed + r - 1))
+    augmented = augment_with_samples(train, pooled, st.max_correct, cfg.data.template)
+    stats = augmentation_stats(train, augmented)
+    if finished is not None:
+        return pooled, finished
+    save_splits({f"selftrain{tag}": augmented}, run.dir / "data")
+    out = run.dir / f"round-{r}" if tag else run.dir
+    init = sample_from if st.round_start == "previous" and sample_from is not None else start
+    if is_checkpoint(out / "last"):
+        lm, tokenizer = load_pretrained(str(out / "last"), lora_trainable=True)
+    elif init == sample_from or sample_from is None:  # the sampling model is the start: no second load
+        lm = run.with_lora(lm, init)
+    else:
+        lm, tokenizer, _ = run.load_trainable(init)
+    run.logger.log("selftrain", r, round=r, **stats)
+    info = train_sft(lm, tokenizer, augmented, run.splits["val"], cfg.sft, run.context(f"selftrain{tag}", out))
+    run.logger.log("selftrain", r, round=r, best_val=info["best_val"], best_epoch=info["best_epoch"])
+    return pooled, {"round": r, "sampled_from": str(sample_from or start), "trained_from": str(init), **info, **stats}

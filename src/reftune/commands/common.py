@@ -4,6 +4,10 @@ program sandbox (P-CoT) and the metrics logger — and close them all on every p
 
 A start that fails before any work worth keeping was written (`_holds_work`) leaves no run directory behind
 to block the retry.
+
+With several processes (`torchrun --nproc_per_node N -m reftune.cli ...`) every process opens the same run: all
+look at the directory before any writes to it (so all refuse, or all resume, alike), and only the main process
+creates it, saves the config and cleans up after a failed start.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from reftune.errors import UserError
 from reftune.model.checkpoint import is_checkpoint, load_value_head
 from reftune.model.lora import apply_lora, is_lora
 from reftune.model.modeling import PolicyWithValue, load_pretrained
+from reftune.train.accel import is_main, num_processes, on_main, wait
 from reftune.train.context import RunContext
 from reftune.train.logger import MetricsLogger
 from reftune.train.seed import seed_everything
@@ -37,7 +42,7 @@ def prepare_run_dir(out_dir: str, resume: bool) -> Path:
     run_dir = Path(out_dir)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         raise UserError(f"run directory {run_dir} exists; pass --resume to continue it or set out_dir=...")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    on_main(run_dir.mkdir, parents=True, exist_ok=True)
     return run_dir
 
 
@@ -120,19 +125,23 @@ class Run:
 
 @contextmanager
 def open_run(cfg, resume: bool = False, *, needs_model: bool = True, run_dir: bool = True,
-             logger: bool = True) -> Iterator[Run]:
+             logger: bool = True, data_parallel: bool = False) -> Iterator[Run]:
     """Open a command's run: see the module docstring. run_dir=False: write into out_dir without the
     run-directory checks or the saved config (a caller that manages its directory itself); logger=False: no
-    metrics.jsonl."""
+    metrics.jsonl; data_parallel: the command runs in several processes when launched so (sft, rl, run), else a
+    multi-process launch is refused."""
+    if not data_parallel and num_processes() > 1:
+        raise UserError(f"this command runs in one process; it was launched in {num_processes()} (torchrun / "
+                        f"accelerate launch): run it without them")
     if needs_model:
         require_model(cfg)
     fresh = not (Path(cfg.out_dir).exists() and any(Path(cfg.out_dir).iterdir()))
+    wait()  # every process has looked before the main one writes
     path = prepare_run_dir(cfg.out_dir, resume) if run_dir else Path(cfg.out_dir)
     run = None
     try:
         if run_dir:
-            record_resume(cfg, path)
-            save_config(cfg, path / "config.yaml")
+            on_main(lambda: (record_resume(cfg, path), save_config(cfg, path / "config.yaml")))
         seed_everything(cfg.seed)
         report: dict = {}
         run = Run(cfg, path, load_splits(cfg.data, report=report), data_report=report)
@@ -140,7 +149,7 @@ def open_run(cfg, resume: bool = False, *, needs_model: bool = True, run_dir: bo
         run.logger = MetricsLogger(path, report_to=getattr(cfg, "report_to", None)) if logger else None
         yield run
     except Exception:  # not KeyboardInterrupt: an interrupted run is resumed, not retried
-        if run_dir and fresh and path.exists() and not _holds_work(path):
+        if run_dir and fresh and is_main() and path.exists() and not _holds_work(path):
             if run is not None and run.logger is not None:
                 run.logger.close()
                 run.logger = None

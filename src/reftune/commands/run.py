@@ -6,9 +6,11 @@ one from its `last/` checkpoint):
   init   — train the tokenizer and build the tiny model (or load --model), saved in HF format;
   pretrain — tiny default only: language-model pretraining on `data.n_pretrain` problems disjoint from
            every split (`pretrain/last`), the stand-in for the pretrained LM that ReFT starts from;
-  sft    — one SFT run: the warm-up model is its snapshot after `warmup_epochs` (`sft/epoch-K`); it goes
-           on to `sft.epochs` (early stopping by `sft.patience`) and keeps the best validation
-           checkpoint (`sft/best`): the paper's SFT baseline;
+  warmup — with `warmup.schedule=own` only: a short SFT run of `warmup_epochs` epochs whose learning rate
+           (`warmup.lr`, else `sft.lr`) decays to 0 at its end (`warmup/last`): the warm-up model;
+  sft    — one SFT run up to `sft.epochs` (early stopping by `sft.patience`) that keeps the best validation
+           checkpoint (`sft/best`): the paper's SFT baseline; with `warmup.schedule=snapshot` (the default) the
+           warm-up model is its snapshot after `warmup_epochs` (`sft/epoch-K`), taken mid-schedule;
   reft   — PPO from the warm-up model on the training questions (reference = warm-up model); with
            curriculum=r3, rollouts start from prefixes of the demonstrations (`reftune.rl.curriculum`);
   reft_extra — the same with the answer-only `extra` questions added (when `rl_extra`);
@@ -19,6 +21,7 @@ one from its `last/` checkpoint):
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -32,6 +35,7 @@ from reftune.model.modeling import build_tiny_model, is_tiny_default, load_pretr
 from reftune.model.prompts import build_prompt, build_target, get_template
 from reftune.rl.curriculum import from_config as curriculum_from_config
 from reftune.rl.loop import needs_reference, train_rl
+from reftune.train.accel import is_main, main_first, on_main
 from reftune.train.sft import train_sft
 
 
@@ -46,6 +50,9 @@ class Stages:
 
     def finish(self, name: str, info: dict | None = None) -> None:
         self.done[name] = info or {}
+        on_main(self._write, name)  # every process keeps `done`; the main one writes
+
+    def _write(self, name: str) -> None:
         self.path.write_text(json.dumps(self.done, indent=2))
         snapshot = self.rng_dir / f"{name}.pt"
         if not snapshot.is_file():  # the first finish is the uninterrupted run's; a resumed one re-finishes "init"
@@ -56,6 +63,8 @@ class Stages:
         """Mark `name` (and the evaluation) unfinished, its results forgotten: a resume continues the stage."""
         for stage in (name, "eval"):
             self.done.pop(stage, None)
+        if not is_main():
+            return
         self.path.write_text(json.dumps(self.done, indent=2))
         if results.is_file():
             kept = {k: v for k, v in json.loads(results.read_text()).items() if not k.startswith(f"{name}/")}
@@ -108,6 +117,24 @@ def sft_stage(run: Run, stages: Stages, name: str, start: Path, train, cfg, snap
                                   snapshot_epochs=snapshot_epochs))
 
 
+def warmup_and_sft(run: Run, stages: Stages, base: Path) -> Path:
+    """The SFT stages from `base`; returns the warm-up model. `warmup.schedule=snapshot`: one SFT run, the warm-up
+    is its epoch-`warmup_epochs` snapshot (the lr still near its peak). `own`: a separate `warmup_epochs`-epoch run
+    with its own schedule, decaying to 0 at its end, never stopped early; the SFT baseline (with `sft_baseline`)
+    is the long run, as before."""
+    cfg, train = run.cfg, run.splits["train"]
+    if cfg.warmup.schedule == "own":
+        warm = replace(cfg.sft, epochs=cfg.warmup_epochs, lr=cfg.warmup.lr or cfg.sft.lr, patience=0)
+        sft_stage(run, stages, "warmup", base, train, warm)
+        if cfg.sft_baseline:
+            sft_stage(run, stages, "sft", base, train, cfg.sft)
+        return run.dir / "warmup" / "last"
+    epochs = cfg.sft.epochs if cfg.sft_baseline else cfg.warmup_epochs
+    sft_stage(run, stages, "sft", base, train, replace(cfg.sft, epochs=max(epochs, cfg.warmup_epochs)),
+              snapshot_epochs=(cfg.warmup_epochs,))
+    return run.dir / "sft" / f"epoch-{cfg.warmup_epochs}"
+
+
 def rl_stage(run: Run, stages: Stages, name: str, train, warmup: Path) -> None:
     """PPO from the warm-up model (or from `<name>/last` when resuming); reference = warm-up model. A finished
     stage is continued when a resume raised rl.steps."""
@@ -149,13 +176,14 @@ def evaluate_models(run: Run, models: dict[str, Path], log: bool = True) -> dict
 def run(cfg: RunConfig, resume: bool = False) -> dict:
     """Run every stage; returns the results dict also written to `results.json`."""
     from reftune.rewards.functions import check_reward_args
-    with open_run(cfg, resume, needs_model=False) as r:
+    with open_run(cfg, resume, needs_model=False, data_parallel=True) as r:
         stages, splits = Stages(r.dir), r.splits
         check_reward_args(cfg.rl.rewards, splits["train"] + splits["extra"])  # before any training
         if "data" not in stages.done:
-            save_splits(splits, r.dir / "data")
+            on_main(save_splits, splits, r.dir / "data")
             stages.finish("data", {**{k: len(v) for k, v in splits.items()}, **r.data_report})
-        lm, tokenizer = init_model(cfg, splits, r.dir)
+        with main_first():  # the main process builds and saves init/, the others load it
+            lm, tokenizer = init_model(cfg, splits, r.dir)
         stages.finish("init", {"parameters": sum(p.numel() for p in lm.parameters())})
         stages.restore_rng()
         base = r.dir / "init"
@@ -163,10 +191,7 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
             # the tiny default has no pretrained LM to start from: pretrain one on disjoint problems
             sft_stage(r, stages, "pretrain", base, splits["pretrain"], cfg.pretrain)
             base = r.dir / "pretrain" / "last"
-        epochs = cfg.sft.epochs if cfg.sft_baseline else cfg.warmup_epochs
-        sft_cfg = type(cfg.sft)(**{**cfg.sft.__dict__, "epochs": max(epochs, cfg.warmup_epochs)})
-        sft_stage(r, stages, "sft", base, splits["train"], sft_cfg, snapshot_epochs=(cfg.warmup_epochs,))
-        warmup = r.dir / "sft" / f"epoch-{cfg.warmup_epochs}"
+        warmup = warmup_and_sft(r, stages, base)
         rl_stage(r, stages, "reft", splits["train"], warmup)
         if cfg.rl_extra and splits["extra"]:
             rl_stage(r, stages, "reft_extra", splits["train"] + splits["extra"], warmup)
@@ -176,10 +201,10 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         models["reft"] = r.dir / "reft" / "best"
         if "reft_extra" in stages.done:
             models["reft_extra"] = r.dir / "reft_extra" / "best"
-        results = evaluate_models(r, models)
+        results = on_main(evaluate_models, r, models)  # the others wait (and return None)
         stages.finish("eval")
         from reftune.train.report import write_report
-        write_report(r.dir)
+        on_main(write_report, r.dir)
         return results
 
 

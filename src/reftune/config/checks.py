@@ -21,10 +21,10 @@ from reftune.rewards.functions import NO_REWARD_MODEL, resolve_rewards
 POSITIVE = ("lr", "batch_size", "epochs", "steps", "prompts_per_step", "num_generations", "max_new_tokens",
             "ppo_epochs", "minibatches", "gen_batch_size", "max_correct", "max_pairs_per_question", "eval_every",
             "save_every", "eval_every_epochs", "temperature", "grad_clip", "max_length", "clip",
-            "gradient_accumulation_steps")
+            "gradient_accumulation_steps", "rounds")
 NON_NEGATIVE = ("offset", "patience", "save_every_steps", "weight_decay", "warmup_steps", "snapshot_every",
                 "max_refill_rounds", "kl_coef", "vf_coef", "value_clip", "n_extra", "n_test", "n_pretrain")
-SECTIONS = ("pretrain", "sft", "rl", "eval", "verifier", "rm", "selftrain")
+SECTIONS = ("pretrain", "sft", "warmup", "rl", "eval", "verifier", "rm", "selftrain")
 
 
 def positive(name: str, value: float) -> None:
@@ -98,6 +98,7 @@ def check_curriculum(cur: Any) -> None:
         in_range("curriculum.advance_accuracy", cur.advance_accuracy, 0, 1, low_open=True)
     if cur.schedule == "staged" and cur.steps_per_stage == 0 and cur.advance_accuracy is None:
         raise ConfigError("curriculum.steps_per_stage: 0 (no limit) needs curriculum.advance_accuracy")
+    in_range("curriculum.adaptive_threshold", cur.adaptive_threshold, 0, 1, low_open=True)
 
 
 def check_data(data: Any, trains: bool) -> None:
@@ -186,16 +187,26 @@ def validate(cfg: Any) -> None:
         check_rl(rl)
     if (cur := getattr(cfg, "curriculum", None)) is not None:
         check_curriculum(cur)
+        if cur.name == "r3" and cur.schedule == "adaptive" and cfg.rl.dynamic_sampling:
+            raise ConfigError("curriculum.schedule: adaptive moves each question by its own results, which "
+                              "rl.dynamic_sampling drops for the groups whose samples all agree; use one of them")
     if (rollout := getattr(cfg, "rollout", None)) is not None:
         in_range("rollout.gpu_memory_utilization", rollout.gpu_memory_utilization, 0, 1, low_open=True)
         positive("rollout.tensor_parallel_size", rollout.tensor_parallel_size)
-        if rollout.backend == "vllm" and getattr(getattr(cfg, "lora", None), "r", 0):
-            raise ConfigError("rollout.backend: vllm with LoRA adapters (lora.r > 0) is not supported yet; "
-                              "use rollout.backend=hf or full fine-tuning (lora.r=0)")
     if (lora := getattr(cfg, "lora", None)) is not None:
         non_negative("lora.r", lora.r)
+        if lora.quantize != "none":
+            if lora.r == 0:
+                raise ConfigError("lora.quantize: quantizes the frozen base under LoRA adapters; set lora.r > 0")
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ConfigError("lora.quantize: QLoRA needs bitsandbytes: pip install 'reftune[qlora]'")
+            if getattr(getattr(cfg, "rollout", None), "backend", "hf") == "vllm":
+                raise ConfigError("lora.quantize: the vllm backend serves full-precision merged weights, not a "
+                                  "quantized base; use rollout.backend=hf or lora.quantize=none")
         positive("lora.alpha", lora.alpha)
         in_range("lora.dropout", lora.dropout, 0, 1, high_open=True)
+    if hasattr(cfg, "warmup_epochs"):
+        positive("warmup_epochs", cfg.warmup_epochs)
     trains = any(hasattr(cfg, s) for s in ("sft", "rl", "verifier", "rm"))
     check_data(cfg.data, trains)
     check_model(cfg.model)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 def doc(default: Any, text: str) -> Any:
     """A dataclass field with a default and its one-line documentation."""
@@ -124,7 +124,7 @@ class RLConfig:
     kl_kind: str = doc("k1", "KL estimator: k1 | k2 | k3 | abs")
     gamma: float = doc(1.0, "GAE discount")
     lam: float = doc(0.95, "GAE lambda")
-    whiten_advantages: bool = doc(True, "normalise advantages over the rollout batch")
+    whiten_advantages: Union[Literal["auto"], bool] = doc("auto", "whiten advantages over the rollout batch's response tokens: true | false | auto (as each estimator is published: gae yes; grpo, dr_grpo, rloo no; reinforce_pp whitens inside its estimator)")
     clip: float = doc(0.2, "PPO ratio clip (clip_low)")
     clip_high: Optional[float] = doc(None, "upper ratio clip (DAPO); None = clip")
     value_clip: float = doc(0.2, "value-loss clip around the rollout values")
@@ -146,6 +146,7 @@ class RLConfig:
     tis_cap: Optional[float] = doc(None, "truncated IS correction for sampler/trainer mismatch: weight min(p_train/p_sampler, cap) per token; None = off")
     use_extra: bool = doc(False, "also train on the answer-only 'extra' questions")
     eval_every: int = doc(10, "validation accuracy every N iterations (best one kept)")
+    eval_at_start: bool = doc(True, "also validate the start model before the first iteration: the curves' step-0 point (not a candidate for best/)")
     save_every: int = doc(10, "resumable checkpoint every N iterations")
     snapshot_every: int = doc(0, "also keep the weights of every N-th iteration in out_dir/step-N (learning curves on held-out data); 0 = off")
 
@@ -206,6 +207,8 @@ class SelfTrainConfig:
     max_new_tokens: int = doc(96, "longest sampled solution")
     gen_batch_size: int = doc(128, "sampled rows per generation batch")
     max_correct: int = doc(10, "distinct correct, finished samples kept per question (added to the gold CoT)")
+    rounds: int = doc(1, "expert iteration: rounds of sampling from the current model, keeping its distinct correct solutions (pooled with earlier rounds') and fine-tuning; round r samples from round r-1's chosen model; 1 = offline self-training; the final model is the round with the best validation accuracy")
+    round_start: Literal["base", "previous"] = doc("base", "rounds > 1: the model each round's SFT starts from: base (the --model start, as STaR and Havrilla et al. 2024 do) | previous (the previous round's chosen model)")
 
 
 @dataclass
@@ -226,17 +229,27 @@ class LoraConfig:
     alpha: float = doc(16.0, "LoRA scaling: the adapter's update is multiplied by alpha / r")
     dropout: float = doc(0.0, "dropout on the adapters' input (0 keeps runs deterministic)")
     target_modules: str = doc("all-linear", "layers that get adapters: all-linear, or comma-separated module names (q_proj,v_proj)")
+    quantize: Literal["none", "4bit", "8bit"] = doc("none", "QLoRA: the frozen base in 4-bit NF4 (double-quantized) or 8-bit through bitsandbytes (pip install 'reftune[qlora]'); the adapters and the value head train in the model's dtype")
 
 
 @dataclass
 class CurriculumConfig:
     name: Literal["none", "r3"] = doc("none", "RL start states: none (the question) | r3 (reverse curriculum from demonstration prefixes)")
-    schedule: Literal["staged", "mixed"] = doc("mixed", "r3: staged (from next to the answer back to the question) | mixed (all start states at once, the R^3 release)")
+    schedule: Literal["staged", "mixed", "adaptive"] = doc("mixed", "r3: staged (from next to the answer back to the question) | mixed (all start states at once, the R^3 release) | adaptive (per question, from its own results: AdaBack)")
     stages: int = doc(5, "staged: number of stages M (the first starts next to the answer, the last from the question)")
     steps_per_stage: int = doc(40, "staged: RL iterations per stage (with advance_accuracy: the most per stage; 0 = no limit)")
     advance_accuracy: Optional[float] = doc(None, "staged: advance once the stage's running train accuracy reaches this")
+    adaptive_threshold: float = doc(0.5, "adaptive: share of a question's samples graded correct from its start k at which it counts as solved: its range of k then ends below k (fewer steps given next time), else starts above k (more)")
     split: Literal["auto", "nl", "program", "tokens"] = doc("auto", "demonstration steps: lines (nl), statements (program), equal token chunks (tokens); auto = by content")
     token_chunks: int = doc(8, "split=tokens: chunks per demonstration")
+
+
+@dataclass
+class WarmupConfig:
+    """`reftune run`'s warm-up model: RL's start and its KL reference."""
+
+    schedule: Literal["snapshot", "own"] = doc("snapshot", "snapshot: the SFT run's weights after warmup_epochs (sft/epoch-K), its learning rate still near the peak | own: a separate SFT run of warmup_epochs epochs whose learning rate decays to 0 at its end (warmup/last); the SFT baseline stays the long run")
+    lr: Optional[float] = doc(None, "own: peak learning rate of the warm-up run; None = sft.lr")
 
 
 @dataclass
@@ -248,6 +261,7 @@ class RunConfig:
     precision: Precision = doc("fp32", "training precision: fp32 | bf16 | fp16")
     report_to: Literal["tensorboard", "wandb", "trackio", "none"] = doc("tensorboard", "where the logged scalars go besides metrics.jsonl: tensorboard (out_dir/tb) | wandb | trackio | none")
     warmup_epochs: int = doc(2, "SFT warm-up epochs before RL (the paper uses 1-2)")
+    warmup: WarmupConfig = section(WarmupConfig, "the warm-up model: a snapshot of the SFT run, or an SFT run of its own")
     sft_baseline: bool = doc(True, "also train the SFT baseline: continue SFT, best validation checkpoint")
     rl_extra: bool = doc(False, "also run ReFT with the extra answer-only questions")
     data: DataConfig = section(DataConfig, "dataset and splits")

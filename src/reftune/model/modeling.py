@@ -122,9 +122,10 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids, attention_mask, position_ids=None, with_values: bool = True):
-        """logits [B, T, V] and values [B, T] (None when with_values is False)."""
+    def forward(self, input_ids, attention_mask, position_ids=None, with_values: bool = True, logits_to_keep: int = 0):
+        """logits [B, T, V] (the last `logits_to_keep` positions only when > 0: the LM head skips the rest) and
+        values [B, T] (None when with_values is False)."""
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      output_hidden_states=with_values, use_cache=False)
+                      output_hidden_states=with_values, use_cache=False, logits_to_keep=logits_to_keep)
         values = self.value_head(out.hidden_states[-1].to(self.value_head.weight.dtype)).squeeze(-1) if with_values else None
         return out.logits, values

@@ -18,13 +18,17 @@ from reftune.errors import UserError
 from reftune.model.batching import left_pad, positions
 from reftune.model.samples import Sampler, Samples
 
-__all__ = ["HFSampler", "Sampler", "Samples", "make_sampler", "sample_next"]
+__all__ = ["HFSampler", "Sampler", "Samples", "make_sampler", "prompt_uniforms", "sample_next"]
 
 
-def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None):
+def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator=None,
+                uniform: torch.Tensor | None = None):
     """Sample one token per row. logits [B, V] → (tokens [B], log-probs [B] under the sampled distribution).
 
-    temperature 0 means greedy (log-prob then under the unscaled distribution).
+    temperature 0 means greedy (log-prob then under the unscaled distribution). uniform [B] in [0, 1): one
+    draw per row from the row's own stream, turned into a token by inverting the row's CDF (the first token
+    whose cumulative probability exceeds it; a token of probability 0 is never picked), so a row's token does
+    not depend on which other rows share the batch; None: `torch.multinomial` with `generator`.
     """
     logits = logits.float()
     if temperature <= 0:
@@ -38,8 +42,19 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
         sorted_logp = sorted_logp.masked_fill(drop, float("-inf"))
         logp = torch.full_like(logp, float("-inf")).scatter(-1, idx, sorted_logp)
         logp = torch.log_softmax(logp, -1)
-    tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    if uniform is None:
+        tokens = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)
+    else:
+        cdf = logp.exp().cumsum(-1)
+        target = (uniform.to(cdf.dtype) * cdf[:, -1])[:, None]
+        tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=logp.shape[-1] - 1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def prompt_uniforms(seeds: list[int], G: int, max_new_tokens: int) -> torch.Tensor:
+    """The uniforms [len(seeds) * G, max_new_tokens] that `sample_next` turns into tokens: row i*G+j (sample j of
+    prompt i) is row j of a draw from a generator seeded with seeds[i]."""
+    return torch.cat([torch.rand(G, max_new_tokens, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
 def cache_keyword(model) -> str:
@@ -65,7 +80,10 @@ class HFSampler:
 
     @torch.no_grad()
     def generate(self, prompt_ids, num_samples=1, temperature=1.0, top_p=1.0, max_new_tokens=128,
-                 generator=None) -> Samples:
+                 generator=None, seeds: list[int] | None = None) -> Samples:
+        """num_samples samples of each prompt. seeds: one per prompt, the seed of its samples' own random stream
+        (what they draw then depends on neither the other prompts of the call nor the global RNG: the RL loop
+        gets the same samples whichever process rolls a question out); None: `generator` (or the global RNG)."""
         per_chunk = max(1, self.batch_size // num_samples)
         out = Samples([], [], [], [])
         was_training = self.model.training
@@ -73,8 +91,10 @@ class HFSampler:
         model = self._sampling_model()
         for start in range(0, len(prompt_ids), per_chunk):
             chunk = prompt_ids[start:start + per_chunk]
+            uniform = (None if seeds is None else
+                       prompt_uniforms(seeds[start:start + per_chunk], num_samples, max_new_tokens).to(self.device))
             resp, lps, fin = self._generate_chunk(model, chunk, num_samples, temperature, top_p, max_new_tokens,
-                                                  generator)
+                                                  generator, uniform)
             out.prompt_ids += [p for p in chunk for _ in range(num_samples)]
             out.response_ids += resp
             out.logprobs += lps
@@ -106,7 +126,7 @@ class HFSampler:
             raise RuntimeError(f"{type(model).__name__}.forward ignored the KV cache passed as `{self._cache_kw}=`")
         return out.logits[:, -1]
 
-    def _generate_chunk(self, model, prompts, G, temperature, top_p, max_new_tokens, generator):
+    def _generate_chunk(self, model, prompts, G, temperature, top_p, max_new_tokens, generator, uniform=None):
         from transformers import DynamicCache
 
         eos, pad_id, dev = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.device
@@ -124,7 +144,8 @@ class HFSampler:
         lengths = torch.full((n,), max_new_tokens, dtype=torch.long, device=dev)
         finished = torch.zeros(n, dtype=torch.bool, device=dev)
         for step in range(max_new_tokens):
-            tok, lp = sample_next(logits, temperature, top_p, generator)
+            tok, lp = sample_next(logits, temperature, top_p, generator,
+                                  None if uniform is None else uniform[rows, step])
             tokens[rows, step], logprobs[rows, step] = tok, lp
             ended = tok == eos
             finished[rows] = ended

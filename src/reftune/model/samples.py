@@ -23,4 +23,5 @@ class Samples:
 
 class Sampler(Protocol):
     def generate(self, prompt_ids: list[list[int]], num_samples: int = 1, temperature: float = 1.0,
-                 top_p: float = 1.0, max_new_tokens: int = 128) -> Samples: ...
+                 top_p: float = 1.0, max_new_tokens: int = 128, seeds: list[int] | None = None) -> Samples:
+        """seeds: one per prompt, the seed of its samples' own random stream (None: the sampler's default)."""

@@ -21,6 +21,8 @@ Simplifications and caveats, stated rather than hidden:
   gets `kv_cache_memory_bytes` (default 1 GiB there: `gpu_memory_utilization` would reserve that fraction of
   RAM); sleep/wake are no-ops; and vLLM's worker replaces `torch.set_num_threads` by a no-op for the rest of
   the process, so set the thread count before building the sampler.
+- A LoRA model (peft) is served as its merged weights W + ΔW under the base names (`lora.merged_state_dict`),
+  computed afresh at every push; the trainer's model keeps its adapters separate.
 - tensor_parallel_size > 1 runs workers in other processes: the weights then travel by vLLM's RPC (a list,
   pickled; no disk). Only tensor_parallel_size=1 is tested here.
 """
@@ -38,6 +40,7 @@ import numpy as np
 
 import torch
 
+from reftune.model.lora import is_lora, merged_state_dict
 from reftune.model.samples import Samples
 
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -91,7 +94,7 @@ class VLLMSampler:
     def load_weights(self, model) -> None:
         """Copy `model`'s current weights (an HF causal LM with the architecture the engine was built from)
         into the engine, in memory, and forget the prefix cache computed with the old ones."""
-        weights = ((name, t.detach()) for name, t in model.state_dict().items())
+        weights = ((name, t.detach()) for name, t in merged_state_dict(model).items())  # LoRA: W + ΔW
         if self.tensor_parallel_size > 1:
             weights = list(weights)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
@@ -106,15 +109,22 @@ class VLLMSampler:
         self.llm.wake_up()
 
     def generate(self, prompt_ids, num_samples=1, temperature=1.0, top_p=1.0, max_new_tokens=128,
-                 generator=None) -> Samples:
+                 generator=None, seeds: list[int] | None = None) -> Samples:
+        """seeds: one per prompt (see `HFSampler.generate`): sample j of prompt i gets the request seed drawn
+        j-th from a generator seeded with seeds[i]; None: request seeds from `generator`."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         eos = self.tokenizer.eos_token_id
         rows = [p for p in prompt_ids for _ in range(num_samples)]
         greedy = temperature <= 0
-        seeds = ([None] * len(rows) if greedy else
-                 torch.randint(0, 2**31 - 1, (len(rows),), generator=generator).tolist())
+        if greedy:
+            seeds = [None] * len(rows)
+        elif seeds is not None:
+            seeds = [int(x) for s in seeds for x in torch.randint(0, 2**31 - 1, (num_samples,),
+                                                                  generator=torch.Generator().manual_seed(s))]
+        else:
+            seeds = torch.randint(0, 2**31 - 1, (len(rows),), generator=generator).tolist()
         params = [SamplingParams(temperature=0.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
                                  max_tokens=max_new_tokens, logprobs=0, stop_token_ids=[eos], detokenize=False,
                                  seed=s) for s in seeds]
@@ -157,7 +167,14 @@ def keep_rng_state():
 def save_for_vllm(model, tokenizer, folder: Path) -> None:
     """The model and tokenizer in HF format, as vLLM loads them (a dequantized GGUF model is saved as plain
     weights: its quantization entry is dropped from config.json)."""
-    model.save_pretrained(folder)
+    if is_lora(model):  # peft would save the adapters alone: write the merged weights under the base names
+        from safetensors.torch import save_file
+        base = model.get_base_model()
+        base.config.save_pretrained(folder)
+        save_file({k: v.detach().clone().contiguous() for k, v in merged_state_dict(model).items()},
+                  folder / "model.safetensors")
+    else:
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     config_path = folder / "config.json"
     config = json.loads(config_path.read_text())

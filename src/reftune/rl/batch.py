@@ -62,7 +62,9 @@ class ScoredBatch:
     tokens; prompt_width: P; group_ids [B]: the question of each row; old_logp [B, R]: the policy's log-probs of
     the sampled tokens before the update; old_values [B, R]: its values (zeros without a value head);
     ref_logp [B, R] or None: the frozen reference's; sampler_logp [B, R]: the sampler's own (its precision);
-    is_weights [B, R] or None: truncated importance weights min(p_trainer / p_sampler, tis_cap).
+    is_weights [B, R] or None: truncated importance weights min(p_trainer / p_sampler, tis_cap);
+    update_forward: (log-probs, values or None, logits) of the policy's scoring pass with their autograd graph, when
+    that pass is the update's forward (`scoring.reuses_update_forward`), else None.
     """
 
     ids: torch.Tensor
@@ -75,9 +77,19 @@ class ScoredBatch:
     ref_logp: torch.Tensor | None
     sampler_logp: torch.Tensor
     is_weights: torch.Tensor | None = None
+    update_forward: tuple | None = None
 
     def __len__(self) -> int:
         return self.ids.shape[0]
+
+    def take_update_forward(self, rows: torch.Tensor) -> tuple | None:
+        """`update_forward` at `rows` (None if there is none), handed out once: after the first optimizer step
+        it is no longer the current weights' forward."""
+        fwd, self.update_forward = self.update_forward, None
+        if fwd is None:
+            return None
+        logp, values, logits = fwd
+        return logp[rows], values[rows] if values is not None else None, logits[rows]
 
 
 def informative_groups(scores: torch.Tensor, G: int) -> list[int]:

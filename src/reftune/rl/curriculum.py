@@ -10,8 +10,9 @@ tells it about the last steps first; the start moves back towards the plain ques
   question (as at evaluation), and the full demonstration is *not* a start state: the policy always
   writes at least the last step, the one that states the answer, so every rollout earns its reward.
 - Schedules choose k: `StagedSchedule` (M stages from k = K-1, next to the answer, back to k = 0, by a
-  fixed number of iterations or when the stage's train accuracy reaches a threshold) and `MixedSchedule`
-  (all start states at once, as the R^3 release trains).
+  fixed number of iterations or when the stage's train accuracy reaches a threshold), `MixedSchedule`
+  (all start states at once, as the R^3 release trains) and `AdaptiveSchedule` (per question, from that
+  question's own results: AdaBack, Amani et al., 2025).
 - `Curriculum` is what the RL loop talks to: it turns a batch of questions into start states (token ids
   to append to the prompt, and the text the response completes), and records the accuracy per k.
 
@@ -26,13 +27,14 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 from reftune.example import Example
 from reftune.errors import UserError
 
 SplitKind = Literal["auto", "nl", "program", "tokens"]
 AccuracyByK = dict[int, tuple[float, int]]   # k -> (accuracy, number of samples)
+Visits = Sequence[tuple[str, int, float]]     # one per question of an iteration: (key, k, accuracy of its samples)
 
 
 # --- steps and start states ----------------------------------------------------------------------------
@@ -179,10 +181,10 @@ class MixedSchedule:
 
     name = "mixed"
 
-    def sample(self, num_states: int, rng: random.Random) -> int:
+    def sample(self, num_states: int, rng: random.Random, key: str = "") -> int:
         return rng.randrange(num_states)
 
-    def update(self, step: int, accuracy_by_k: AccuracyByK) -> dict[str, float]:
+    def update(self, step: int, accuracy_by_k: AccuracyByK, visits: Visits = ()) -> dict[str, float]:
         return {}
 
     def state_dict(self) -> dict:
@@ -217,10 +219,10 @@ class StagedSchedule:
             return 0
         return round((num_states - 1) * (self.stages - 1 - self.stage) / (self.stages - 1))
 
-    def sample(self, num_states: int, rng: random.Random) -> int:
+    def sample(self, num_states: int, rng: random.Random, key: str = "") -> int:
         return self.start(num_states)
 
-    def update(self, step: int, accuracy_by_k: AccuracyByK) -> dict[str, float]:
+    def update(self, step: int, accuracy_by_k: AccuracyByK, visits: Visits = ()) -> dict[str, float]:
         """step: iterations finished (the one just done included). Returns {"curriculum_stage": stage used}."""
         used = self.stage
         n = sum(count for _, count in accuracy_by_k.values())
@@ -245,15 +247,89 @@ class StagedSchedule:
         self.stage, self.stage_start, self.recent = state["stage"], state["stage_start"], list(state["recent"])
 
 
+class AdaptiveSchedule:
+    """AdaBack (Amani et al., 2025, arXiv 2506.18110): each question has its own range [lo, hi] of k (steps
+    given), first [0, K-1]. Each time the question is drawn, k is uniform in its range, and r, the share of its
+    samples graded correct, moves the range:
+
+    - r ≥ threshold (the policy finishes the chain from k): hi = max(k - 1, 0): fewer steps given from now on;
+    - r < threshold: lo = min(k + 1, K - 1): more steps given;
+    where that leaves lo > hi, the other end follows (lo = hi after a success, hi = lo after a failure).
+
+    While the range is wider than one k this is the paper's stochastic bisection for the supervision at which
+    the question is solved `threshold` of the time. Once it is one k wide it is a staircase, one step fewer after
+    a success and one more after a failure, so it keeps following the policy as it learns (the paper's
+    interval only shrinks). A question not drawn yet has the full range: its first draw is the mixed schedule's.
+
+    Simplifications: k counts whole steps (the paper reveals a ratio of the tokens); r is the grader's verdict,
+    as `acc_k` is, not the summed reward (partial or format rewards do not move the range); only the latest
+    visit counts. Questions with one start state (no demonstration) are not tracked.
+    """
+
+    name = "adaptive"
+
+    def __init__(self, threshold: float = 0.5):
+        if not 0 < threshold <= 1:
+            raise ValueError("threshold must be in (0, 1]")
+        self.threshold = threshold
+        self.ranges: dict[str, list[int]] = {}   # question key -> [lo, hi, K]
+
+    def sample(self, num_states: int, rng: random.Random, key: str = "") -> int:
+        if num_states < 2:
+            return 0
+        lo, hi, _ = self.ranges.setdefault(key, [0, num_states - 1, num_states])
+        return rng.randint(lo, hi)
+
+    def move(self, key: str, k: int, accuracy: float) -> None:
+        """The update rule above, for one visit of question `key` started at k."""
+        if key not in self.ranges:
+            return
+        lo, hi, num_states = self.ranges[key]
+        if accuracy >= self.threshold:
+            hi = max(k - 1, 0)
+            lo = min(lo, hi)
+        else:
+            lo = min(k + 1, num_states - 1)
+            hi = max(hi, lo)
+        self.ranges[key] = [lo, hi, num_states]
+
+    def update(self, step: int, accuracy_by_k: AccuracyByK, visits: Visits = ()) -> dict[str, float]:
+        """Moves each visited question's range; returns the mean upper end over the questions seen so far
+        (`adaptive_max_k`) and the share of them now started from the plain question (`adaptive_at_question`)."""
+        for key, k, accuracy in visits:
+            self.move(key, k, accuracy)
+        if not self.ranges:
+            return {}
+        his = [hi for _, hi, _ in self.ranges.values()]
+        return {"adaptive_max_k": sum(his) / len(his), "adaptive_at_question": sum(h == 0 for h in his) / len(his)}
+
+    def state_dict(self) -> dict:
+        return {"ranges": {key: list(r) for key, r in self.ranges.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ranges = {key: list(r) for key, r in state["ranges"].items()}
+
+
 # --- what the RL loop uses -------------------------------------------------------------------------------
+
+def _tally(groups: list, correct: list[bool]) -> dict:
+    """group -> [correct, total] over samples, in order of first appearance."""
+    out: dict = {}
+    for g, ok in zip(groups, correct):
+        t = out.setdefault(g, [0, 0])
+        t[0], t[1] = t[0] + int(ok), t[1] + 1
+    return out
+
 
 @dataclass
 class Start:
-    """A question's start state: k steps given; ids to append to the prompt's ids; text they decode to."""
+    """A question's start state: k steps given; ids to append to the prompt's ids; text they decode to; the
+    question's id (the adaptive schedule's key)."""
 
     k: int
     ids: list[int]
     text: str
+    key: str = ""
 
 
 class Curriculum:
@@ -277,9 +353,9 @@ class Curriculum:
         starts = []
         for e in examples:
             states = self.states(e)
-            k = self.schedule.sample(len(states), rng)
+            k = self.schedule.sample(len(states), rng, e.id)
             ids, text = encode_start(self.tokenizer, e.cot, states[k]) if k else ([], "")
-            starts.append(Start(k, ids, text))
+            starts.append(Start(k, ids, text, e.id))
         return starts
 
     @staticmethod
@@ -287,17 +363,15 @@ class Curriculum:
         """The full solutions to grade: start text + response (response i belongs to start i // group)."""
         return [starts[i // group].text + r for i, r in enumerate(responses)]
 
-    def update(self, step: int, ks: list[int], correct: list[bool]) -> dict[str, float]:
-        """Record one iteration (ks, correct: per sample); returns metrics: `acc_k/<k>`, mean `start_k`, and
-        the schedule's own (the stage)."""
-        tally: dict[int, list[int]] = {}
-        for k, ok in zip(ks, correct):
-            t = tally.setdefault(k, [0, 0])
-            t[0], t[1] = t[0] + int(ok), t[1] + 1
-        accuracy_by_k = {k: (c / n, n) for k, (c, n) in sorted(tally.items())}
+    def update(self, step: int, ks: list[int], correct: list[bool], keys: list[str] | None = None) -> dict[str, float]:
+        """Record one iteration (ks, correct and keys, the question ids: per sample); returns metrics:
+        `acc_k/<k>`, mean `start_k`, and the schedule's own (the stage; the adaptive ranges)."""
+        by_k, by_question = _tally(ks, correct), _tally(list(zip(keys, ks)) if keys else [], correct)
+        accuracy_by_k = {k: (c / n, n) for k, (c, n) in sorted(by_k.items())}
+        visits = [(key, k, c / n) for (key, k), (c, n) in by_question.items()]
         metrics = {f"acc_k/{k}": acc for k, (acc, _) in accuracy_by_k.items()}
         metrics["start_k"] = sum(ks) / max(1, len(ks))
-        return {**metrics, **self.schedule.update(step, accuracy_by_k)}
+        return {**metrics, **self.schedule.update(step, accuracy_by_k, visits)}
 
     def state_dict(self) -> dict:
         return {"schedule": self.schedule.name, "state": self.schedule.state_dict()}
@@ -315,6 +389,8 @@ def from_config(cfg, tokenizer, seed: int = 0) -> Curriculum | None:
         return None
     if cfg.schedule == "mixed":
         schedule = MixedSchedule()
+    elif cfg.schedule == "adaptive":
+        schedule = AdaptiveSchedule(cfg.adaptive_threshold)
     else:
         schedule = StagedSchedule(cfg.stages, cfg.steps_per_stage, cfg.advance_accuracy)
     return Curriculum(schedule, tokenizer, cfg.split, cfg.token_chunks, seed)

@@ -19,6 +19,10 @@ function that reads as a table of contents. Each iteration is
 
 A trained reward model (`rl.reward_model`, for the `reward_model` reward function) is loaded once, frozen, on
 the training device, and reaches the reward functions as `reward_scorer`.
+
+Launched in N processes (README, Scaling), each rolls out, rewards and scores its contiguous share of the step's
+questions (`accel.shard`); advantages, losses and the record are made whole-batch by the all-reduces in
+`update` and `metrics`, DDP all-reduces the gradients, and process 0 alone validates and writes.
 """
 
 from __future__ import annotations
@@ -38,9 +42,9 @@ from reftune.rewards.scorer import load_reward_scorer
 from reftune.rewards.functions import resolve_rewards
 from reftune.rl.metrics import iteration_record
 from reftune.rl.rollout import RolloutSetup, batch_indices, collect, dynamic_sampling, release_engine, sync_engine
-from reftune.rl.scoring import ReferenceLM, needs_reference, score
+from reftune.rl.scoring import ReferenceLM, needs_reference, reuses_update_forward, score
 from reftune.rl.update import advantages, ppo_update, self_training_update
-from reftune.train.accel import get_accelerator
+from reftune.train.accel import get_accelerator, is_main, num_processes, shard
 from reftune.train.context import RunContext
 from reftune.train.state import TrainState
 
@@ -53,6 +57,20 @@ def check_rl_split(train: list[Example], cfg: RLConfig) -> None:
     if len(train) < cfg.prompts_per_step:
         raise UserError(f"rl.prompts_per_step={cfg.prompts_per_step} is larger than the training split "
                         f"({len(train)} questions); lower rl.prompts_per_step")
+
+
+def check_data_parallel(cfg: RLConfig, curriculum) -> None:
+    """What does not run data-parallel yet: each of these draws or decides per batch (refill rounds, start
+    states, the rows of the NLL update) in ways that would depend on how the questions are sharded."""
+    n = num_processes()
+    if cfg.prompts_per_step < n:
+        raise UserError(f"rl.prompts_per_step={cfg.prompts_per_step} leaves a process without questions ({n} "
+                        f"processes); raise it to at least {n}")
+    for on, what in ((cfg.dynamic_sampling, "rl.dynamic_sampling"), (curriculum is not None, "curriculum"),
+                     (cfg.objective == "online_self_training", "rl.objective=online_self_training")):
+        if n > 1 and on:
+            raise UserError(f"{what} runs in one process only (this launch has {n}); start it without "
+                            f"torchrun / accelerate launch")
 
 
 def rollout_setup(core, tokenizer, train: list[Example], cfg: RLConfig, ctx: RunContext, device,
@@ -73,6 +91,22 @@ def rollout_setup(core, tokenizer, train: list[Example], cfg: RLConfig, ctx: Run
                               curriculum=curriculum, device_type=device.type)
 
 
+def validate_and_save(state: TrainState, lm, tokenizer, val: list[Example], cfg: RLConfig, ctx: RunContext) -> None:
+    """The end of an iteration: validation every `eval_every` (a new best saved to best/), last/ every
+    `save_every`, step-N/ every `snapshot_every`, and all of them after the last step."""
+    p = state.progress
+    if p.step % cfg.eval_every == 0 or p.step == cfg.steps:
+        res = ctx.validate(lm, tokenizer, val, max_new_tokens=cfg.max_new_tokens)
+        ctx.logger.log(ctx.stage, p.step, val_accuracy=res["accuracy"], val_answered=res["answered"])
+        if is_main():
+            tqdm.write(f"[{ctx.stage}] step {p.step}: val accuracy {res['accuracy']:.3f}")
+        state.offer_best(res["accuracy"])
+    if p.step % cfg.save_every == 0 or p.step == cfg.steps:
+        state.save_last()
+    if cfg.snapshot_every and p.step % cfg.snapshot_every == 0:
+        state.save(f"step-{p.step}")
+
+
 def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example], cfg: RLConfig, ctx: RunContext,
              curriculum=None) -> dict:
     """Train `policy` (a `PolicyWithValue`) in place from ctx.out_dir/last if it is resumable; returns
@@ -82,8 +116,11 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     `reftune.rl.curriculum.Curriculum` (R^3) or None. Validation always starts from the question.
     """
     check_rl_split(train, cfg)
+    check_data_parallel(cfg, curriculum)
     use_values = cfg.advantage == "gae" and cfg.objective == "ppo"
     acc = get_accelerator(ctx.precision)
+    if not use_values:  # out of DDP's graph: it would wait for the unused head's gradients (and no step moves it)
+        policy.value_head.requires_grad_(False)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     if cfg.gradient_checkpointing:  # only in train mode: rollouts and scoring keep their KV cache / speed
@@ -99,16 +136,22 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     state.resume(lr=cfg.lr)
     p, pad_id = state.progress, tokenizer.pad_token_id
 
-    bar = tqdm(total=cfg.steps, initial=p.step, desc=ctx.stage, dynamic_ncols=True)
+    # the curves' step-0 point (never a candidate for best/), logged with step 1: a run killed before then redoes it
+    start = ctx.validate(core.lm, tokenizer, val, max_new_tokens=cfg.max_new_tokens) if (
+        p.step == 0 and cfg.eval_at_start) else None
+    bar = tqdm(total=cfg.steps, initial=p.step, desc=ctx.stage, dynamic_ncols=True, disable=not is_main())
     while p.step < cfg.steps:
         where, t0 = f"{ctx.stage} step {p.step}", time.time()
-        rollout, kept = collect(setup, batch_indices(p.step, len(train), cfg.prompts_per_step, ctx.seed), p.step), None
+        idx, mine = batch_indices(p.step, len(train), cfg.prompts_per_step, ctx.seed), shard(cfg.prompts_per_step)
+        rollout, kept = collect(setup, idx[mine.start:mine.stop], p.step, first=mine.start), None  # this process's
         if cfg.dynamic_sampling:
             rollout, kept = dynamic_sampling(setup, rollout, p.step)
         t_rollout = time.time() - t0
         batch = score(policy, ref, rollout, pad_id=pad_id, device=acc.device, autocast=acc.autocast,
-                      chunks=cfg.minibatches, with_values=use_values, tis_cap=cfg.tis_cap)
+                      chunks=cfg.minibatches, with_values=use_values, tis_cap=cfg.tis_cap,
+                      update_forward=reuses_update_forward(cfg))
         t1, returns = time.time(), None
+        t_scoring = t1 - t0 - t_rollout
         release_engine(setup)  # vllm on GPU with rollout.sleep: its memory is the update's until the next rollout
         if cfg.objective == "ppo":
             adv, returns = advantages(batch, rollout.scores, cfg)
@@ -120,23 +163,19 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
         p.step += 1
         record = iteration_record(rollout, batch, stats, cfg, lr=sched.get_last_lr()[0], rollout_s=t_rollout,
                                   update_s=time.time() - t1, returns=returns if use_values else None,
-                                  kept_fraction=kept)
-        if rollout.starts:  # R^3: accuracy per start state; a staged schedule may move to its next stage
+                                  kept_fraction=kept, scoring_s=t_scoring)
+        if rollout.starts:  # R^3: accuracy per start state; the schedule may move (a stage, each question's range)
             G = cfg.num_generations
             record.update(curriculum.update(p.step, [st.k for st in rollout.starts for _ in range(G)],
-                                            [g.correct for g in rollout.grades]))
+                                            [g.correct for g in rollout.grades],
+                                            [st.key for st in rollout.starts for _ in range(G)]))
+        if start is not None:
+            ctx.logger.log(ctx.stage, 0, val_accuracy=start["accuracy"], val_answered=start["answered"])
+            start = None
         ctx.logger.log(ctx.stage, p.step, **record)
         bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}", kl=f"{record['kl']:.3f}")
         bar.update(1)
-        if p.step % cfg.eval_every == 0 or p.step == cfg.steps:
-            res = ctx.validate(core.lm, tokenizer, val, max_new_tokens=cfg.max_new_tokens)
-            ctx.logger.log(ctx.stage, p.step, val_accuracy=res["accuracy"], val_answered=res["answered"])
-            bar.write(f"[{ctx.stage}] step {p.step}: val accuracy {res['accuracy']:.3f}")
-            state.offer_best(res["accuracy"])
-        if p.step % cfg.save_every == 0 or p.step == cfg.steps:
-            state.save_last()
-        if cfg.snapshot_every and p.step % cfg.snapshot_every == 0:
-            state.save(f"step-{p.step}")
+        validate_and_save(state, core.lm, tokenizer, val, cfg, ctx)
     bar.close()
     if hasattr(setup.sampler, "close"):
         setup.sampler.close()  # one vLLM engine per process: the next stage builds its own

@@ -54,9 +54,18 @@ def batch_indices(k: int, n: int, per_step: int, seed: int) -> list[int]:
     return out
 
 
-def collect(setup: RolloutSetup, idx: list[int], k: int) -> Rollout:
+def sample_seed(seed: int, k: int, position: int, stream: int = 0) -> int:
+    """The seed of the samples of the question at `position` of iteration k's batch (stream: a refill round of
+    dynamic sampling): the same whichever process rolls it out, and different for a question drawn twice."""
+    return (((seed * 1_000_003 + k) * 1_000_033 + stream) * 1_000_037 + position) % 2**63
+
+
+def collect(setup: RolloutSetup, idx: list[int], k: int, first: int = 0, stream: int = 0) -> Rollout:
     """Rollout and reward of iteration k for the questions `idx`: G samples each, in `rl.rollout_precision`;
-    with R^3, each sample continues its question's start state and the whole solution is graded."""
+    with R^3, each sample continues its question's start state and the whole solution is graded.
+
+    idx[i] is question `first + i` of the iteration's batch (first > 0: this process's shard starts there); its
+    samples come from their own stream, `sample_seed(seed, k, first + i, stream)`."""
     cfg, G, cur = setup.cfg, setup.cfg.num_generations, setup.curriculum
     examples = [setup.questions[i] for i in idx for _ in range(G)]
     starts = cur.choose([setup.questions[i] for i in idx], k) if cur is not None else None
@@ -64,7 +73,9 @@ def collect(setup: RolloutSetup, idx: list[int], k: int) -> Rollout:
                else [setup.prompt_ids[i] for i in idx])
     dtype = DTYPES[cfg.rollout_precision]  # the hf sampler runs under autocast to it; vllm was built in it
     with torch.autocast(setup.device_type, dtype=dtype, enabled=dtype != torch.float32 and not engine(setup)):
-        samples = setup.sampler.generate(prompts, G, cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+        samples = setup.sampler.generate(prompts, G, cfg.temperature, cfg.top_p, cfg.max_new_tokens,
+                                         seeds=[sample_seed(setup.ctx.seed, k, first + i, stream)
+                                                for i in range(len(idx))])
     if starts:
         samples.texts = cur.complete(starts, samples.texts, G)
     ctx = setup.ctx
@@ -89,7 +100,7 @@ def dynamic_sampling(setup: RolloutSetup, batch: Rollout, k: int) -> tuple[Rollo
         if len(kept.idx) >= cfg.prompts_per_step:
             break
         g = torch.Generator().manual_seed(setup.ctx.seed * 7919 + 1_000_003 * (r + 1) + k)
-        more = collect(setup, torch.randperm(n, generator=g)[:cfg.prompts_per_step].tolist(), k)
+        more = collect(setup, torch.randperm(n, generator=g)[:cfg.prompts_per_step].tolist(), k, stream=r + 1)
         kept, drawn = kept + more.groups(informative_groups(more.scores, G), G), drawn + len(more.idx)
     fraction = len(kept.idx) / drawn
     if not kept.idx:

@@ -1,5 +1,16 @@
 """Phase 3 of an RL iteration: what the trainer computes of a rollout before updating — the policy's log-probs
-(and values) of the sampled tokens, the frozen reference's, and the sampler's own for the mismatch."""
+(and values) of the sampled tokens, the frozen reference's, and the sampler's own for the mismatch.
+
+Work that cannot change the result is skipped (tests/test_fast_scoring.py compares each shortcut with the plain
+padded pass and states the tolerance):
+- the LM head runs on the response positions only (`logits_to_keep`), never on the prompt's;
+- with one PPO epoch of one minibatch (`reuses_update_forward`), the update's forward *is* the policy's scoring
+  pass: it runs here with gradients, its detached log-probs and values are the "old" ones (no optimizer step has
+  happened yet, and there is no dropout), and `ppo_update` backpropagates through it instead of running its own;
+- the gradient-free passes (the reference's, and the policy's when it is not reused) encode each question's prompt
+  once and reuse its KV cache for the group's G responses, as the sampler does, in chunks of questions sorted by
+  length, each padded to its own widths rather than to the batch's.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +19,25 @@ import contextlib
 import torch
 
 from reftune import algos
-from reftune.model.batching import join_prompt_response, positions
+from reftune.model.batching import join_prompt_response, left_pad, pad, positions
 from reftune.model.lora import is_lora
+from reftune.model.sampler import cache_keyword
 from reftune.rl.batch import Rollout, ScoredBatch
+
+SCORING_ROWS = 64  # rows per gradient-free chunk at most: length buckets pad less, and memory stays bounded
 
 
 def response_logprobs(model, input_ids, attention_mask, prompt_width: int, with_values: bool):
     """Log-probs [B, R] of the response tokens (and values [B, R] of the states before them, or None), and the
     logits [B, R, V] that give them, in one pass.
 
-    Column P-1+j of the logits predicts response token j (see `batching.join_prompt_response`).
+    Column P-1+j of the sequence predicts response token j (see `batching.join_prompt_response`); the LM head
+    runs on the last R+1 columns only.
     """
-    logits, values = model(input_ids, attention_mask, positions(attention_mask), with_values=with_values)
-    logits = logits[:, prompt_width - 1:-1].float()
+    R = input_ids.shape[1] - prompt_width
+    logits, values = model(input_ids, attention_mask, positions(attention_mask), with_values=with_values,
+                           logits_to_keep=R + 1)
+    logits = logits[:, :-1].float()
     logp = algos.gather_logprobs(logits, input_ids[:, prompt_width:])
     values = values[:, prompt_width - 1:-1].float() if values is not None else None
     return logp, values, logits
@@ -34,11 +51,13 @@ class ReferenceLM(torch.nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids, attention_mask, position_ids, with_values=False):
-        adapters_off = self.lm.disable_adapter() if is_lora(self.lm) else contextlib.nullcontext()
-        with adapters_off:
+    def adapters_off(self):
+        return self.lm.disable_adapter() if is_lora(self.lm) else contextlib.nullcontext()
+
+    def forward(self, input_ids, attention_mask, position_ids, with_values=False, logits_to_keep: int = 0):
+        with self.adapters_off():
             return self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                           use_cache=False).logits, None
+                           use_cache=False, logits_to_keep=logits_to_keep).logits, None
 
 
 def needs_reference(cfg) -> bool:
@@ -46,28 +65,153 @@ def needs_reference(cfg) -> bool:
     return cfg.kl_in != "none" and cfg.objective == "ppo"
 
 
+def reuses_update_forward(cfg) -> bool:
+    """Whether the policy's scoring pass can be the update's forward: PPO with one epoch of one minibatch, so the
+    update's forward sees the same weights and rows as scoring does."""
+    return cfg.objective == "ppo" and cfg.ppo_epochs == 1 and cfg.minibatches == 1
+
+
+def has_dropout(model) -> bool:
+    """Whether train mode would make the forward random (then train- and eval-mode passes differ)."""
+    config = getattr(getattr(model, "lm", model), "config", None)
+    return (any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+            or any(getattr(config, k, 0) or 0 for k in ("attention_dropout", "hidden_dropout", "dropout")))
+
+
+def _lm_parts(model):
+    """(causal LM, value head or None, context to run it in) of a `PolicyWithValue` or a `ReferenceLM`."""
+    model = getattr(model, "module", model)  # a DistributedDataParallel wrapper: no gradients flow here
+    if isinstance(model, ReferenceLM):
+        return model.lm, None, model.adapters_off()
+    return model.lm, model.value_head, contextlib.nullcontext()
+
+
+def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list[int]], G: int, pad_id: int,
+                           device, with_values: bool):
+    """Log-probs [n*G, R] of `responses` (row q*G+j: sample j of question q, whose prompt is prompts[q]), values
+    [n*G, R] (None unless `with_values`) and the logits [n*G, R, V] that give the log-probs; R the longest
+    response, log-probs and values 0 after each row's end. Gradients flow when enabled (the cache is part of the
+    graph: the prompt pass gets the gradients of all G responses).
+
+    Each prompt is encoded once and its KV cache repeated for its G responses: the prompt pass gives the logits
+    (and value) of the state before response token 0, the response pass those of the states before tokens 1..R-1.
+    Equal to `response_logprobs` on the joined rows up to float rounding (attention over the cache sums in
+    another order)."""
+    from transformers import DynamicCache
+
+    lm, head, ctx = _lm_parts(model)
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    kw, hidden = cache_keyword(base), head is not None and with_values
+    p_ids, p_attn = (t.to(device) for t in left_pad(prompts, pad_id))
+    R = max(1, max(map(len, responses)))
+    r_ids = pad([r + [pad_id] * (R - len(r)) for r in responses], pad_id).to(device)
+    r_attn = pad([[1] * len(r) + [0] * (R - len(r)) for r in responses], 0).to(device)
+    cache = DynamicCache(config=base.config)
+    with ctx:
+        out = lm(input_ids=p_ids, attention_mask=p_attn, position_ids=positions(p_attn), use_cache=True,
+                 logits_to_keep=1, output_hidden_states=hidden, **{kw: cache})
+        logits, states = [out.logits[:, -1:].float().repeat_interleave(G, 0)], []
+        if hidden:
+            states.append(out.hidden_states[-1][:, -1:].repeat_interleave(G, 0))
+        if R > 1:
+            cache.batch_repeat_interleave(G)
+            attn = torch.cat([p_attn.repeat_interleave(G, 0), r_attn], 1)
+            out = lm(input_ids=r_ids[:, :-1], attention_mask=attn[:, :-1],
+                     position_ids=positions(attn)[:, p_ids.shape[1]:-1], use_cache=True,
+                     output_hidden_states=hidden, **{kw: cache})
+            logits.append(out.logits.float())
+            if hidden:
+                states.append(out.hidden_states[-1])
+    logits = torch.cat(logits, 1)
+    logp = algos.gather_logprobs(logits, r_ids) * r_attn
+    values = head(torch.cat(states, 1).to(head.weight.dtype)).squeeze(-1).float() * r_attn if hidden else None
+    return logp, values, logits
+
+
+def can_share_prompt_with_grad(model) -> bool:
+    """Whether the update's forward can go through `shared_prompt_logprobs`: not under gradient checkpointing
+    (which turns the KV cache off) and not behind a DistributedDataParallel wrapper (whose forward syncs the
+    gradients)."""
+    lm = getattr(model, "lm", None)
+    return lm is not None and not any(getattr(m, "gradient_checkpointing", False) is True for m in lm.modules())
+
+
+def question_chunks(prompts: list[list[int]], responses: list[list[int]], G: int, chunks: int) -> list[list[int]]:
+    """Questions (groups of G consecutive rows) in chunks of at most max(G, SCORING_ROWS, rows / chunks) rows,
+    sorted by length (prompt + longest response) so each chunk pads little."""
+    n = len(prompts) // G
+    length = [len(prompts[q * G]) + max(len(responses[q * G + j]) for j in range(G)) for q in range(n)]
+    order = sorted(range(n), key=lambda q: length[q])
+    per = max(1, max(SCORING_ROWS, -(-len(prompts) // chunks)) // G)
+    return [order[i:i + per] for i in range(0, n, per)]
+
+
+def _to_width(t: torch.Tensor, width: int) -> torch.Tensor:
+    """t [B, R, ...] zero-padded along dim 1 to `width` columns."""
+    return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]))
+
+
+def grouped_pass(model, prompts, responses, G: int, pad_id: int, device, width: int, with_values: bool,
+                 chunks: int, keep_logits: bool = False):
+    """`shared_prompt_logprobs` over `question_chunks`, back in row order: log-probs [B, width], values
+    [B, width] (None unless `with_values`) and logits [B, width, V] (None unless `keep_logits`), zeros where there
+    is no response token; differentiable when gradients are enabled."""
+    parts, rows = [], []
+    for qs in question_chunks(prompts, responses, G, chunks):
+        chunk = [q * G + j for q in qs for j in range(G)]
+        out = shared_prompt_logprobs(model, [prompts[q * G] for q in qs], [responses[r] for r in chunk], G, pad_id,
+                                     device, with_values)
+        out = out if keep_logits else out[:2] + (None,)
+        parts.append([None if t is None else _to_width(t, width) for t in out])
+        rows += chunk
+    back = torch.argsort(torch.tensor(rows, device=device))  # chunk order -> row order
+    return tuple(None if part[0] is None else torch.cat(part)[back] for part in zip(*parts))
+
+
+def group_size(prompt_ids: list[list[int]], n_questions: int) -> int:
+    """G when the rows come in groups of G that share their question's prompt (as rollouts do), else 1."""
+    G = len(prompt_ids) // max(n_questions, 1)
+    if G <= 1 or len(prompt_ids) != G * n_questions:
+        return 1
+    same = all(prompt_ids[r] == prompt_ids[r - r % G] for r in range(len(prompt_ids)))
+    return G if same else 1
+
+
 @torch.no_grad()
 def score(policy, ref, rollout: Rollout, *, pad_id: int, device, autocast, chunks: int, with_values: bool,
-          tis_cap: float | None = None) -> ScoredBatch:
+          tis_cap: float | None = None, update_forward: bool = False) -> ScoredBatch:
     """The rollout as a `ScoredBatch`: tensors on `device`, the policy's old log-probs and values (zeros when not
     `with_values`), the reference's log-probs (None when `ref` is None), the sampler's log-probs, and with
-    `tis_cap` the truncated importance weights. Passes go in `chunks` slices; `autocast` is the trainer's
-    precision context (a callable returning a context manager)."""
+    `tis_cap` the truncated importance weights. `autocast` is the trainer's precision context (a callable
+    returning a context manager); gradient-free passes go in length-sorted chunks of questions (at least `chunks`).
+
+    With `update_forward` (see `reuses_update_forward`) and a policy without dropout, the policy's pass runs with
+    gradients in train mode and is kept on the batch (`ScoredBatch.update_forward`) for `ppo_update`."""
     s = rollout.samples
     ids, attn, mask, P = join_prompt_response(s.prompt_ids, s.response_ids, pad_id)
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device).float()
-    B, G = ids.shape[0], len(s.prompt_ids) // max(len(rollout.idx), 1)
-    size = -(-B // chunks)
-    old_logp, old_values, ref_logp = [], [], []
-    policy.eval()
+    B, R = ids.shape[0], mask.shape[1]
+    G = len(s.prompt_ids) // max(len(rollout.idx), 1)
+    G_shared = group_size(s.prompt_ids, len(rollout.idx))
+    live = None
     with autocast():
-        for i in range(0, B, size):
-            lp, v, _ = response_logprobs(policy, ids[i:i + size], attn[i:i + size], P, with_values)
-            old_logp.append(lp)
-            old_values.append(v if v is not None else torch.zeros_like(lp))
-            if ref is not None:
-                ref_logp.append(response_logprobs(ref, ids[i:i + size], attn[i:i + size], P, False)[0])
-    old_logp = torch.cat(old_logp)
+        if update_forward and not has_dropout(policy):
+            policy.train()
+            with torch.enable_grad():
+                if G_shared > 1 and can_share_prompt_with_grad(policy):
+                    live = grouped_pass(policy, s.prompt_ids, s.response_ids, G_shared, pad_id, device, R,
+                                        with_values, 1, keep_logits=True)
+                else:
+                    live = response_logprobs(policy, ids, attn, P, with_values)
+            old_logp = live[0].detach()
+            old_values = live[1].detach() if with_values else torch.zeros_like(old_logp)
+        else:
+            policy.eval()
+            old_logp, old_values, _ = grouped_pass(policy, s.prompt_ids, s.response_ids, G_shared, pad_id, device,
+                                                   R, with_values, chunks)
+            old_values = old_values if with_values else torch.zeros_like(old_logp)
+        ref_logp = (grouped_pass(ref, s.prompt_ids, s.response_ids, G_shared, pad_id, device, R, False, chunks)[0]
+                    if ref is not None else None)
     sampler_logp = torch.zeros_like(old_logp)
     for i, lp in enumerate(s.logprobs):
         sampler_logp[i, :len(lp)] = torch.tensor(lp)
@@ -75,5 +219,4 @@ def score(policy, ref, rollout: Rollout, *, pad_id: int, device, autocast, chunk
     if tis_cap is not None:  # truncated IS: the update is on-policy for the trainer, not the sampler
         is_weights = torch.exp(old_logp - sampler_logp).clamp(max=tis_cap) * mask
     return ScoredBatch(ids, attn, mask, P, torch.arange(len(rollout.idx), device=device).repeat_interleave(G),
-                       old_logp, torch.cat(old_values), torch.cat(ref_logp) if ref is not None else None,
-                       sampler_logp, is_weights)
+                       old_logp, old_values, ref_logp, sampler_logp, is_weights, update_forward=live)

@@ -10,7 +10,18 @@ from reftune.config import RLConfig
 from reftune.model.batching import join_prompt_response
 from reftune.rl.batch import Rollout, ScoredBatch
 from reftune.rl.scoring import response_logprobs
-from reftune.train.accel import optimizer_step
+from reftune.train.accel import all_sum, num_processes, optimizer_step, row_span
+
+LOSS_STATS = ("policy_loss", "value_loss", "kl_loss")  # averaged like the loss; every other statistic per token
+
+
+def whitens_over_batch(cfg: RLConfig) -> bool:
+    """rl.whiten_advantages resolved. "auto" whitens as each estimator is published: GAE over the batch (PPO,
+    ReFT); none of the others, since GRPO divides by its group's std, Dr. GRPO and RLOO use the raw group
+    deviation, and REINFORCE++ already whitens over the batch inside the estimator. Batch whitening on top of a
+    group estimator gives a group whose rewards all agree a non-zero advantage when its responses differ in
+    length from the batch's (the token mean shifts every token)."""
+    return cfg.advantage == "gae" if cfg.whiten_advantages == "auto" else bool(cfg.whiten_advantages)
 
 
 def advantages(batch: ScoredBatch, scores: torch.Tensor, cfg: RLConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,57 +29,105 @@ def advantages(batch: ScoredBatch, scores: torch.Tensor, cfg: RLConfig) -> tuple
 
     The per-token reward is the sequence reward on the last response token, minus β·KL to the reference per
     token when rl.kl_in="reward" (ReFT); the estimator is `rl.advantage` from `algos` (GAE uses the old values,
-    group estimators the batch's groups); with rl.whiten_advantages the advantages are whitened over the
-    batch's response tokens, whatever the estimator.
+    group estimators the batch's groups); then, where `whitens_over_batch(cfg)`, the advantages are whitened
+    over the batch's response tokens. With several processes, `batch` is this process's shard and batch-wide
+    statistics (whitening, REINFORCE++) are over every shard.
     """
     beta = cfg.kl_coef if cfg.kl_in == "reward" else 0.0
     token_rewards = algos.kl_penalized_rewards(scores.to(batch.mask.device), batch.old_logp, batch.ref_logp,
                                                batch.mask, beta, cfg.kl_kind)
     estimator = algos.get_advantage_estimator(cfg.advantage)
+    total = all_sum if num_processes() > 1 else None  # a process holds whole groups; whitening spans all
     adv, returns = estimator(token_rewards, batch.mask, values=batch.old_values if cfg.advantage == "gae" else None,
-                             group_ids=batch.group_ids, gamma=cfg.gamma, lam=cfg.lam)
-    if cfg.whiten_advantages:
-        adv = algos.masked_whiten(adv, batch.mask)
+                             group_ids=batch.group_ids, gamma=cfg.gamma, lam=cfg.lam, all_sum=total)
+    if whitens_over_batch(cfg):
+        adv = algos.masked_whiten(adv, batch.mask, all_sum=total)
     return adv, returns
+
+
+def minibatch_rows(perm: torch.Tensor, first: int, n: int) -> torch.Tensor:
+    """This process's rows of a minibatch: the entries of `perm` (global row numbers) in [first, first + n),
+    the rows it holds, as local indices, in perm's order."""
+    mine = perm[(perm >= first) & (perm < first + n)]
+    return mine - first
+
+
+def data_parallel_scale(count: torch.Tensor) -> torch.Tensor:
+    """The factor that turns this process's loss (aggregated over its rows of a minibatch, `count` being what
+    that aggregation divided by: `algos.aggregation_count`, 0 without rows) into its share of the whole
+    minibatch's loss: N * count / all processes' count. DDP averages the N gradients, so the shares add up to
+    the loss one process would compute on the whole minibatch."""
+    return num_processes() * count / all_sum(count).clamp(min=1)
+
+
+def reduce_stats(stats: dict[str, torch.Tensor], tokens: torch.Tensor, count: torch.Tensor) -> dict[str, float]:
+    """A minibatch's statistics over every process's rows: the losses weighted by their aggregation `count`, the
+    per-token means by `tokens` (one all-reduce). With one process, the values as they are."""
+    if num_processes() == 1:
+        return {k: float(v) for k, v in stats.items()}
+    names = list(stats)
+    weights = torch.stack([count if k in LOSS_STATS else tokens for k in names]).float()
+    summed = all_sum(torch.cat([torch.stack([stats[k].float() for k in names]) * weights, weights]))
+    return {k: float(summed[i] / summed[len(names) + i].clamp(min=1e-12)) for i, k in enumerate(names)}
 
 
 def ppo_update(policy, opt, acc, batch: ScoredBatch, adv: torch.Tensor, returns: torch.Tensor, cfg: RLConfig,
                use_values: bool, where: str) -> dict[str, list[float]]:
     """`rl.ppo_epochs` passes of `rl.minibatches` shuffled minibatches (global torch RNG) with the clipped policy
     loss, plus the clipped value loss (with `use_values`) and the KL loss (rl.kl_in="loss"); one optimizer step
-    per minibatch. Returns each statistic's value per minibatch."""
-    B, mask = len(batch), batch.mask
-    size = -(-B // cfg.minibatches)
+    per minibatch. Returns each statistic's value per minibatch.
+
+    With several processes, `batch` is this process's shard: the minibatches are drawn from the rows of all
+    shards (the same permutation everywhere), each process computes its rows' share of the minibatch's loss
+    (`data_parallel_scale`), and the statistics are reduced over all rows, so N processes step like one. A
+    process with no row in a minibatch backpropagates zero times one row's loss: DDP needs its gradients."""
+    first, B = row_span(len(batch))
+    mask, size = batch.mask, -(-B // cfg.minibatches)
     stats: dict[str, list[float]] = {}
     policy.train()
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(B)
         for s in range(0, B, size):
-            j = perm[s:s + size].to(mask.device)
-            with acc.autocast():
-                logp, values, logits = response_logprobs(policy, batch.ids[j], batch.attn[j], batch.prompt_width,
-                                                         use_values)
-                pg_loss, pg_stats = algos.clipped_policy_loss(
-                    logp, batch.old_logp[j], adv[j], mask[j], cfg.clip, cfg.clip_high, cfg.loss_agg,
-                    norm_const=cfg.max_new_tokens,
-                    is_weights=batch.is_weights[j] if batch.is_weights is not None else None)
-                loss = pg_loss
-                if use_values:
-                    vf_loss, vf_stats = algos.clipped_value_loss(values, batch.old_values[j], returns[j], mask[j],
-                                                                 cfg.value_clip, cfg.loss_agg, cfg.max_new_tokens)
-                    loss = loss + cfg.vf_coef * vf_loss
-                    pg_stats = {**pg_stats, **vf_stats, "value_loss": vf_loss.detach()}
-                if cfg.kl_in == "loss" and batch.ref_logp is not None:
-                    kl_term = algos.kl_loss(logp, batch.ref_logp[j], mask[j], cfg.kl_kind, cfg.loss_agg,
-                                            cfg.max_new_tokens)
-                    loss = loss + cfg.kl_coef * kl_term
-                    pg_stats["kl_loss"] = kl_term.detach()
-            optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip, where=where)
-            with torch.no_grad():
-                pg_stats["entropy"] = algos.masked_mean(algos.entropy_from_logits(logits.detach()), mask[j])
-            for k, v in {**pg_stats, "policy_loss": pg_loss.detach()}.items():
-                stats.setdefault(k, []).append(float(v))
+            j = minibatch_rows(perm[s:s + size], first, len(batch)).to(mask.device)
+            here = float(len(j) > 0)  # 0: a stand-in row, masked out and weighted 0
+            j = j if len(j) else torch.zeros(1, dtype=torch.long, device=mask.device)
+            row_mask = mask[j] * here
+            tokens, count = (algos.aggregation_count(row_mask, agg) * here for agg in ("token_mean", cfg.loss_agg))
+            minibatch_stats = _minibatch_step(policy, opt, acc, batch, adv, returns, j, row_mask, count, cfg,
+                                              use_values, where)
+            for k, v in reduce_stats(minibatch_stats, tokens, count).items():
+                stats.setdefault(k, []).append(v)
     return stats
+
+
+def _minibatch_step(policy, opt, acc, batch: ScoredBatch, adv, returns, j: torch.Tensor, mask: torch.Tensor,
+                    count: torch.Tensor, cfg: RLConfig, use_values: bool, where: str) -> dict[str, torch.Tensor]:
+    """One optimizer step on the rows j of this process's batch; mask: their response mask (zeros: none of the
+    minibatch's rows is here); count: its loss aggregation's count. Returns the step's statistics (0-dim)."""
+    with acc.autocast():
+        # with one epoch of one minibatch, scoring already ran this forward (scoring.reuses_update_forward)
+        logp, values, logits = batch.take_update_forward(j) or response_logprobs(
+            policy, batch.ids[j], batch.attn[j], batch.prompt_width, use_values)
+        pg_loss, pg_stats = algos.clipped_policy_loss(
+            logp, batch.old_logp[j], adv[j], mask, cfg.clip, cfg.clip_high, cfg.loss_agg,
+            norm_const=cfg.max_new_tokens,
+            is_weights=batch.is_weights[j] if batch.is_weights is not None else None)
+        loss = pg_loss
+        if use_values:
+            vf_loss, vf_stats = algos.clipped_value_loss(values, batch.old_values[j], returns[j], mask,
+                                                         cfg.value_clip, cfg.loss_agg, cfg.max_new_tokens)
+            loss = loss + cfg.vf_coef * vf_loss
+            pg_stats = {**pg_stats, **vf_stats, "value_loss": vf_loss.detach()}
+        if cfg.kl_in == "loss" and batch.ref_logp is not None:
+            kl_term = algos.kl_loss(logp, batch.ref_logp[j], mask, cfg.kl_kind, cfg.loss_agg, cfg.max_new_tokens)
+            loss = loss + cfg.kl_coef * kl_term
+            pg_stats["kl_loss"] = kl_term.detach()
+        if num_processes() > 1:
+            loss = loss * data_parallel_scale(count)
+    optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip, where=where)
+    with torch.no_grad():
+        pg_stats["entropy"] = algos.masked_mean(algos.entropy_from_logits(logits.detach()), mask)
+    return {**pg_stats, "policy_loss": pg_loss.detach()}
 
 
 def self_training_rows(prompt_ids: list[list[int]], response_ids: list[list[int]], correct: list[bool],

@@ -1,17 +1,28 @@
-"""The one `accelerate.Accelerator` of a process, and precision helpers.
+"""The one `accelerate.Accelerator` of a process, precision helpers, and the few collectives the loops use.
 
-One process on CPU here; `accelerate launch` spreads the same loops over GPUs. Accelerate keeps global
-state, so the accelerator is created once per process with the job's precision.
+A plain `reftune ...` is one process. `torchrun --nproc_per_node N -m reftune.cli ...` or `accelerate launch
+--multi_gpu ...` starts N, and the same loops then run data-parallel: DDP all-reduces the gradients, and the
+helpers here sum partial statistics across processes (`all_sum`), hand the main process's values to the others
+(`broadcast`), and let only the main process write (`is_main`, `on_main`, `wait`). With one process every helper
+is the identity, so a single-process run computes exactly what it computed before. Without a GPU, a
+multi-process launch gets gloo on CPU (accelerate's MULTI_CPU). Accelerate keeps global state, so the
+accelerator is created once per process with the job's precision.
 """
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
+from typing import Any, Callable
+
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, broadcast_object_list
 
 from reftune.errors import ConfigError
 
 _ACCELERATOR: Accelerator | None = None
+WAIT_LIMIT = timedelta(hours=6)  # how long a process waits for the others at a collective before failing
 MIXED = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -25,11 +36,112 @@ def get_accelerator(precision: str = "fp32") -> Accelerator:
         raise ConfigError("precision: fp16 training needs a GPU (no fp16 autocast or loss scaling on CPU); "
                           "use bf16 or fp32 (rl.rollout_precision=fp16 works on CPU)")
     if _ACCELERATOR is None:
-        _ACCELERATOR = Accelerator(mixed_precision=MIXED[precision])
+        # buffers (RoPE frequencies) are not trained: no broadcast at every forward, which would also make
+        # a forward a collective (scoring does a rank-dependent number of them)
+        ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+        _ACCELERATOR = Accelerator(mixed_precision=MIXED[precision], cpu=_cpu_only(), kwargs_handlers=[ddp])
+        if _ACCELERATOR.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ConfigError(SHARDED_UNSUPPORTED.format(_ACCELERATOR.distributed_type.value))
     elif _ACCELERATOR.mixed_precision != MIXED[precision]:
         raise ConfigError(f"precision: this process already runs in {_ACCELERATOR.mixed_precision}; "
                           f"start a new process for {precision}")
     return _ACCELERATOR
+
+
+SHARDED_UNSUPPORTED = (
+    "accelerate launch: {} is not supported: the loops sample, validate and save from the full weights every "
+    "process holds, and step the optimizer themselves (backward, clip, step); sharded parameters (FSDP, ZeRO-3) "
+    "and DeepSpeed's own step need code that is not written yet. Launch data-parallel (DDP): "
+    "`accelerate launch --multi_gpu --num_processes N -m reftune.cli ...` or `torchrun --nproc_per_node N -m "
+    "reftune.cli ...` (README, Scaling)")
+
+
+def _cpu_only() -> bool:
+    """A multi-process launch on a machine without CUDA: accelerate then needs cpu=True to use gloo (MULTI_CPU);
+    without it, each process would run alone, unaware of the others."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def process_state() -> PartialState:
+    """This process's place in the launch (process_index, num_processes), set up once per process; the
+    accelerator built later shares it. The others wait at a barrier while the main process validates and
+    evaluates, which may take long: the collectives' timeout is WAIT_LIMIT, not torch's 30 minutes."""
+    return PartialState(cpu=_cpu_only(), timeout=WAIT_LIMIT)
+
+
+def num_processes() -> int:
+    return process_state().num_processes
+
+
+def is_main() -> bool:
+    """Whether this is the process that writes: the run directory, metrics, checkpoints, reports."""
+    return process_state().is_main_process
+
+
+def wait() -> None:
+    """A barrier: every process gets here before any goes on (no-op with one process)."""
+    if num_processes() > 1:
+        process_state().wait_for_everyone()
+
+
+def on_main(fn: Callable, *args, **kwargs) -> Any:
+    """`fn(*args, **kwargs)` on the main process only, the others waiting until it is done; returns its result
+    (None on the other processes)."""
+    result = fn(*args, **kwargs) if is_main() else None
+    wait()
+    return result
+
+
+def main_first():
+    """A context: the main process runs the block first (e.g. builds and saves a model), then the others do
+    (finding it saved)."""
+    return process_state().main_process_first()
+
+
+def broadcast(obj: Any) -> Any:
+    """The main process's `obj` on every process (e.g. a validation accuracy all must act on alike)."""
+    if num_processes() == 1:
+        return obj
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """The elementwise sum of `x` over all processes (a new tensor; `x` itself with one process)."""
+    if num_processes() == 1:
+        return x
+    out = x.detach().clone()
+    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
+    return out
+
+
+def all_max(x: torch.Tensor) -> torch.Tensor:
+    """The elementwise max of `x` over all processes."""
+    if num_processes() == 1:
+        return x
+    out = x.detach().clone()
+    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX)
+    return out
+
+
+def shard(n: int) -> range:
+    """This process's contiguous share of n items (the first n % N processes get one more)."""
+    state = process_state()
+    size, extra = divmod(n, state.num_processes)
+    start = state.process_index * size + min(state.process_index, extra)
+    return range(start, start + size + (state.process_index < extra))
+
+
+def row_span(n: int) -> tuple[int, int]:
+    """(offset, total): where this process's n rows start among all processes' rows, laid out by process
+    index, and how many rows there are in all."""
+    state = process_state()
+    if state.num_processes == 1:
+        return 0, n
+    sizes = all_sum(torch.zeros(state.num_processes, dtype=torch.long, device=state.device)
+                    .index_fill_(0, torch.tensor([state.process_index], device=state.device), n)).tolist()
+    return sum(sizes[:state.process_index]), sum(sizes)
 
 
 DIVERGED_HINT = ("the last good checkpoint (last/) is kept; continue with --resume and a lower learning rate "

@@ -8,6 +8,7 @@ from typing import Any
 
 from reftune.example import Example
 from reftune.eval.greedy import evaluate
+from reftune.train.accel import broadcast, is_main
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,12 @@ class RunContext:
         return replace(self, stage=stage, out_dir=Path(out_dir))
 
     def validate(self, model, tokenizer, examples: list[Example], max_new_tokens: int | None = None) -> dict:
-        """Greedy accuracy on `examples` (the validation split): {"accuracy", "n", "answered"}."""
-        return evaluate(model, tokenizer, examples, template=self.template, cot=self.cot,
-                        batch_size=self.eval_batch_size, sandbox=self.sandbox, desc=f"{self.stage} val",
-                        max_new_tokens=self.eval_max_new_tokens if max_new_tokens is None else max_new_tokens)
+        """Greedy accuracy on `examples` (the validation split): {"accuracy", "n", "answered"}. With several
+        processes the main one evaluates while the others wait, and all get its result (they act on it alike:
+        best/, early stopping)."""
+        res = None
+        if is_main():
+            res = evaluate(model, tokenizer, examples, template=self.template, cot=self.cot,
+                           batch_size=self.eval_batch_size, sandbox=self.sandbox, desc=f"{self.stage} val",
+                           max_new_tokens=self.eval_max_new_tokens if max_new_tokens is None else max_new_tokens)
+        return broadcast(res)

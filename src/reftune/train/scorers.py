@@ -25,6 +25,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from reftune.train.accel import get_accelerator, optimizer_step
 from reftune.model.checkpoint import save_checkpoint
+from reftune.model.classifier import CLASSIFIER_DIR, export_checkpoint
 from reftune.config import VerifierConfig
 from reftune.model.batching import left_pad
 from reftune.rewards.scorer import score_rows
@@ -62,7 +63,8 @@ def train_scorer(model: torch.nn.Module, tokenizer, train: list, val: list, cfg:
     weight_decay, batch_size (items per step), grad_clip. template, max_length: how the rows were built, saved
     in reward_model.json so a loader can build its prompts the same way.
     Logs loss, lr, grad_norm every 10 steps, then train_loss (the epoch's mean) and val_<metric> per epoch.
-    Saves out_dir/best at the epoch of largest `objective.rank` (the last epoch when `val` is empty).
+    Saves out_dir/best at the epoch of largest `objective.rank` (the last epoch when `val` is empty), and that
+    epoch as a standard HF sequence-classification checkpoint in out_dir/hf_classifier (`model.classifier`).
     Returns {"best_epoch", "val": the metrics of that epoch}.
     """
     out_dir = Path(out_dir)
@@ -109,4 +111,5 @@ def train_scorer(model: torch.nn.Module, tokenizer, train: list, val: list, cfg:
             save_checkpoint(out_dir / "best", core.policy.lm, tokenizer, value_head=core.policy.value_head,
                             reward_model=info)
     bar.close()
+    export_checkpoint(out_dir / "best", out_dir / CLASSIFIER_DIR)  # the best epoch, for HF tools as well
     return {"best_epoch": best_epoch, "val": best_metrics}

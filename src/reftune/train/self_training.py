@@ -5,6 +5,14 @@
    (a sample cut at `max_new_tokens` would teach the model not to stop), next to the gold CoT;
 3. run `sft.train_sft` on that augmented set, continuing from the warm-up model.
 
+Expert iteration (`selftrain.rounds` = N > 1; rejection-sampling fine-tuning in rounds, as in STaR and Havrilla
+et al., 2024) repeats this: round r samples from round r-1's chosen model (round 1 from the warm-up), pools
+its samples with those of the earlier rounds (`pool_rounds`; earlier rounds first, so a question keeps the
+solutions it already had and gains new ones up to `max_correct`), and fine-tunes again, by default from the
+warm-up model (`selftrain.round_start=base`, as both papers do: one round's over-fitting is not carried into
+the next) or from round r-1's model (`previous`). Each round keeps its best validation epoch; the final model is
+the round whose best validation accuracy is highest (`best_round`); the test split is never looked at.
+
 Simplifications: "distinct" means different after collapsing whitespace; questions without a gold CoT
 (answer-only data) are not used here. Online self-training (resampling as training goes) is the RL loop's
 `rl.objective=online_self_training` (`reftune.rl.loop`).
@@ -62,3 +70,17 @@ def augmentation_stats(examples: list[Example], augmented: list[Example]) -> dic
     return {"questions": with_cot, "questions_with_correct_samples": len(added),
             "added": sum(added.values()), "added_per_question": sum(added.values()) / max(with_cot, 1),
             "examples": len(augmented)}
+
+
+def pool_rounds(earlier: list[list[dict]], new: list[list[dict]]) -> list[list[dict]]:
+    """Per question, the samples of the earlier rounds followed by this round's (`augment_with_samples` then keeps
+    the first `max_correct` distinct correct ones)."""
+    return [old + added for old, added in zip(earlier, new)]
+
+
+def best_round(rounds: list[dict]) -> int:
+    """Index of the round whose chosen checkpoint has the highest validation accuracy ("best_val"); the earliest
+    on a tie (fewer rounds of training on the model's own samples)."""
+    if not rounds:
+        raise ValueError("no finished round to choose from")
+    return max(range(len(rounds)), key=lambda i: (rounds[i]["best_val"], -i))

@@ -9,6 +9,7 @@ snapshot).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -21,7 +22,7 @@ from reftune.example import Example
 from reftune.errors import UserError
 from reftune.model.batching import collate_sft, encode_sft
 from reftune.model.prompts import build_prompt, build_target
-from reftune.train.accel import check_finite, get_accelerator, optimizer_step
+from reftune.train.accel import all_sum, check_finite, get_accelerator, is_main, num_processes, optimizer_step, shard
 from reftune.train.context import RunContext
 from reftune.train.state import TrainState
 
@@ -48,28 +49,43 @@ def sft_rows(tokenizer, train: list[Example], ctx: RunContext, loss_on_prompt: b
 def accumulated_step(model, acc, micro_batches: list[dict], opt, sched, grad_clip: float, where: str):
     """One optimizer step over a batch given as micro-batches: each micro-batch's token-mean loss is weighted by
     its share of the batch's target tokens and backpropagated on its own, so the gradient is the whole batch's
-    (up to float rounding) while only one micro-batch's activations are held. Returns (loss, grad norm)."""
-    if len(micro_batches) == 1:
-        with acc.autocast():
-            loss = model(**micro_batches[0]).loss
-        return loss, optimizer_step(acc, loss, model.parameters(), opt, grad_clip, sched, where)
+    (up to float rounding) while only one micro-batch's activations are held. Returns (loss, grad norm).
+
+    With several processes, `micro_batches` are this process's share of the batch: the shares are of all
+    processes' target tokens, times N since DDP averages the N gradients (it all-reduces at the last backward
+    only), and the loss returned is the whole batch's."""
     counts = [int((b["labels"][:, 1:] != -100).sum()) for b in micro_batches]  # the model shifts labels by one
-    total, done = sum(counts), []
-    for b, n in zip(micro_batches, counts):
-        with acc.autocast():
-            loss = model(**b).loss * (n / total)
-        if len(done) < len(micro_batches) - 1:
-            check_finite(loss.detach(), "loss", where)
-            acc.backward(loss)
+    n_proc, device = num_processes(), micro_batches[0]["labels"].device
+    total = all_sum(torch.tensor(float(sum(counts)), device=device)).item()
+    done = []
+    for i, (b, n) in enumerate(zip(micro_batches, counts)):
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else acc.no_sync(model), acc.autocast():
+            loss = model(**b).loss * (n / total * n_proc)
+            if not last:
+                check_finite(loss.detach(), "loss", where)
+                acc.backward(loss)
         done.append(loss.detach())
     grad_norm = optimizer_step(acc, loss, model.parameters(), opt, grad_clip, sched, where)
-    return sum(done), grad_norm
+    return all_sum(sum(done)) / n_proc, grad_norm
+
+
+def share(picked: list, k: int, tokenizer, device) -> list[dict]:
+    """This process's share of a batch's rows (all of them with one process), as k micro-batches on `device`."""
+    mine = shard(len(picked))
+    rows = picked[mine.start:mine.stop]
+    return [{key: v.to(device) for key, v in collate_sft(rows[m::k], tokenizer.pad_token_id).items()}
+            for m in range(k)]
 
 
 def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: SFTConfig, ctx: RunContext,
               snapshot_epochs=()) -> dict:
     """Train `model` in place; returns {"best_val", "best_epoch", "epochs_run"}. Resumes from ctx.out_dir/last."""
     rows = sft_rows(tokenizer, train, ctx, cfg.loss_on_prompt, cfg.batch_size)
+    if cfg.batch_size < num_processes() * cfg.gradient_accumulation_steps:
+        raise UserError(f"sft.batch_size={cfg.batch_size} gives fewer than one row per micro-batch on each of the "
+                        f"{num_processes()} processes (sft.gradient_accumulation_steps="
+                        f"{cfg.gradient_accumulation_steps}); raise sft.batch_size")
     steps_per_epoch = len(rows) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     acc = get_accelerator(ctx.precision)
@@ -86,7 +102,7 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
     state.resume(lr=cfg.lr)
     p = state.progress
 
-    bar = tqdm(total=total, initial=p.step, desc=ctx.stage, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=p.step, desc=ctx.stage, dynamic_ncols=True, disable=not is_main())
     tokens, t0 = 0, time.time()
     while p.epoch < cfg.epochs:
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(ctx.seed * 100_003 + p.epoch))
@@ -94,12 +110,10 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
         model.train()
         for i in range(p.step - p.epoch * steps_per_epoch, steps_per_epoch):
             picked = [rows[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]
-            k = cfg.gradient_accumulation_steps
-            micro = [{key: v.to(acc.device) for key, v in collate_sft(picked[m::k], tokenizer.pad_token_id).items()}
-                     for m in range(k)]
+            micro = share(picked, cfg.gradient_accumulation_steps, tokenizer, acc.device)
             loss, grad_norm = accumulated_step(model, acc, micro, opt, sched, cfg.grad_clip, f"{ctx.stage} step {p.step}")
             p.step += 1
-            tokens += sum(int(b["attention_mask"].sum()) for b in micro)
+            tokens += int(all_sum(sum(b["attention_mask"].sum() for b in micro)))
             bar.update(1)
             if p.step % 10 == 0 or p.step == total:
                 dt = time.time() - t0
@@ -116,7 +130,8 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
         if p.epoch % cfg.eval_every_epochs == 0 or p.epoch == cfg.epochs:
             res = ctx.validate(acc.unwrap_model(model), tokenizer, val)
             ctx.logger.log(ctx.stage, p.step, epoch=p.epoch, val_accuracy=res["accuracy"], val_answered=res["answered"])
-            bar.write(f"[{ctx.stage}] epoch {p.epoch}: val accuracy {res['accuracy']:.3f}")
+            if is_main():
+                bar.write(f"[{ctx.stage}] epoch {p.epoch}: val accuracy {res['accuracy']:.3f}")
             state.offer_best(res["accuracy"])
         state.save_last()
         if cfg.patience and p.stale >= cfg.patience and p.epoch > max(snapshot_epochs, default=0):

@@ -5,6 +5,10 @@ A loop creates one after its optimizer and scheduler, calls `resume()` once, and
 the loop's `Progress` and each `extras` object's `state_dict()` (e.g. the R^3 curriculum), so a run resumed from
 `last/` continues exactly as the uninterrupted run would (tests/test_golden.py checks it bit for bit).
 
+With several processes (data parallelism) every process keeps the same state (DDP keeps the weights, the
+optimizer and the RNG in step): all resume from the same `last/`, and only the main process writes, the others
+waiting until the checkpoint is complete.
+
 On disk the counters keep the names they had before this class existed (SFT: `epoch, step, best_val,
 best_epoch, stale`; RL: `step, best_val, best_step`), so older runs still resume.
 """
@@ -19,7 +23,7 @@ import torch
 
 from reftune.errors import TrainingDiverged
 from reftune.model.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
-from reftune.train.accel import DIVERGED_HINT
+from reftune.train.accel import DIVERGED_HINT, on_main
 
 
 @dataclass
@@ -99,8 +103,10 @@ class TrainState:
         if not all(torch.isfinite(t).all() for m in modules for t in m.parameters()):
             raise TrainingDiverged(f"{self.out_dir}: the weights are NaN/inf after step {self.progress.step}, so "
                                    f"{name}/ was not written; {DIVERGED_HINT}")
-        return save_checkpoint(self.out_dir / name, self.model, self.tokenizer, value_head=self.value_head,
-                               state=self._state() if resumable else None)
+        path = self.out_dir / name
+        on_main(save_checkpoint, path, self.model, self.tokenizer, value_head=self.value_head,
+                state=self._state() if resumable else None)
+        return path
 
     def save_last(self) -> Path:
         return self.save("last", resumable=True)

@@ -1,0 +1,148 @@
+"""Data parallelism: two processes on one global batch compute what one process computes.
+
+`torchrun --standalone --nproc_per_node 2 -m reftune.cli ...` starts two CPU processes (gloo). Each process takes
+half of every batch (SFT rows; RL questions, whole groups), the losses are normalised by the whole batch's token
+count, DDP averages the gradients, batch-wide statistics (whitening, metrics) are summed over both, and only the
+main process writes. So a 2-process run must give the losses, metrics and final weights of the 1-process run
+with the same settings, up to float rounding (sums are taken in another order, and rows are padded in other
+batches): here within rel 1e-4 or 1e-5 absolute for the metrics (a sequence KL of ~5e-3 sums ~30 tokens' rounding)
+and 1e-5 absolute for every weight (measured: about 1e-7 for SFT and GRPO, 5e-7 for PPO with GAE, 3e-6 for GAE
+with one minibatch). Metrics that *are* float noise (the sampler/trainer log-prob mismatch, ~1e-7) are compared in
+absolute terms only; `vf_clipfrac` counts ties of the value clip (values == old values up to rounding in
+the first minibatch), which rounding breaks either way, so it is not compared.
+
+Sampling does not depend on the sharding: each question of a step samples from its own stream, seeded from
+(seed, step, position in the batch) (`rollout.sample_seed`), tested directly below.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from reftune.algos import AGGREGATION_MODES, aggregate_loss, aggregation_count, masked_whiten
+from reftune.model.modeling import load_pretrained
+from reftune.model.sampler import HFSampler
+from reftune.rl.update import minibatch_rows
+from test_golden import DATA, ESTIMATORS, MODEL, RL, cli, records
+
+ROOT = Path(__file__).resolve().parents[1]
+SFT = ["sft.epochs=2", "sft.batch_size=4", "sft.lr=3e-3", "sft.eval_every_epochs=1", "eval.batch_size=8",
+       "eval.max_new_tokens=40"]
+NOISE = {"logp_mismatch_mean", "logp_mismatch_max", "seq_ratio_mean", "seq_ratio_max"}
+NOT_COMPARED = {"vf_clipfrac"}
+
+
+def torchrun(*args: str) -> None:
+    """`reftune` in two processes, as a user launches it on CPU (tests/ on the path for the golden reward)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "reftune.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+def assert_same_run(one: Path, two: Path) -> None:
+    """Same records (one line per step and kind in both), same metrics, same final weights."""
+    a, b = records(one), records(two)
+    assert [(r["stage"], r["step"], sorted(r)) for r in a] == [(r["stage"], r["step"], sorted(r)) for r in b]
+    for x, y in zip(a, b):
+        for k, v in x.items():
+            if k in NOT_COMPARED or not isinstance(v, float):
+                assert k in NOT_COMPARED or y[k] == v, (x["step"], k, v, y[k])
+            elif k in NOISE:
+                assert y[k] == pytest.approx(v, abs=1e-5), (x["step"], k, v, y[k])
+            else:
+                assert y[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (x["step"], k, v, y[k])
+    for name in ("model.safetensors", "value_head.safetensors"):
+        if (one / "last" / name).is_file():
+            wa, wb = load_file(one / "last" / name), load_file(two / "last" / name)
+            assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5, name
+
+
+@pytest.fixture(scope="module")
+def warmup(tmp_path_factory) -> Path:
+    """A 2-epoch SFT of the golden tests' tiny model in one process: the reference run and every RL run's start."""
+    out = tmp_path_factory.mktemp("dp") / "sft1"
+    cli("sft", f"out_dir={out}", *DATA, *MODEL, *SFT)
+    return out
+
+
+def rl_args(out: Path, warmup: Path, estimator: str, steps: int) -> list[str]:
+    return ["rl", "--model", str(warmup / "last"), f"out_dir={out}", *DATA, *MODEL, *RL, *ESTIMATORS[estimator],
+            f"rl.steps={steps}"]
+
+
+@pytest.mark.slow
+def test_sft_in_two_processes_equals_one(warmup, tmp_path):
+    torchrun("sft", f"out_dir={tmp_path}", *DATA, *MODEL, *SFT)
+    assert_same_run(warmup, tmp_path)
+    losses = [r for r in records(tmp_path) if "loss" in r]
+    assert [r["step"] for r in losses] == [8]  # 2 epochs of 16 rows / batch 4: logged every 10 steps and at the end
+    assert [r["epoch"] for r in records(tmp_path) if "val_accuracy" in r] == [1, 2]
+    assert (tmp_path / "best" / "model.safetensors").is_file() and (tmp_path / "results.json").is_file()
+
+
+@pytest.mark.slow
+def test_ppo_in_two_processes_equals_one(warmup, tmp_path):
+    cli(*rl_args(tmp_path / "one", warmup, "gae", 2))
+    torchrun(*rl_args(tmp_path / "two", warmup, "gae", 2))
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert [r["step"] for r in records(tmp_path / "two") if "reward" in r] == [1, 2]
+
+
+@pytest.mark.slow
+def test_grpo_in_two_processes_resumed_equals_one_uninterrupted(warmup, tmp_path):
+    cli(*rl_args(tmp_path / "one", warmup, "grpo", 2))
+    two = tmp_path / "two"
+    torchrun(*rl_args(two, warmup, "grpo", 1))
+    torchrun(*rl_args(two, warmup, "grpo", 2), "--resume")
+    assert_same_run(tmp_path / "one", two)
+    assert [r["step"] for r in records(two) if "reward" in r] == [1, 2]
+
+
+def test_a_prompts_samples_do_not_depend_on_the_other_prompts_of_the_call(warmup):
+    """What lets N processes sample what one samples: a prompt's samples come from its own seed alone."""
+    lm, tokenizer = load_pretrained(str(warmup / "last"))
+    sampler = HFSampler(lm, tokenizer, batch_size=64)
+    prompts = [tokenizer.encode("Tom has 3 apples"), tokenizer.encode("A shop sells 12 pens and 7 more")]
+    both = sampler.generate(prompts, 3, 1.0, 1.0, 12, seeds=[11, 22])
+    torch.manual_seed(123)  # the global RNG plays no part
+    alone = sampler.generate(prompts[1:], 3, 1.0, 1.0, 12, seeds=[22])
+    assert both.response_ids[3:] == alone.response_ids
+    assert sum(both.logprobs[3:], []) == pytest.approx(sum(alone.logprobs, []), abs=1e-5)
+    other = sampler.generate(prompts[1:], 3, 1.0, 1.0, 12, seeds=[23])
+    assert other.response_ids != alone.response_ids
+
+
+def test_whitening_over_two_equal_shards_is_whitening_over_their_concatenation():
+    """`all_sum` stands for the all-reduce: two processes holding the same shard sum to twice its sums."""
+    x, mask = torch.randn(3, 5), torch.rand(3, 5) > 0.3
+    sharded = masked_whiten(x, mask, all_sum=lambda t: 2 * t)
+    whole = masked_whiten(torch.cat([x, x]), torch.cat([mask, mask]))
+    assert torch.allclose(sharded, whole[:3], atol=1e-6)
+    assert not torch.allclose(sharded, masked_whiten(x, mask), atol=1e-3)  # Bessel's n - 1 over 2n, not n
+
+
+def test_each_process_takes_its_rows_of_a_global_minibatch_in_order():
+    perm = torch.tensor([5, 0, 7, 2, 3, 6, 1, 4])
+    assert minibatch_rows(perm[:4], 0, 4).tolist() == [0, 2]  # process 0 holds global rows 0-3
+    assert minibatch_rows(perm[:4], 4, 4).tolist() == [1, 3]  # process 1 holds 4-7: rows 5, 7 -> local 1, 3
+    assert minibatch_rows(torch.tensor([4, 5]), 0, 4).tolist() == []  # none here: a zero-weighted stand-in row
+
+
+@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+def test_shards_losses_times_their_counts_add_up_to_the_whole_batchs(mode):
+    """What `data_parallel_scale` relies on: loss(shard) * count(shard) summed over shards = loss(all) * count(all)."""
+    loss, mask = torch.rand(5, 4), torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]])
+    assert aggregation_count(mask, mode) == (10 if mode == "token_mean" else 5)
+    whole = aggregate_loss(loss, mask, mode, 4) * aggregation_count(mask, mode)
+    shards = sum(aggregate_loss(loss[r], mask[r], mode, 4) * aggregation_count(mask[r], mode)
+                 for r in (slice(0, 2), slice(2, 5)))
+    assert torch.allclose(shards, whole)

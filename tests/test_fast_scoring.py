@@ -1,0 +1,181 @@
+"""The trainer's shortcuts give the plain computation's numbers (`reftune.rl.scoring`).
+
+Each shortcut is compared with the plain path it replaces, on a random tiny Llama with a random value head, groups
+of G samples of different lengths, and prompts of different lengths:
+- the LM head on the response positions only (`logits_to_keep`) against the head on every position;
+- each prompt encoded once, its KV cache shared by the group, in length-sorted chunks, against one padded
+  forward per row (`response_logprobs` on `join_prompt_response`): log-probs and values within 1e-5 in fp32;
+- with one PPO epoch of one minibatch, the update reusing the scoring pass's forward against scoring and
+  updating separately: the same old log-probs, values, advantages, losses and gradients (within 1e-5).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from reftune.config import RLConfig
+from reftune.grading.grade import Grade
+from reftune.model.batching import join_prompt_response, positions
+from reftune.model.modeling import PolicyWithValue
+from reftune.model.sampler import Samples
+from reftune.rl import scoring
+from reftune.rl.batch import Rollout
+from reftune.rl.scoring import (ReferenceLM, group_size, grouped_pass, has_dropout, response_logprobs,
+                                reuses_update_forward, score)
+from reftune.rl.update import advantages, ppo_update
+from reftune.train.accel import get_accelerator
+
+PAD, G = 0, 3
+PROMPTS = [[5, 6, 7, 8], [9, 10], [11, 12, 13], [14, 15, 16, 17, 18, 19]]
+LENGTHS = [[3, 1, 6], [5, 5, 2], [1, 1, 1], [7, 4, 6]]  # response lengths per question and sample
+TOL = 1e-5
+
+
+def tiny_policy(dropout: float = 0.0, seed: int = 0) -> PolicyWithValue:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+                         attention_dropout=dropout, pad_token_id=PAD)
+    policy = PolicyWithValue(LlamaForCausalLM(config))
+    torch.nn.init.normal_(policy.value_head.weight, std=0.5)  # a zero-initialised head would hide a wrong state
+    return policy
+
+
+def make_rollout(seed: int = 1) -> Rollout:
+    g = torch.Generator().manual_seed(seed)
+    prompts = [p for p in PROMPTS for _ in range(G)]
+    responses = [torch.randint(1, 40, (n,), generator=g).tolist() for ns in LENGTHS for n in ns]
+    logprobs = [[-1.0] * len(r) for r in responses]
+    scores = torch.rand(len(responses), generator=g)
+    return Rollout(list(range(len(PROMPTS))), None, Samples(prompts, responses, logprobs, [True] * len(prompts),
+                                                            ["x"] * len(prompts)),
+                   [None] * len(prompts), scores, {}, [Grade(None, False)] * len(prompts))
+
+
+def plain_pass(model, rollout: Rollout, with_values: bool):
+    """The reference computation: one padded forward of every row, the LM head on every position."""
+    s = rollout.samples
+    ids, attn, mask, P = join_prompt_response(s.prompt_ids, s.response_ids, PAD)
+    logits, values = model(ids, attn, positions(attn), with_values=with_values)
+    logits = logits[:, P - 1:-1].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, ids[:, P:, None]).squeeze(-1)
+    return logp, values[:, P - 1:-1] if values is not None else None, mask.float(), ids, attn, P
+
+
+def no_autocast():
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def test_the_lm_head_on_response_positions_only_gives_the_same_logprobs():
+    policy, rollout = tiny_policy().eval(), make_rollout()
+    logp, values, mask, ids, attn, P = plain_pass(policy, rollout, True)
+    fast_logp, fast_values, logits = response_logprobs(policy, ids, attn, P, True)
+    assert logits.shape[:2] == mask.shape
+    assert (fast_logp - logp).abs().max() <= TOL
+    assert (fast_values - values).abs().max() <= TOL
+
+
+@pytest.mark.parametrize("rows_per_chunk", [64, G, 2 * G])
+@torch.no_grad()
+def test_a_shared_prompt_cache_gives_the_padded_forwards_logprobs_and_values(monkeypatch, rows_per_chunk):
+    monkeypatch.setattr(scoring, "SCORING_ROWS", rows_per_chunk)  # one chunk; one question each; two questions
+    policy, rollout = tiny_policy().eval(), make_rollout()
+    s = rollout.samples
+    logp, values, mask, *_ = plain_pass(policy, rollout, True)
+    fast_logp, fast_values, logits = grouped_pass(policy, s.prompt_ids, s.response_ids, G, PAD, "cpu", mask.shape[1],
+                                                  True, 1)
+    assert logits is None  # not kept unless asked: a [B, R, V] tensor
+    assert (fast_logp - logp).mul(mask).abs().max() <= TOL
+    assert (fast_values - values).mul(mask).abs().max() <= TOL
+    assert (fast_logp * (1 - mask)).abs().max() == 0  # nothing written outside the responses
+    ref_logp, ref_values, _ = grouped_pass(ReferenceLM(policy.lm), s.prompt_ids, s.response_ids, G, PAD, "cpu",
+                                        mask.shape[1], False, 1)
+    assert ref_values is None and (ref_logp - logp).mul(mask).abs().max() <= TOL
+
+
+def test_rows_that_do_not_share_their_groups_prompt_are_scored_one_by_one():
+    assert group_size([[1, 2]] * 3 + [[3]] * 3, 2) == 3
+    assert group_size([[1, 2], [1, 2], [1, 3], [3], [3], [3]], 2) == 1  # one row of question 0 differs
+    assert group_size([[1], [2]], 2) == 1
+
+
+def test_only_one_epoch_of_one_minibatch_without_dropout_reuses_the_scoring_forward():
+    assert reuses_update_forward(RLConfig(ppo_epochs=1, minibatches=1))
+    assert not reuses_update_forward(RLConfig(ppo_epochs=2, minibatches=1))
+    assert not reuses_update_forward(RLConfig(ppo_epochs=1, minibatches=2))
+    assert not reuses_update_forward(RLConfig(ppo_epochs=1, minibatches=1, objective="online_self_training"))
+    assert has_dropout(tiny_policy(dropout=0.1)) and not has_dropout(tiny_policy())
+    batch = score(tiny_policy(dropout=0.1), None, make_rollout(), pad_id=PAD, device="cpu", autocast=no_autocast,
+                  chunks=1, with_values=True, update_forward=True)
+    assert batch.update_forward is None  # train-mode dropout would make "old" differ from the eval-mode pass
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that keeps a copy of the gradients it stepped with."""
+
+    def step(self, closure=None):
+        self.grads = [p.grad.detach().clone() for p in self.param_groups[0]["params"]]
+        return super().step(closure)
+
+
+def one_iteration(policy, ref, cfg: RLConfig, update_forward: bool):
+    rollout = make_rollout()
+    torch.manual_seed(7)  # ppo_update's minibatch permutation
+    batch = score(policy, ref, rollout, pad_id=PAD, device="cpu", autocast=no_autocast, chunks=cfg.minibatches,
+                  with_values=True, update_forward=update_forward)
+    old = (batch.old_logp.clone(), batch.old_values.clone())
+    adv, returns = advantages(batch, rollout.scores, cfg)
+    opt = RecordingSGD(policy.parameters(), lr=0.1)
+    stats = ppo_update(policy, opt, get_accelerator("fp32"), batch, adv, returns, cfg, True, "test")
+    return batch, old, adv, stats, opt.grads
+
+
+@pytest.mark.parametrize("kl_in,rows_per_chunk", [("reward", 64), ("loss", 64), ("reward", 2 * G)])
+def test_reusing_the_scoring_forward_gives_the_same_update(monkeypatch, kl_in, rows_per_chunk):
+    monkeypatch.setattr(scoring, "SCORING_ROWS", rows_per_chunk)
+    cfg = RLConfig(ppo_epochs=1, minibatches=1, kl_in=kl_in, kl_coef=0.1)
+    plain_policy = tiny_policy()
+    fast_policy = copy.deepcopy(plain_policy)
+    ref = ReferenceLM(tiny_policy(seed=3).lm).eval()  # a reference that differs: the KL is not zero
+    plain = one_iteration(plain_policy, ref, cfg, update_forward=False)
+    fast = one_iteration(fast_policy, ref, cfg, update_forward=True)
+    assert plain[0].update_forward is None and fast[0].update_forward is None  # used up by the update
+    mask = plain[0].mask
+    for a, b in zip(plain[1], fast[1]):  # old log-probs and values: what advantages see
+        assert (a - b).mul(mask).abs().max() <= TOL
+    assert (plain[0].ref_logp - fast[0].ref_logp).mul(mask).abs().max() <= TOL
+    assert (plain[2] - fast[2]).mul(mask).abs().max() <= TOL
+    assert set(plain[3]) == set(fast[3])
+    for k in plain[3]:
+        assert plain[3][k] == pytest.approx(fast[3][k], abs=TOL), k
+    assert fast[3]["clipfrac"] == [0.0] and fast[3]["ratio_mean"] == pytest.approx([1.0], abs=TOL)
+    assert max((g1 - g2).abs().max().item() for g1, g2 in zip(plain[4], fast[4])) <= TOL
+    assert sum(g.abs().sum().item() for g in fast[4]) > 0  # a gradient flowed through the reused forward
+    for p1, p2 in zip(plain_policy.parameters(), fast_policy.parameters()):
+        assert (p1 - p2).abs().max() <= TOL
+
+
+def test_a_shared_prompt_forward_gives_the_padded_forwards_gradients():
+    from reftune.rl.scoring import shared_prompt_logprobs
+
+    rollout = make_rollout()
+    s = rollout.samples
+    grads = []
+    for shared in (False, True):
+        policy = tiny_policy().train()
+        if shared:
+            logp, values, _ = shared_prompt_logprobs(policy, s.prompt_ids[::G], s.response_ids, G, PAD, "cpu", True)
+            mask = (logp != 0).float()  # the log-probs are 0 after each row's end
+        else:
+            logp, values, mask, *_ = plain_pass(policy, rollout, True)
+        loss = ((logp * mask).sum() + (values * mask).pow(2).sum()) / mask.sum()  # a token mean, as the losses
+        loss.backward()
+        grads.append([p.grad.clone() for p in policy.parameters()])
+    assert max((a - b).abs().max().item() for a, b in zip(*grads)) <= TOL
+    assert min(g.abs().max().item() for g in grads[1]) > 0  # every parameter got a gradient
