@@ -109,19 +109,19 @@ def broadcast(obj: Any) -> Any:
 
 def all_sum(x: torch.Tensor) -> torch.Tensor:
     """The elementwise sum of `x` over all processes (a new tensor; `x` itself with one process)."""
-    if num_processes() == 1:
-        return x
-    out = x.detach().clone()
-    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.SUM)
-    return out
+    return _all_reduce(x, "SUM")
 
 
 def all_max(x: torch.Tensor) -> torch.Tensor:
     """The elementwise max of `x` over all processes."""
+    return _all_reduce(x, "MAX")
+
+
+def _all_reduce(x: torch.Tensor, op: str) -> torch.Tensor:
     if num_processes() == 1:
         return x
     out = x.detach().clone()
-    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(out, op=getattr(torch.distributed.ReduceOp, op))
     return out
 
 
