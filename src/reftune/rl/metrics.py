@@ -12,7 +12,7 @@ from reftune import algos
 from reftune.config import RLConfig
 from reftune.rewards.functions import reward_metrics
 from reftune.rl.batch import Rollout, ScoredBatch
-from reftune.train.accel import all_max, all_sum, num_processes
+from reftune.train.accel import all_max, all_sum, all_weighted_means, num_processes
 
 ROW_MEANS = ("reward", "accuracy", "answered", "kl", "response_length", "seq_ratio_mean")
 TOKEN_MEANS = ("logp_mismatch_mean", "tis_weight_mean")
@@ -61,11 +61,10 @@ def reduce_record(record: dict, rollout: Rollout, batch: ScoredBatch) -> dict:
         return record
     rows, tokens, device = float(len(batch)), batch.mask.sum().float(), batch.mask.device
     means = [k for k in (*ROW_MEANS, *TOKEN_MEANS) if k in record]
-    weights = torch.stack([torch.tensor(rows, device=device) if k in ROW_MEANS else tokens for k in means])
-    values = torch.tensor([record[k] for k in means], device=device) * weights
-    summed = all_sum(torch.cat([values, weights, tokens[None]]))
-    out = {**record, **{k: float(summed[i] / summed[len(means) + i].clamp(min=1e-12)) for i, k in enumerate(means)}}
-    out["rollout_tokens"] = int(summed[-1].item())
+    out = {**record, **all_weighted_means({k: torch.tensor(record[k], device=device) for k in means},
+                                          {k: torch.tensor(rows, device=device) if k in ROW_MEANS else tokens
+                                           for k in means})}
+    out["rollout_tokens"] = int(all_sum(tokens).item())
     maxima = [k for k in MAXIMA if k in record]
     if maxima:
         out.update(zip(maxima, all_max(torch.tensor([record[k] for k in maxima], device=device)).tolist()))

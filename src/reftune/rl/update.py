@@ -10,7 +10,7 @@ from reftune.config import RLConfig
 from reftune.model.batching import join_prompt_response
 from reftune.rl.batch import Rollout, ScoredBatch
 from reftune.rl.scoring import response_logprobs
-from reftune.train.accel import all_sum, num_processes, optimizer_step, row_span
+from reftune.train.accel import all_sum, all_weighted_means, num_processes, optimizer_step, row_span
 
 LOSS_STATS = ("policy_loss", "value_loss", "kl_loss")  # averaged like the loss; every other statistic per token
 
@@ -65,10 +65,7 @@ def reduce_stats(stats: dict[str, torch.Tensor], tokens: torch.Tensor, count: to
     per-token means by `tokens` (one all-reduce). With one process, the values as they are."""
     if num_processes() == 1:
         return {k: float(v) for k, v in stats.items()}
-    names = list(stats)
-    weights = torch.stack([count if k in LOSS_STATS else tokens for k in names]).float()
-    summed = all_sum(torch.cat([torch.stack([stats[k].float() for k in names]) * weights, weights]))
-    return {k: float(summed[i] / summed[len(names) + i].clamp(min=1e-12)) for i, k in enumerate(names)}
+    return all_weighted_means(stats, {k: count if k in LOSS_STATS else tokens for k in stats})
 
 
 def ppo_update(policy, opt, acc, batch: ScoredBatch, adv: torch.Tensor, returns: torch.Tensor, cfg: RLConfig,

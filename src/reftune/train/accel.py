@@ -117,6 +117,16 @@ def all_max(x: torch.Tensor) -> torch.Tensor:
     return _all_reduce(x, "MAX")
 
 
+def all_weighted_means(values: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each value's mean over all processes, weighted by its weight on each process (e.g. a per-token mean by the
+    process's token count), in one all-reduce; a key whose weights sum to 0 gets 0."""
+    names = list(values)
+    w = torch.stack([torch.as_tensor(weights[k]).float() for k in names])
+    v = torch.stack([torch.as_tensor(values[k]).float().to(w.device) for k in names]) * w
+    summed = all_sum(torch.cat([v, w]))
+    return {k: float(summed[i] / summed[len(names) + i].clamp(min=1e-12)) for i, k in enumerate(names)}
+
+
 def _all_reduce(x: torch.Tensor, op: str) -> torch.Tensor:
     if num_processes() == 1:
         return x
