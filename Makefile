@@ -77,7 +77,7 @@ bench-trl: $(TRL_STAMP) $(BENCH_WARMUP)/last/config.json
 # seed 4321), then `reftune run` from it on 3-5-step problems for 3 training seeds (2 at a time, one thread each).
 BASE := runs/base
 base: $(STAMP)
-	test -f $(BASE)/last/config.json || $(BIN)/reftune sft out_dir=$(BASE) data.seed=4321 data.n_train=8000 \
+	test -f $(BASE)/results.json || $(BIN)/reftune sft out_dir=$(BASE) data.seed=4321 data.n_train=8000 \
 	  data.n_val=300 data.n_test=0 data.n_extra=0 data.n_pretrain=0 data.min_steps=2 data.max_steps=4 \
 	  sft.loss_on_prompt=true sft.epochs=6 \
 	  sft.lr=3e-3 sft.eval_every_epochs=1 sft.patience=0
@@ -85,6 +85,22 @@ base: $(STAMP)
 paper: base
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper --parallel 2 \
 	  model.name_or_path=$(BASE)/last $(PAPER_DATA) rl_extra=true
+
+# Issue 15, the paper's regime: RL for ~100 epochs over the annotated questions (samples drawn per annotated question:
+# rl.steps x 64 questions x 8 samples / n), the warm-up as a short SFT run of its own (lr decaying to 0), one PPO pass
+# in 2 minibatches at lr 1e-4; with all 500 annotated questions and with the first 250 and 100 (data.n_annotated:
+# validation and test unchanged), where SFT is data-limited, those two also with the 4,000 answer-only questions
+# added to RL at the same compute. 3 seeds each; then the table and the validation curves against RL epochs.
+LONG_RL = $(PAPER_DATA) model.name_or_path=$(BASE)/last warmup.schedule=own rl.prompts_per_step=64 \
+  rl.num_generations=8 rl.ppo_epochs=1 rl.minibatches=2 rl.lr=1e-4
+LONG_N500 = $(LONG_RL) rl.steps=98 rl.eval_every=7
+LONG_N250 = $(LONG_RL) data.n_annotated=250 rl.steps=49 rl.eval_every=5 rl_extra=true
+LONG_N100 = $(LONG_RL) data.n_annotated=100 rl.steps=20 rl.eval_every=2 rl_extra=true
+paper_long: base
+	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n500 --parallel 2 $(LONG_N500)
+	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n250 --parallel 2 $(LONG_N250)
+	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n100 --parallel 2 $(LONG_N100)
+	$(BIN)/python scripts/paper_long.py runs/paper_long --seeds 0 1 2
 
 # The task of the paper runs; the experiments below start from their checkpoints (`make paper` first).
 PAPER_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=3 data.max_steps=5

@@ -143,3 +143,18 @@ def test_pretrain_split_can_have_its_own_step_range():
     s = generate_splits(5, {"train": 40, "pretrain": 40}, 3, 5, steps={"pretrain": (1, 2)})
     assert all(3 <= e.meta["steps"] <= 5 for e in s["train"])
     assert all(1 <= e.meta["steps"] <= 2 for e in s["pretrain"])
+
+
+def test_n_annotated_keeps_a_prefix_of_train_and_leaves_the_other_splits_unchanged():
+    from reftune.config import RunConfig, load_config
+    from reftune.data.splits import load_splits
+    from reftune.errors import ConfigError
+
+    common = ["data.seed=7", "data.n_train=30", "data.n_extra=5", "data.n_val=10", "data.n_test=10", "data.n_pretrain=0"]
+    full = load_splits(load_config(RunConfig, None, common).data)
+    cut = load_splits(load_config(RunConfig, None, [*common, "data.n_annotated=12"]).data)
+    assert [e.question for e in cut["train"]] == [e.question for e in full["train"][:12]]
+    for split in ("extra", "val", "test"):
+        assert [e.question for e in cut[split]] == [e.question for e in full[split]]
+    with pytest.raises(ConfigError, match="data.n_annotated"):
+        load_config(RunConfig, None, [*common, "data.n_annotated=31"])

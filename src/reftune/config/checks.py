@@ -112,6 +112,10 @@ def check_data(data: Any, trains: bool) -> None:
         non_negative(f"data.{name}", getattr(data, name))
     for name in ("n_train", "n_val"):
         (positive if trains else non_negative)(f"data.{name}", getattr(data, name))
+    if data.n_annotated is not None:
+        positive("data.n_annotated", data.n_annotated)
+        if data.n_annotated > data.n_train:
+            raise ConfigError(f"data.n_annotated: {data.n_annotated} is more than data.n_train ({data.n_train})")
     in_range("data.val_fraction", data.val_fraction, 0, 1, low_open=True, high_open=True)
     for name in ("max_examples", "max_val", "max_test"):
         if getattr(data, name) is not None:

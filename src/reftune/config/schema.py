@@ -49,6 +49,7 @@ class DataConfig:
     answer_markers: Optional[Any] = doc(None, "final-answer markers in priority order, separated by |, e.g. 'Answer:|The answer is' (or a YAML list); a marker ending in {...} reads a braced argument, as \\boxed{...} does; None = the built-in list (reftune.grading.answers.DEFAULT_MARKERS)")
     answer_backend: Literal["builtin", "math_verify"] = doc("builtin", "how an extracted answer is compared with the gold one: builtin (numbers, letters, normalised text) | math_verify (symbolic, pip install 'reftune[verify]')")
     n_train: int = doc(500, "synthetic: training questions with a rationale")
+    n_annotated: Optional[int] = doc(None, "synthetic: train on only the first N of the n_train questions (fewer annotated questions; the other splits stay those of n_train, so validation and test do not change); None = all")
     n_extra: int = doc(4000, "synthetic: extra answer-only training questions (used by RL when rl.use_extra)")
     n_pretrain: int = doc(8000, "synthetic: problems (disjoint from every split) whose full text pretrains the tiny default's base model")
     n_val: int = doc(500, "synthetic: validation questions (checkpoint selection)")

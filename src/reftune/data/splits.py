@@ -35,6 +35,8 @@ def load_splits(cfg: DataConfig, log=print, report: dict | None = None) -> dict[
         exclude = read_questions(cfg.exclude_questions) if cfg.exclude_questions else None
         splits = generate_splits(cfg.seed, sizes, cfg.min_steps, cfg.max_steps, cfg.cot, cfg.max_value, exclude,
                                  steps={"pretrain": (cfg.pretrain_min_steps, cfg.pretrain_max_steps)})
+        if cfg.n_annotated is not None:  # generated as n_train, then cut: the later splits stay the same
+            splits["train"] = splits["train"][:cfg.n_annotated]
         _attach_grading(cfg, splits)
         return splits
     train, val, test, skipped = _real_splits(cfg, log)
