@@ -179,3 +179,23 @@ def test_a_shared_prompt_forward_gives_the_padded_forwards_gradients():
         grads.append([p.grad.clone() for p in policy.parameters()])
     assert max((a - b).abs().max().item() for a, b in zip(*grads)) <= TOL
     assert min(g.abs().max().item() for g in grads[1]) > 0  # every parameter got a gradient
+
+
+
+def test_the_lm_head_reads_a_contiguous_input_in_every_pass():
+    """`logits_to_keep` slices the hidden states; a frozen head fed that slice makes torch.matmul broadcast the
+    vocabulary matrix over the batch (B copies of it). Every model reftune builds or loads copies the slice instead."""
+    from reftune.model.modeling import build_tiny_model, contiguous_lm_head_input, train_tokenizer
+    from reftune.model.sampler import HFSampler
+    tok = train_tokenizer([f"{a} plus {b} is {a + b}" for a in range(10) for b in range(10)], 60)
+    lm = build_tiny_model(tok, 32, 1, 2, 64, 64, seed=0).requires_grad_(False)
+    seen = []
+    lm.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(3, 40, (4, 12))
+    before = lm(input_ids=ids, logits_to_keep=3).logits
+    assert seen == [True]                                  # build_tiny_model's hook ran first
+    assert contiguous_lm_head_input(lm) is lm and len(lm.get_output_embeddings()._forward_pre_hooks) == 2  # once
+    sampler = HFSampler(lm, tok, batch_size=8, dtype=torch.bfloat16)
+    sampler.generate([[5, 6, 7], [8, 9]], num_samples=2, max_new_tokens=3, seeds=[0, 1])
+    assert len(seen) > 1 and all(seen)                     # the bf16 copy keeps the hook (prefill + decode)
+    assert torch.equal(lm(input_ids=ids, logits_to_keep=3).logits, before)

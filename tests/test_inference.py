@@ -280,3 +280,16 @@ def test_augment_under_r1_keeps_the_think_block_only():
     sample = {"text": "\n2 * 2 = 4\nThe answer is 4\n</think>\n<answer>\n4\n</answer>", "correct": True, "finished": True}
     out = augment_with_samples([ex], [[sample]], max_correct=10, template="r1")
     assert out[1].cot == "2 * 2 = 4\nThe answer is 4"
+
+
+def test_eval_precision_casts_the_generating_model(lm, tokenizer, tmp_path, monkeypatch):
+    import torch
+    policy_dir = save_checkpoint(tmp_path / "policy", lm, tokenizer)
+    args = [f"model.name_or_path={policy_dir}", *TINY_DATA, "eval.max_new_tokens=8"]
+    res = commands.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'bf16'}", *args, "eval.precision=bf16"]))
+    assert res["n"] == 4 and 0 <= res["accuracy"] <= 1                        # bf16 generation end to end
+    seen = []
+    monkeypatch.setattr(commands, "_evaluate", lambda cfg, run, lm, *a: seen.append(lm.dtype) or {"n": 0, "accuracy": 0.0, "answered": 0.0})
+    commands.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'fp16'}", *args, "eval.precision=fp16"]))
+    commands.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'fp32'}", *args]))
+    assert seen == [torch.float16, torch.float32]

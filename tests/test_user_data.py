@@ -60,7 +60,7 @@ def test_gguf_file_alone_is_loaded_not_the_tiny_default(tmp_path, monkeypatch):
     run_module = importlib.import_module("reftune.commands.run")  # the attribute `commands.run` is the function
     calls = []
     monkeypatch.setattr(run_module, "load_pretrained", lambda *a, **k: calls.append(a) or ("lm", "tok"))
-    monkeypatch.setattr(run_module, "save_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(run_module, "save_reference", lambda *a, **k: None)  # init/: a reference, not a copy
     monkeypatch.setattr(run_module, "build_tiny_model", lambda *a, **k: pytest.fail("built the tiny default"))
     cfg = load_config(SFTJob, None, ["model.gguf_file=smollm2"])
     assert run_module.init_model(cfg, {"train": []}, tmp_path) == ("lm", "tok")

@@ -76,7 +76,7 @@ def rl(cfg: RLJob, resume: bool = False) -> dict:
 def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the command's name
     from reftune.eval.sampling import results_table
     from reftune.model.sampler import make_sampler
-    from reftune.train.accel import get_accelerator
+    from reftune.train.accel import DTYPES, get_accelerator
     path, ev = require_model(cfg), cfg.eval
     if ev.verifier and ev.num_samples < 1:
         raise UserError("eval.verifier: reranking needs samples; set eval.num_samples=k (k >= 1)")
@@ -93,11 +93,12 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
         if not examples:
             raise UserError(f"eval.offset: {ev.offset} skips all {len(splits[ev.split])} questions of '{ev.split}'")
         lm, tokenizer = load_pretrained(path, cfg.model.gguf_file)
-        lm.to(get_accelerator().device)
-        template, kind, ro = cfg.data.template, cfg.data.cot, cfg.rollout
+        lm.to(get_accelerator().device, DTYPES[ev.precision])  # no training here: generation in eval.precision
+        ro = cfg.rollout
         sampler = None if ro.backend == "hf" else make_sampler(
             ro.backend, lm, tokenizer, device=lm.device, batch_size=ev.batch_size, seed=cfg.seed,
-            gpu_memory_utilization=ro.gpu_memory_utilization, tensor_parallel_size=ro.tensor_parallel_size)
+            dtype=DTYPES[ev.precision], gpu_memory_utilization=ro.gpu_memory_utilization,
+            tensor_parallel_size=ro.tensor_parallel_size)
         try:
             res = _evaluate(cfg, run, lm, tokenizer, examples, sampler)
         finally:

@@ -23,7 +23,7 @@ from typing import Iterator
 from reftune.config import leaves, load_config, save_config
 from reftune.data.splits import load_splits
 from reftune.errors import UserError
-from reftune.model.checkpoint import is_checkpoint, load_value_head
+from reftune.model.checkpoint import LEGACY_STATE_FILE, STATE_FILE, is_checkpoint, load_value_head
 from reftune.model.lora import apply_lora, is_lora
 from reftune.model.modeling import PolicyWithValue, load_pretrained
 from reftune.train.accel import is_main, num_processes, on_main, wait
@@ -56,9 +56,10 @@ def make_sandbox(cfg):
 
 def _holds_work(run_dir: Path) -> bool:
     """Whether a run directory holds something a retry would redo: a resumable or best checkpoint, or cached
-    samples. A built/copied start model (`init/`), the config and the data splits are cheap to make again."""
-    return (any(run_dir.rglob("trainer_state.pt")) or any(run_dir.rglob("samples_*.jsonl"))
-            or any(is_checkpoint(p) for p in run_dir.rglob("best")))
+    samples. A built start model or a reference to one (`init/`), the config and the data splits are cheap to make
+    again."""
+    return (any(run_dir.rglob(STATE_FILE)) or any(run_dir.rglob(LEGACY_STATE_FILE))
+            or any(run_dir.rglob("samples_*.jsonl")) or any(is_checkpoint(p) for p in run_dir.rglob("best")))
 
 
 def record_resume(cfg, run_dir: Path) -> None:

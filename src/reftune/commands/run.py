@@ -3,7 +3,8 @@
 Stages (each marked done in `stages.json`, so `--resume` skips finished stages and continues an unfinished
 one from its `last/` checkpoint):
   data   — build or load the splits, saved as JSONL;
-  init   — train the tokenizer and build the tiny model (or load --model), saved in HF format;
+  init   — train the tokenizer and build the tiny model, saved in HF format (or load --model: `init/` then holds
+           a reference to it, `source.json`, and its config and tokenizer, not a copy of its weights);
   pretrain — tiny default only: language-model pretraining on `data.n_pretrain` problems disjoint from
            every split (`pretrain/last`), the stand-in for the pretrained LM that ReFT starts from;
   warmup — with `warmup.schedule=own` only: a short SFT run of `warmup_epochs` epochs whose learning rate
@@ -30,8 +31,9 @@ from reftune.commands.common import Run, open_run
 from reftune.config import RunConfig
 from reftune.data.splits import save_splits
 from reftune.eval.greedy import evaluate
-from reftune.model.checkpoint import is_checkpoint, load_state, rng_state, save_checkpoint, set_rng_state
+from reftune.model.checkpoint import is_checkpoint, load_progress, load_rng, rng_state, save_checkpoint, set_rng_state
 from reftune.model.modeling import build_tiny_model, is_tiny_default, load_pretrained, train_tokenizer
+from reftune.model.source import save_reference
 from reftune.model.prompts import build_prompt, build_target, get_template
 from reftune.rl.curriculum import from_config as curriculum_from_config
 from reftune.rl.loop import needs_reference, train_rl
@@ -74,12 +76,13 @@ class Stages:
         """Every RNG as it was when the last finished stage first finished (no-op in a fresh run)."""
         snapshot = self.rng_dir / f"{list(self.done)[-1]}.pt" if self.done else None
         if snapshot is not None and snapshot.is_file():
-            set_rng_state(torch.load(snapshot, weights_only=False))
+            set_rng_state(load_rng(snapshot))
 
 
 def init_model(cfg, splits, run_dir: Path):
-    """(lm, tokenizer): `run_dir/init` if present, else built (tiny default) or loaded (--model, or
-    model.gguf_file alone) and saved there."""
+    """(lm, tokenizer): `run_dir/init` if present, else built (tiny default) and saved there, or loaded (--model,
+    or model.gguf_file alone) with a reference to it saved there (`reftune.model.source`: no copy of the weights;
+    loading `init/` loads the source, checked unchanged)."""
     init = run_dir / "init"
     if is_checkpoint(init):
         return load_pretrained(str(init))
@@ -94,9 +97,10 @@ def init_model(cfg, splits, run_dir: Path):
         m = cfg.model
         lm = build_tiny_model(tokenizer, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size,
                               m.max_length, cfg.seed)
+        save_checkpoint(init, lm, tokenizer)
     else:
         lm, tokenizer = load_pretrained(cfg.model.name_or_path or "", cfg.model.gguf_file)
-    save_checkpoint(init, lm, tokenizer)
+        save_reference(init, lm, tokenizer, cfg.model.name_or_path or "", cfg.model.gguf_file)
     return lm, tokenizer
 
 
@@ -104,7 +108,7 @@ def sft_stage(run: Run, stages: Stages, name: str, start: Path, train, cfg, snap
     """SFT from `start` (or from `<name>/last` when resuming) into run_dir/<name>. A finished stage is continued
     when a resume raised its epochs and it had not stopped early."""
     if name in stages.done:
-        st = load_state(run.dir / name / "last")
+        st = load_progress(run.dir / name / "last")
         if st is None or st["epoch"] >= cfg.epochs or (cfg.patience and st["stale"] >= cfg.patience):
             return
         stages.reopen(name, run.dir / "results.json")
@@ -140,7 +144,7 @@ def rl_stage(run: Run, stages: Stages, name: str, train, warmup: Path) -> None:
     stage is continued when a resume raised rl.steps."""
     cfg = run.cfg
     if name in stages.done:
-        st = load_state(run.dir / name / "last")
+        st = load_progress(run.dir / name / "last")
         if st is None or st["step"] >= cfg.rl.steps:
             return
         stages.reopen(name, run.dir / "results.json")

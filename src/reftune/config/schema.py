@@ -169,6 +169,7 @@ class InferenceConfig(EvalConfig):
     temperature: float = doc(1.0, "sampling temperature of the k samples")
     top_p: float = doc(1.0, "nucleus sampling of the k samples")
     verifier: Optional[str] = doc(None, "verifier checkpoint (`reftune verifier`) for rerank@k; None = no reranking")
+    precision: Precision = doc("fp32", "generation precision: fp32 | bf16 | fp16 (vllm: the engine's dtype; hf: the model's weights are cast)")
 
 
 @dataclass

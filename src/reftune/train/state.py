@@ -1,16 +1,18 @@
 """`TrainState`: resume, save `last/`, keep `best/`, and snapshots — for SFT and RL alike.
 
 A loop creates one after its optimizer and scheduler, calls `resume()` once, and then only `save(...)` and
-`offer_best(...)`. The resumable state in `last/trainer_state.pt` is the optimizer, the scheduler, every RNG,
-the loop's `Progress` and each `extras` object's `state_dict()` (e.g. the R^3 curriculum), so a run resumed from
-`last/` continues exactly as the uninterrupted run would (tests/test_golden.py checks it bit for bit).
+`offer_best(...)`. The resumable state in `last/` is the optimizer (`optimizer.pt`), the scheduler
+(`scheduler.pt`), every RNG (`rng_state.pth`), the loop's `Progress` (`trainer_state.json`) and each `extras`
+object's `state_dict()` (`extras.pt`, e.g. the R^3 curriculum; file layout: `reftune.model.checkpoint`), so a run
+resumed from `last/` continues exactly as the uninterrupted run would (tests/test_golden.py checks it bit for bit).
 
 With several processes (data parallelism) every process keeps the same state (DDP keeps the weights, the
 optimizer and the RNG in step): all resume from the same `last/`, and only the main process writes, the others
 waiting until the checkpoint is complete.
 
 On disk the counters keep the names they had before this class existed (SFT: `epoch, step, best_val,
-best_epoch, stale`; RL: `step, best_val, best_step`), so older runs still resume.
+best_epoch, stale`; RL: `step, best_val, best_step`), and a `last/trainer_state.pt` of an earlier version (the
+whole state in one pickle) is still read, so older runs still resume.
 """
 
 from __future__ import annotations

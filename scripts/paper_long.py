@@ -1,0 +1,171 @@
+"""Issue 15's table: `make paper_long`'s runs (OUT/n<N>/seed-S, one `reftune run` each) as one table with each row's
+compute, and the validation curves against RL epochs.
+
+    python scripts/paper_long.py runs/paper_long --seeds 0 1 2 [--plot docs/paper_long.png]
+
+Per annotated-set size N (the folders OUT/n<N>) and model: val / test accuracy (mean ± sd over the seeds found),
+and the compute that produced it, averaged over seeds: optimiser steps, rollout tokens (RL), and wall-clock
+minutes of the stage (from metrics.jsonl: its last record's time minus the preceding record's, so loading and
+validation are included). RL epochs = samples drawn / annotated questions (rl.steps x prompts x samples / N).
+Writes OUT/table.md and OUT/table.json; checkpoints were chosen on validation inside each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+import yaml
+
+from jobs import mean_sd
+from reftune.train.report import LABELS
+
+STAGE_OF = {"warmup": "warmup", "sft": "sft", "reft": "reft", "reft_extra": "reft_extra"}  # model -> its stage
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def stage_compute(records: list[dict], cfg: dict, n_annotated: int) -> dict[str, dict]:
+    """{stage: {"optimizer_steps", "rollout_tokens", "minutes", "rl_epochs"}} of one run's metrics.jsonl."""
+    out: dict[str, dict] = {}
+    prev_time = None
+    for r in records:
+        st = r["stage"]
+        if st not in STAGE_OF.values():
+            prev_time = r.get("time", prev_time)
+            continue
+        c = out.setdefault(st, {"start": prev_time, "end": None, "optimizer_steps": 0, "rollout_tokens": 0,
+                                "rl_steps": 0})
+        c["end"] = r.get("time", c["end"])
+        if "rollout_tokens" in r:
+            c["rollout_tokens"] += r["rollout_tokens"]
+            c["rl_steps"] = max(c["rl_steps"], r["step"])
+        elif "loss" in r and "val_accuracy" not in r:
+            c["optimizer_steps"] = max(c["optimizer_steps"], r["step"])  # SFT logs every few steps
+        prev_time = r.get("time", prev_time)
+    rl = cfg["rl"]
+    for st, c in out.items():
+        if c["rl_steps"]:
+            c["optimizer_steps"] = c["rl_steps"] * rl["ppo_epochs"] * rl["minibatches"]
+            c["rl_epochs"] = c["rl_steps"] * rl["prompts_per_step"] * rl["num_generations"] / n_annotated
+        c["minutes"] = (c["end"] - c["start"]) / 60 if c["start"] and c["end"] else math.nan
+        for k in ("start", "end", "rl_steps"):
+            c.pop(k)
+    return out
+
+
+def curves(records: list[dict], cfg: dict, n_annotated: int) -> dict[str, list[tuple[float, float]]]:
+    """{RL stage: [(RL epochs, val accuracy %), ...]} (step 0 = the warm-up)."""
+    rl = cfg["rl"]
+    per_step = rl["prompts_per_step"] * rl["num_generations"] / n_annotated
+    out: dict[str, list] = {}
+    for r in records:
+        if r["stage"] in ("reft", "reft_extra") and "val_accuracy" in r:
+            out.setdefault(r["stage"], []).append((r["step"] * per_step, 100 * r["val_accuracy"]))
+    return out
+
+
+def collect(root: Path, seeds: list[int]) -> dict:
+    """{N: {"acc": {model: {split: [..]}}, "compute": {stage: {key: [..]}}, "curves": {stage: [per-seed lists]},
+    "seeds": [...]}} for every OUT/n<N> with at least one finished seed."""
+    found = {}
+    for d in sorted(root.glob("n*"), key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else 0):
+        if not d.name[1:].isdigit():
+            continue
+        entry = {"acc": {}, "compute": {}, "curves": {}, "seeds": []}
+        for s in seeds:
+            run = d / f"seed-{s}"
+            if not (run / "results.json").is_file():
+                continue
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            n_ann = len((run / "data" / "train.jsonl").read_text().splitlines())
+            entry["seeds"].append(s)
+            for key, res in json.loads((run / "results.json").read_text()).items():
+                model, split = key.split("/")
+                entry["acc"].setdefault(model, {}).setdefault(split, []).append(100 * res["accuracy"])
+            records = read_jsonl(run / "metrics.jsonl")
+            for st, c in stage_compute(records, cfg, n_ann).items():
+                for k, v in c.items():
+                    entry["compute"].setdefault(st, {}).setdefault(k, []).append(v)
+            for st, pts in curves(records, cfg, n_ann).items():
+                entry["curves"].setdefault(st, []).append(pts)
+        if entry["seeds"]:
+            found[int(d.name[1:])] = entry
+    return found
+
+
+def table(found: dict) -> str:
+    lines = ["| annotated questions | model | val acc % | test acc % | optimiser steps | RL epochs | rollout tokens | "
+             "minutes (1 thread) |", "|---|---|---|---|---|---|---|---|"]
+    for n, e in found.items():
+        for model in [m for m in LABELS if m in e["acc"]]:
+            acc = e["acc"][model]
+            c = e["compute"].get(STAGE_OF.get(model, ""), {})
+
+            def avg(k, fmt="{:.0f}"):
+                xs = [x for x in c.get(k, []) if not math.isnan(x)]
+                return fmt.format(statistics.mean(xs)) if xs else "–"
+
+            lines.append(f"| {n} | {LABELS[model]} | {mean_sd(acc.get('val', []))} | {mean_sd(acc.get('test', []))} "
+                         f"| {avg('optimizer_steps')} | {avg('rl_epochs')} | {avg('rollout_tokens')} "
+                         f"| {avg('minutes', '{:.1f}')} |")
+        lines.append(f"| {n} | (seeds) | {', '.join(map(str, e['seeds']))} | | | | | |")
+    return "\n".join(lines)
+
+
+def plot(found: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 3.8), squeeze=False)
+    for ax, (n, e) in zip(axes[0], found.items()):
+        for st, color in (("reft", "C0"), ("reft_extra", "C2")):
+            runs = e["curves"].get(st, [])
+            if not runs:
+                continue
+            xs = [x for x, _ in runs[0]]
+            ys = [[pts[i][1] for pts in runs if i < len(pts)] for i in range(len(xs))]
+            mean = [statistics.mean(y) for y in ys]
+            sd = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
+            ax.plot(xs, mean, color=color, label=LABELS[st])
+            ax.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
+                            alpha=0.2)
+        for model, style in (("sft", "--"), ("base", ":")):
+            vals = e["acc"].get(model, {}).get("val", [])
+            if vals:
+                ax.axhline(statistics.mean(vals), color="k", linestyle=style, label=f"{LABELS[model]} (val)")
+        ax.set_title(f"{n} annotated questions ({len(e['seeds'])} seeds)")
+        ax.set_xlabel("RL epochs (samples per annotated question)")
+        ax.set_ylabel("validation accuracy %")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", type=Path)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--plot", type=Path, default=Path("docs/paper_long.png"))
+    args = p.parse_args()
+    found = collect(args.root, args.seeds)
+    if not found:
+        print(f"no finished run under {args.root}/n*/seed-*")
+        return 1
+    md = table(found)
+    (args.root / "table.md").write_text(md + "\n")
+    (args.root / "table.json").write_text(json.dumps(found, indent=2))
+    plot(found, args.plot)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
