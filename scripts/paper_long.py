@@ -53,7 +53,7 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int) -> dict[str,
         if c["rl_steps"]:
             c["optimizer_steps"] = c["rl_steps"] * rl["ppo_epochs"] * rl["minibatches"]
             c["rl_epochs"] = c["rl_steps"] * rl["prompts_per_step"] * rl["num_generations"] / n_annotated
-        c["minutes"] = (c["end"] - c["start"]) / 60 if c["start"] and c["end"] else math.nan
+        c["minutes"] = (c["end"] - c["start"]) / 60 if None not in (c["start"], c["end"]) else math.nan
         for k in ("start", "end", "rl_steps"):
             c.pop(k)
     return out

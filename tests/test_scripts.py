@@ -38,3 +38,36 @@ def test_every_presets_default_variants_exist_and_settings_are_strings():
         for label, settings in variants.values():
             assert label and all(isinstance(v, str) for v in settings.values())
     assert presets["reft"]["big_lr1e-4_extra"][1] == {**presets["reft"]["big_lr1e-4"][1], "rl.use_extra": "true"}
+
+
+def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
+    import json
+
+    import yaml
+    from paper_long import collect, table
+
+    run = tmp_path / "n100" / "seed-0"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "train.jsonl").write_text("{}\n" * 100)
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"rl": {"ppo_epochs": 1, "minibatches": 2, "prompts_per_step": 64, "num_generations": 8}}))
+    recs = [{"stage": "pretrain", "step": 1, "time": 0.0},
+            {"stage": "warmup", "step": 8, "time": 60.0, "loss": 1.0},
+            {"stage": "sft", "step": 10, "time": 120.0, "loss": 1.0}, {"stage": "sft", "step": 20, "time": 180.0, "loss": 0.5},
+            {"stage": "sft", "step": 20, "time": 190.0, "epoch": 2.0, "val_accuracy": 0.5},
+            {"stage": "reft", "step": 0, "time": 250.0, "val_accuracy": 0.4},
+            {"stage": "reft", "step": 1, "time": 250.0, "rollout_tokens": 1000.0},
+            {"stage": "reft", "step": 2, "time": 310.0, "rollout_tokens": 3000.0},
+            {"stage": "reft", "step": 2, "time": 320.0, "val_accuracy": 0.45}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (run / "results.json").write_text(json.dumps({"sft/val": {"accuracy": 0.5}, "reft/val": {"accuracy": 0.45},
+                                                  "reft/test": {"accuracy": 0.4}}))
+    found = collect(tmp_path, [0, 1])
+    c = found[100]["compute"]
+    assert c["warmup"]["optimizer_steps"] == [8] and c["warmup"]["minutes"] == [1.0]
+    assert c["sft"]["optimizer_steps"] == [20] and c["sft"]["minutes"] == [130 / 60]     # 60 s .. 190 s
+    assert c["reft"] == {"optimizer_steps": [4], "rollout_tokens": [4000.0], "minutes": [130 / 60],
+                         "rl_epochs": [2 * 64 * 8 / 100]}
+    assert found[100]["curves"]["reft"] == [[(0.0, 40.0), (2 * 64 * 8 / 100, 45.0)]]
+    md = table(found)
+    assert "| 100 | (c) ReFT from warm-up | 45.0 ± 0.0 | 40.0 ± 0.0 | 4 | 10 | 4000 | 2.2 |" in md
