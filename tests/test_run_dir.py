@@ -16,7 +16,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from reftune.cli import main
 from reftune.errors import UserError
 from reftune.model.checkpoint import (
     EXTRAS_FILE,
@@ -30,15 +29,12 @@ from reftune.model.checkpoint import (
 )
 from reftune.model.modeling import load_pretrained
 from test_golden import DATA, MODEL, records
+from test_lora import cli
 from test_resume import kill_after_save, kill_after_stage
 
 SFT = [*DATA, *MODEL, "sft.batch_size=4", "sft.eval_every_epochs=1", "eval.batch_size=8", "eval.max_new_tokens=8"]
 RUN = [*SFT, "sft.epochs=1", "warmup_epochs=1", "rl.steps=1", "rl.prompts_per_step=4", "rl.num_generations=2",
        "rl.minibatches=2", "rl.max_new_tokens=8", "rl.eval_every=1", "rl.save_every=1"]
-
-
-def cli(*args) -> int:
-    return main([str(a) for a in args])
 
 
 @pytest.fixture(scope="module")
