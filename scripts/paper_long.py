@@ -6,7 +6,7 @@ compute, and the validation curves against RL epochs.
 Per annotated-set size N (the folders OUT/n<N>) and model: val / test accuracy (mean ± sd over the seeds found),
 and the compute that produced it, averaged over seeds: optimiser steps, rollout tokens (RL), and wall-clock
 minutes of the stage (from metrics.jsonl: its last record's time minus the preceding record's, so loading and
-validation are included). RL epochs = samples drawn / annotated questions (rl.steps x prompts x samples / N).
+validation are included; the first stage's from when the run wrote its data). RL epochs = samples drawn / annotated questions (rl.steps x prompts x samples / N).
 Writes OUT/table.md and OUT/table.json; checkpoints were chosen on validation inside each run.
 """
 
@@ -30,10 +30,11 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def stage_compute(records: list[dict], cfg: dict, n_annotated: int) -> dict[str, dict]:
-    """{stage: {"optimizer_steps", "rollout_tokens", "minutes", "rl_epochs"}} of one run's metrics.jsonl."""
+def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float | None = None) -> dict[str, dict]:
+    """{stage: {"optimizer_steps", "minutes"} (+ "rollout_tokens", "rl_epochs" for RL)} of one run's metrics.jsonl;
+    start: when the run began (the first stage's start)."""
     out: dict[str, dict] = {}
-    prev_time = None
+    prev_time = start
     for r in records:
         st = r["stage"]
         if st not in STAGE_OF.values():
@@ -45,14 +46,16 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int) -> dict[str,
         if "rollout_tokens" in r:
             c["rollout_tokens"] += r["rollout_tokens"]
             c["rl_steps"] = max(c["rl_steps"], r["step"])
-        elif "loss" in r and "val_accuracy" not in r:
-            c["optimizer_steps"] = max(c["optimizer_steps"], r["step"])  # SFT logs every few steps
+        else:  # SFT: loss records every few steps, validation records at the epoch's last step
+            c["optimizer_steps"] = max(c["optimizer_steps"], r["step"])
         prev_time = r.get("time", prev_time)
     rl = cfg["rl"]
     for st, c in out.items():
         if c["rl_steps"]:
             c["optimizer_steps"] = c["rl_steps"] * rl["ppo_epochs"] * rl["minibatches"]
             c["rl_epochs"] = c["rl_steps"] * rl["prompts_per_step"] * rl["num_generations"] / n_annotated
+        else:
+            c.pop("rollout_tokens")
         c["minutes"] = (c["end"] - c["start"]) / 60 if None not in (c["start"], c["end"]) else math.nan
         for k in ("start", "end", "rl_steps"):
             c.pop(k)
@@ -60,13 +63,16 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int) -> dict[str,
 
 
 def curves(records: list[dict], cfg: dict, n_annotated: int) -> dict[str, list[tuple[float, float]]]:
-    """{RL stage: [(RL epochs, val accuracy %), ...]} (step 0 = the warm-up)."""
+    """{RL stage: [(RL epochs, val accuracy %), ...]} (step 0 = the warm-up), and {RL stage + "/train": [(RL epochs,
+    sampled training accuracy %), ...]} (each iteration's rollouts)."""
     rl = cfg["rl"]
     per_step = rl["prompts_per_step"] * rl["num_generations"] / n_annotated
     out: dict[str, list] = {}
     for r in records:
         if r["stage"] in ("reft", "reft_extra") and "val_accuracy" in r:
             out.setdefault(r["stage"], []).append((r["step"] * per_step, 100 * r["val_accuracy"]))
+        elif r["stage"] in ("reft", "reft_extra") and "accuracy" in r:
+            out.setdefault(r["stage"] + "/train", []).append((r["step"] * per_step, 100 * r["accuracy"]))
     return out
 
 
@@ -89,7 +95,8 @@ def collect(root: Path, seeds: list[int]) -> dict:
                 model, split = key.split("/")
                 entry["acc"].setdefault(model, {}).setdefault(split, []).append(100 * res["accuracy"])
             records = read_jsonl(run / "metrics.jsonl")
-            for st, c in stage_compute(records, cfg, n_ann).items():
+            began = (run / "data" / "train.jsonl").stat().st_mtime  # written just before the first stage
+            for st, c in stage_compute(records, cfg, n_ann, began).items():
                 for k, v in c.items():
                     entry["compute"].setdefault(st, {}).setdefault(k, []).append(v)
             for st, pts in curves(records, cfg, n_ann).items():
@@ -135,13 +142,20 @@ def plot(found: dict, path: Path) -> None:
             ax.plot(xs, mean, color=color, label=LABELS[st])
             ax.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
                             alpha=0.2)
+            train = e["curves"].get(st + "/train", [])
+            if train:  # mean over seeds, then a running mean over 5 iterations (one iteration is 512 samples)
+                steps = min(len(t) for t in train)
+                ys = [statistics.mean(t[i][1] for t in train) for i in range(steps)]
+                smooth = [statistics.mean(ys[max(0, i - 4):i + 1]) for i in range(steps)]
+                ax.plot([train[0][i][0] for i in range(steps)], smooth, color=color, linestyle=":", linewidth=1,
+                        label=f"{LABELS[st]}: sampled training accuracy")
         for model, style in (("sft", "--"), ("base", ":")):
             vals = e["acc"].get(model, {}).get("val", [])
             if vals:
                 ax.axhline(statistics.mean(vals), color="k", linestyle=style, label=f"{LABELS[model]} (val)")
         ax.set_title(f"{n} annotated questions ({len(e['seeds'])} seeds)")
         ax.set_xlabel("RL epochs (samples per annotated question)")
-        ax.set_ylabel("validation accuracy %")
+        ax.set_ylabel("accuracy % (validation: greedy; training: sampled, T = 1)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()

@@ -56,8 +56,8 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
             {"stage": "sft", "step": 10, "time": 120.0, "loss": 1.0}, {"stage": "sft", "step": 20, "time": 180.0, "loss": 0.5},
             {"stage": "sft", "step": 20, "time": 190.0, "epoch": 2.0, "val_accuracy": 0.5},
             {"stage": "reft", "step": 0, "time": 250.0, "val_accuracy": 0.4},
-            {"stage": "reft", "step": 1, "time": 250.0, "rollout_tokens": 1000.0},
-            {"stage": "reft", "step": 2, "time": 310.0, "rollout_tokens": 3000.0},
+            {"stage": "reft", "step": 1, "time": 250.0, "rollout_tokens": 1000.0, "accuracy": 0.25},
+            {"stage": "reft", "step": 2, "time": 310.0, "rollout_tokens": 3000.0, "accuracy": 0.5},
             {"stage": "reft", "step": 2, "time": 320.0, "val_accuracy": 0.45}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (run / "results.json").write_text(json.dumps({"sft/val": {"accuracy": 0.5}, "reft/val": {"accuracy": 0.45},
@@ -66,8 +66,10 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
     c = found[100]["compute"]
     assert c["warmup"]["optimizer_steps"] == [8] and c["warmup"]["minutes"] == [1.0]
     assert c["sft"]["optimizer_steps"] == [20] and c["sft"]["minutes"] == [130 / 60]     # 60 s .. 190 s
+    assert "rollout_tokens" not in c["sft"]
     assert c["reft"] == {"optimizer_steps": [4], "rollout_tokens": [4000.0], "minutes": [130 / 60],
                          "rl_epochs": [2 * 64 * 8 / 100]}
     assert found[100]["curves"]["reft"] == [[(0.0, 40.0), (2 * 64 * 8 / 100, 45.0)]]
+    assert found[100]["curves"]["reft/train"] == [[(64 * 8 / 100, 25.0), (2 * 64 * 8 / 100, 50.0)]]
     md = table(found)
     assert "| 100 | (c) ReFT from warm-up | 45.0 ± 0.0 | 40.0 ± 0.0 | 4 | 10 | 4000 | 2.2 |" in md
