@@ -185,7 +185,8 @@ def test_a_shared_prompt_forward_gives_the_padded_forwards_gradients():
 def test_the_lm_head_reads_a_contiguous_input_in_every_pass():
     """`logits_to_keep` slices the hidden states; a frozen head fed that slice makes torch.matmul broadcast the
     vocabulary matrix over the batch (B copies of it). Every model reftune builds or loads copies the slice instead."""
-    from reftune.model.modeling import build_tiny_model, contiguous_lm_head_input, train_tokenizer
+    from reftune.model.lm_head import contiguous_lm_head_input
+    from reftune.model.modeling import build_tiny_model, train_tokenizer
     from reftune.model.sampler import HFSampler
     tok = train_tokenizer([f"{a} plus {b} is {a + b}" for a in range(10) for b in range(10)], 60)
     lm = build_tiny_model(tok, 32, 1, 2, 64, 64, seed=0).requires_grad_(False)

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from reftune.errors import UserError
+from reftune.model.lm_head import contiguous_lm_head_input
 
 START_FILE = "lora_start.json"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -88,7 +89,6 @@ def quantize_model(lm, quantize: str):
         # their scales to bf16 for good: the trainer would then see other weights after each validation. Off.
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-    from reftune.model.modeling import contiguous_lm_head_input
     return _peft().prepare_model_for_kbit_training(contiguous_lm_head_input(quantized), use_gradient_checkpointing=False)
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from reftune.errors import UserError
+from reftune.model.lm_head import contiguous_lm_head_input
 from reftune.model.source import SMOLLM2, read_reference, smollm2_gguf_path
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -53,26 +54,6 @@ def build_tiny_model(tokenizer, hidden_size: int, num_layers: int, num_heads: in
         eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
     return contiguous_lm_head_input(LlamaForCausalLM(config))
-
-
-def _contiguous_input(module, args):
-    return (args[0].contiguous(), *args[1:])
-
-
-def contiguous_lm_head_input(model):
-    """Make the LM head's input contiguous (a forward pre-hook; idempotent; returns `model`).
-
-    With `logits_to_keep`, HF heads read a slice `hidden[:, -k:]`, which is not contiguous. torch.matmul folds
-    a 3-D input into one matrix product only when it can do so without a copy or when the weight requires grad;
-    otherwise it broadcasts the weight to [B, hidden, vocab] and runs a batched product. For a frozen or no-grad
-    head (the bf16 sampling copy, the KL reference, a LoRA base) that materialises B copies of the vocabulary
-    matrix: for SmolLM2-135M (vocab 49,152) 32 prompts' prefill copied 1.8 GB and took over half of a rollout.
-    Copying the [B, k, hidden] slice instead costs k * hidden per row."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and not getattr(head, "_reftune_contiguous", False):
-        head.register_forward_pre_hook(_contiguous_input)
-        head._reftune_contiguous = True
-    return model
 
 
 def is_tiny_default(model_cfg) -> bool:

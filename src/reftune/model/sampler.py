@@ -16,7 +16,7 @@ import torch
 
 from reftune.errors import UserError
 from reftune.model.batching import left_pad, positions
-from reftune.model.modeling import contiguous_lm_head_input
+from reftune.model.lm_head import contiguous_lm_head_input
 from reftune.model.samples import Sampler, Samples
 
 __all__ = ["HFSampler", "Sampler", "Samples", "make_sampler", "prompt_uniforms", "sample_next"]
