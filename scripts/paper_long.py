@@ -153,9 +153,9 @@ def plot(found: dict, path: Path) -> None:
             vals = e["acc"].get(model, {}).get("val", [])
             if vals:
                 ax.axhline(statistics.mean(vals), color="k", linestyle=style, label=f"{LABELS[model]} (val)")
-        ax.set_title(f"{n} annotated questions ({len(e['seeds'])} seeds)")
+        ax.set_title(f"{n} annotated questions ({len(e['seeds'])} seed{'s' if len(e['seeds']) > 1 else ''})")
         ax.set_xlabel("RL epochs (samples per annotated question)")
-        ax.set_ylabel("accuracy % (validation: greedy; training: sampled, T = 1)")
+        ax.set_ylabel("accuracy % (validation: greedy)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
