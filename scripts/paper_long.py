@@ -21,13 +21,11 @@ from pathlib import Path
 import yaml
 
 from jobs import mean_sd
+from paper_table import aggregate
+from reftune.train.logger import read_metrics
 from reftune.train.report import LABELS
 
 STAGE_OF = {"warmup": "warmup", "sft": "sft", "reft": "reft", "reft_extra": "reft_extra"}  # model -> its stage
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float | None = None) -> dict[str, dict]:
@@ -83,7 +81,7 @@ def collect(root: Path, seeds: list[int]) -> dict:
     for d in sorted(root.glob("n*"), key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else 0):
         if not d.name[1:].isdigit():
             continue
-        entry = {"acc": {}, "compute": {}, "curves": {}, "seeds": []}
+        entry = {"acc": aggregate(d, seeds), "compute": {}, "curves": {}, "seeds": []}
         for s in seeds:
             run = d / f"seed-{s}"
             if not (run / "results.json").is_file():
@@ -91,10 +89,7 @@ def collect(root: Path, seeds: list[int]) -> dict:
             cfg = yaml.safe_load((run / "config.yaml").read_text())
             n_ann = len((run / "data" / "train.jsonl").read_text().splitlines())
             entry["seeds"].append(s)
-            for key, res in json.loads((run / "results.json").read_text()).items():
-                model, split = key.split("/")
-                entry["acc"].setdefault(model, {}).setdefault(split, []).append(100 * res["accuracy"])
-            records = read_jsonl(run / "metrics.jsonl")
+            records = read_metrics(run)
             began = (run / "data" / "train.jsonl").stat().st_mtime  # written just before the first stage
             for st, c in stage_compute(records, cfg, n_ann, began).items():
                 for k, v in c.items():
