@@ -25,7 +25,8 @@ from paper_table import aggregate
 from reftune.train.logger import read_metrics
 from reftune.train.report import LABELS
 
-STAGE_OF = {"warmup": "warmup", "sft": "sft", "reft": "reft", "reft_extra": "reft_extra"}  # model -> its stage
+RL_STAGES = ("reft", "reft_extra", "online_st")
+STAGE_OF = {"warmup": "warmup", "sft": "sft", **{st: st for st in RL_STAGES}}  # model -> its stage
 
 
 def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float | None = None) -> dict[str, dict]:
@@ -67,9 +68,9 @@ def curves(records: list[dict], cfg: dict, n_annotated: int) -> dict[str, list[t
     per_step = rl["prompts_per_step"] * rl["num_generations"] / n_annotated
     out: dict[str, list] = {}
     for r in records:
-        if r["stage"] in ("reft", "reft_extra") and "val_accuracy" in r:
+        if r["stage"] in RL_STAGES and "val_accuracy" in r:
             out.setdefault(r["stage"], []).append((r["step"] * per_step, 100 * r["val_accuracy"]))
-        elif r["stage"] in ("reft", "reft_extra") and "accuracy" in r:
+        elif r["stage"] in RL_STAGES and "accuracy" in r:
             out.setdefault(r["stage"] + "/train", []).append((r["step"] * per_step, 100 * r["accuracy"]))
     return out
 
@@ -126,7 +127,7 @@ def plot(found: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 3.8), squeeze=False)
     for ax, (n, e) in zip(axes[0], found.items()):
-        for st, color in (("reft", "C0"), ("reft_extra", "C2")):
+        for st, color in zip(RL_STAGES, ("C0", "C2", "C3")):
             runs = e["curves"].get(st, [])
             if not runs:
                 continue

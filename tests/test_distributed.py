@@ -18,6 +18,7 @@ Sampling does not depend on the sharding: each question of a step samples from i
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,13 +40,18 @@ NOISE = {"logp_mismatch_mean", "logp_mismatch_max", "seq_ratio_mean", "seq_ratio
 NOT_COMPARED = {"vf_clipfrac"}
 
 
-def torchrun(*args: str) -> None:
-    """`reftune` in two processes, as a user launches it on CPU (tests/ on the path for the golden reward)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
+FSDP = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}  # what `accelerate launch --config_file fsdp2.yaml` sets
+
+
+def torchrun(*args: str, env: dict[str, str] | None = None) -> str:
+    """`reftune` in two processes, as a user launches it on CPU (tests/ on the path for the golden reward);
+    returns its stdout and stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {}),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "reftune.cli", *args], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out.stdout + out.stderr
 
 
 def assert_same_run(one: Path, two: Path) -> None:
@@ -105,6 +111,67 @@ def test_grpo_in_two_processes_resumed_equals_one_uninterrupted(warmup, tmp_path
     torchrun(*rl_args(two, warmup, "grpo", 2), "--resume")
     assert_same_run(tmp_path / "one", two)
     assert [r["step"] for r in records(two) if "reward" in r] == [1, 2]
+
+
+@pytest.mark.slow
+def test_online_self_training_in_two_processes_equals_one(warmup, tmp_path):
+    """Each process's NLL rows (its correct samples, then its gold CoTs) take their places in the one-process
+    order, so the shuffled minibatches, and the steps, are the one-process ones."""
+    cli(*rl_args(tmp_path / "one", warmup, "online_self_training", 2))
+    torchrun(*rl_args(tmp_path / "two", warmup, "online_self_training", 2))
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert [r["self_train_gold"] for r in records(tmp_path / "two") if "self_train_gold" in r] == [4, 4]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("schedule", ["staged", "adaptive"])
+def test_r3_curriculum_in_two_processes_equals_one(warmup, tmp_path, schedule):
+    """R^3: start states drawn for the whole batch (each process keeps its shard's), and every process's schedule
+    updated from all processes' samples, so the stages / per-question ranges move as in one process."""
+    r3 = ["curriculum.name=r3", f"curriculum.schedule={schedule}", "curriculum.stages=2",
+          "curriculum.steps_per_stage=1", "curriculum.adaptive_threshold=0.5"]
+    cli(*rl_args(tmp_path / "one", warmup, "grpo", 3), *r3)
+    torchrun(*rl_args(tmp_path / "two", warmup, "grpo", 3), *r3)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert any(k.startswith("acc_k/") for r in records(tmp_path / "two") for k in r)
+    a, b = (torch.load(d / "last" / "extras.pt", weights_only=True)["curriculum"] for d in (tmp_path / "one",
+                                                                                            tmp_path / "two"))
+    assert a == b
+
+
+@pytest.mark.slow
+def test_sft_sharded_with_fsdp_in_two_processes_equals_one(warmup, tmp_path):
+    """FSDP2: each process holds half of every sharded tensor, yet losses, weights and the saved optimizer state
+    (gathered whole, in the one-process format) are the one-process run's."""
+    log = torchrun("sft", f"out_dir={tmp_path}", *DATA, *MODEL, *SFT, env=FSDP)
+    share = float(re.search(r"\[fsdp\] sharded .* \(([\d.]+) %\)", log).group(1))
+    assert 45 < share < 55  # half of every tensor (dim 0 split in two; odd sizes round up on process 0)
+    assert_same_run(warmup, tmp_path)
+    one = torch.load(warmup / "last" / "optimizer.pt", weights_only=True)
+    two = torch.load(tmp_path / "last" / "optimizer.pt", weights_only=True)
+    assert one["param_groups"] == two["param_groups"] and one["state"].keys() == two["state"].keys()
+    for i, s in one["state"].items():
+        assert type(two["state"][i]["exp_avg"]) is torch.Tensor  # whole tensors, not shards (DTensor)
+        assert two["state"][i]["exp_avg"].shape == s["exp_avg"].shape
+        assert (two["state"][i]["exp_avg"] - s["exp_avg"]).abs().max() < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator, resume_sharded", [("gae", False), ("grpo", True)])
+def test_rl_sharded_with_fsdp_resumed_equals_one_uninterrupted(warmup, tmp_path, estimator, resume_sharded):
+    """RL under FSDP2 (sampling, scoring and validation from the gathered weights, the update sharded), stopped
+    after one iteration and resumed sharded again (each process takes its shards of the saved whole state) or in
+    a single unsharded process (the checkpoint is the one-process format)."""
+    cli(*rl_args(tmp_path / "one", warmup, estimator, 2))
+    two = tmp_path / "two"
+    assert "[fsdp] sharded" in torchrun(*rl_args(two, warmup, estimator, 1), env=FSDP)
+    first = records(two)
+    if resume_sharded:
+        torchrun(*rl_args(two, warmup, estimator, 2), "--resume", env=FSDP)
+    else:
+        cli(*rl_args(two, warmup, estimator, 2), "--resume")
+    assert_same_run(tmp_path / "one", two)
+    assert records(two)[:len(first)] == first
 
 
 def test_a_prompts_samples_do_not_depend_on_the_other_prompts_of_the_call(warmup):

@@ -216,3 +216,22 @@ def test_sft_skips_examples_whose_prompt_fills_max_length(tmp_path):
         train_sft(lm, tok, splits["train"], splits["val"], cfg,
                   RunContext(tmp_path / "b", MetricsLogger(tmp_path / "b", tensorboard=False), max_length=8,
                              eval_max_new_tokens=8))
+
+
+@pytest.mark.slow
+def test_online_self_training_is_a_stage_a_finished_run_can_add(finished, tmp_path):
+    """rl_online_self_training=true on resume: only the new stage trains (online self-training from the warm-up,
+    the RL stage's budget: NLL rows, no KL or value loss) and only it is evaluated; the rest stays as it was."""
+    src, cfg, results = finished
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    before = read_metrics(out)
+    resumed = run(load_config(RunConfig, None, [f"out_dir={out}", *TINY, "rl_online_self_training=true"]), resume=True)
+    new = read_metrics(out)[len(before):]
+    assert {r["stage"] for r in new} == {"online_st", "eval"}
+    steps = [r for r in new if r["stage"] == "online_st" and "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all("self_train_gold" in r and "value_loss" not in r and r["kl"] == 0.0 for r in steps)  # no reference
+    assert set(resumed) == set(results) | {"online_st/val", "online_st/test"}
+    assert all(resumed[k] == v for k, v in results.items())
+    assert "(e) online self-training" in (out / "report.md").read_text()

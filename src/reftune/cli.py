@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"reftune {args.command}: interrupted; continue with --resume", file=sys.stderr)
         return 130
-    if isinstance(result, dict):
+    if isinstance(result, dict) and int(os.environ.get("RANK", "0")) == 0:  # a launch of N processes prints it once
         import json
         print(json.dumps(result, indent=2))
     return 0

@@ -15,6 +15,8 @@ one from its `last/` checkpoint):
   reft   — PPO from the warm-up model on the training questions (reference = warm-up model); with
            curriculum=r3, rollouts start from prefixes of the demonstrations (`reftune.rl.curriculum`);
   reft_extra — the same with the answer-only `extra` questions added (when `rl_extra`);
+  online_st — online self-training from the warm-up model at the same RL settings (when
+           `rl_online_self_training`): ReFT's baseline, NLL on each batch's correct samples and gold CoTs;
   eval   — greedy accuracy of every model on val and test → `results.json`, `eval/*.jsonl`;
   report — `report.md` with the results table and curves.
 """
@@ -139,19 +141,21 @@ def warmup_and_sft(run: Run, stages: Stages, base: Path) -> Path:
     return run.dir / "sft" / f"epoch-{cfg.warmup_epochs}"
 
 
-def rl_stage(run: Run, stages: Stages, name: str, train, warmup: Path) -> None:
-    """PPO from the warm-up model (or from `<name>/last` when resuming); reference = warm-up model. A finished
-    stage is continued when a resume raised rl.steps."""
+def rl_stage(run: Run, stages: Stages, name: str, train, warmup: Path, objective: str | None = None) -> None:
+    """PPO (or `objective`) from the warm-up model (or from `<name>/last` when resuming); reference = warm-up
+    model. A finished stage is continued when a resume raised rl.steps."""
     cfg = run.cfg
+    rl_cfg = cfg.rl if objective is None else replace(cfg.rl, objective=objective)
     if name in stages.done:
         st = load_progress(run.dir / name / "last")
         if st is None or st["step"] >= cfg.rl.steps:
             return
         stages.reopen(name, run.dir / "results.json")
     policy, tokenizer = run.load_policy(warmup, run.dir / name / "last")
-    ref = run.reference(policy, warmup, gguf=False) if needs_reference(cfg.rl) else None
-    info = train_rl(policy, ref, tokenizer, train, run.splits["val"], cfg.rl, run.context(name, run.dir / name),
-                    curriculum=curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed))
+    ref = run.reference(policy, warmup, gguf=False) if needs_reference(rl_cfg) else None
+    curriculum = curriculum_from_config(cfg.curriculum, tokenizer, cfg.seed) if objective is None else None
+    info = train_rl(policy, ref, tokenizer, train, run.splits["val"], rl_cfg, run.context(name, run.dir / name),
+                    curriculum=curriculum)
     stages.finish(name, info)
 
 
@@ -199,12 +203,15 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         rl_stage(r, stages, "reft", splits["train"], warmup)
         if cfg.rl_extra and splits["extra"]:
             rl_stage(r, stages, "reft_extra", splits["train"] + splits["extra"], warmup)
+        if cfg.rl_online_self_training:
+            rl_stage(r, stages, "online_st", splits["train"], warmup, objective="online_self_training")
         models = {"base": base, "warmup": warmup}
         if cfg.sft_baseline:
             models["sft"] = r.dir / "sft" / "best"
         models["reft"] = r.dir / "reft" / "best"
-        if "reft_extra" in stages.done:
-            models["reft_extra"] = r.dir / "reft_extra" / "best"
+        for extra in ("reft_extra", "online_st"):
+            if extra in stages.done:
+                models[extra] = r.dir / extra / "best"
         results = on_main(evaluate_models, r, models)  # the others wait (and return None)
         stages.finish("eval")
         from reftune.train.report import write_report

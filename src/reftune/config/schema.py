@@ -266,6 +266,7 @@ class RunConfig:
     warmup: WarmupConfig = section(WarmupConfig, "the warm-up model: a snapshot of the SFT run, or an SFT run of its own")
     sft_baseline: bool = doc(True, "also train the SFT baseline: continue SFT, best validation checkpoint")
     rl_extra: bool = doc(False, "also run ReFT with the extra answer-only questions")
+    rl_online_self_training: bool = doc(False, "also run online self-training (ReFT's baseline) from the warm-up with the RL stage's settings and budget: rl.objective=online_self_training (NLL on the correct samples and the gold CoTs, no KL)")
     data: DataConfig = section(DataConfig, "dataset and splits")
     model: ModelConfig = section(ModelConfig, "model and tokenizer")
     pretrain: PretrainConfig = section(PretrainConfig, "base-model pretraining (tiny default only; skipped with --model or data.n_pretrain=0)")
@@ -370,4 +371,4 @@ COMMAND_NAMES = {RunConfig: "run", SFTJob: "sft", RLJob: "rl", EvalJob: "eval", 
 # fields a resumed run may change (`--resume` with a new value): by name in any training section, and these
 RESUMABLE_FIELDS = ("lr", "epochs", "steps", "patience", "eval_every", "save_every", "snapshot_every",
                     "eval_every_epochs", "save_every_steps")
-RESUMABLE_KEYS = ("out_dir", "eval.batch_size", "report_to")
+RESUMABLE_KEYS = ("out_dir", "eval.batch_size", "report_to", "rl_extra", "rl_online_self_training")  # extra stages: added on resume

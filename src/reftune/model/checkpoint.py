@@ -96,18 +96,22 @@ def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 
 def save_checkpoint(path: str | Path, model, tokenizer, value_head: torch.nn.Module | None = None,
-                    state: dict[str, Any] | None = None, reward_model: dict[str, Any] | None = None) -> Path:
+                    state: dict[str, Any] | None = None, reward_model: dict[str, Any] | None = None,
+                    weights: dict[str, torch.Tensor] | None = None,
+                    value_head_weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Atomically write a checkpoint directory (model in HF format + optional value head, trainer state (see
-    `save_state`) and reward-model description, see `read_reward_model_info`)."""
+    `save_state`) and reward-model description, see `read_reward_model_info`). weights / value_head_weights:
+    the state dicts to write instead of the modules' own (a sharded model's, gathered whole)."""
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)  # a peft model saves its adapters only
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)  # peft: the adapters only
         if hasattr(model, "peft_config"):
             from reftune.model.lora import save_start
             save_start(model, tmp)
         tokenizer.save_pretrained(tmp)
         if value_head is not None:
-            save_file({k: v.detach().contiguous() for k, v in value_head.state_dict().items()}, tmp / VALUE_HEAD_FILE)
+            head = value_head_weights if value_head_weights is not None else value_head.state_dict()
+            save_file({k: v.detach().contiguous() for k, v in head.items()}, tmp / VALUE_HEAD_FILE)
         if state is not None:
             save_state(tmp, state)
         if reward_model is not None:

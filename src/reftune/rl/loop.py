@@ -44,8 +44,9 @@ from reftune.rl.metrics import iteration_record
 from reftune.rl.rollout import RolloutSetup, batch_indices, collect, dynamic_sampling, release_engine, sync_engine
 from reftune.rl.scoring import ReferenceLM, needs_reference, reuses_update_forward, score
 from reftune.rl.update import advantages, ppo_update, self_training_update
-from reftune.train.accel import get_accelerator, is_main, num_processes, shard
+from reftune.train.accel import gather_lists, get_accelerator, is_main, num_processes, prepare, shard
 from reftune.train.context import RunContext
+from reftune.train.fsdp import gathered
 from reftune.train.state import TrainState
 
 __all__ = ["needs_reference", "train_rl"]
@@ -59,18 +60,16 @@ def check_rl_split(train: list[Example], cfg: RLConfig) -> None:
                         f"({len(train)} questions); lower rl.prompts_per_step")
 
 
-def check_data_parallel(cfg: RLConfig, curriculum) -> None:
-    """What does not run data-parallel yet: each of these draws or decides per batch (refill rounds, start
-    states, the rows of the NLL update) in ways that would depend on how the questions are sharded."""
+def check_data_parallel(cfg: RLConfig) -> None:
+    """What does not run data-parallel yet: dynamic sampling's refill rounds are drawn per batch, in a way that
+    would depend on how the questions are sharded."""
     n = num_processes()
     if cfg.prompts_per_step < n:
         raise UserError(f"rl.prompts_per_step={cfg.prompts_per_step} leaves a process without questions ({n} "
                         f"processes); raise it to at least {n}")
-    for on, what in ((cfg.dynamic_sampling, "rl.dynamic_sampling"), (curriculum is not None, "curriculum"),
-                     (cfg.objective == "online_self_training", "rl.objective=online_self_training")):
-        if n > 1 and on:
-            raise UserError(f"{what} runs in one process only (this launch has {n}); start it without "
-                            f"torchrun / accelerate launch")
+    if n > 1 and cfg.dynamic_sampling:
+        raise UserError(f"rl.dynamic_sampling runs in one process only (this launch has {n}); start it without "
+                        f"torchrun / accelerate launch")
 
 
 def rollout_setup(core, tokenizer, train: list[Example], cfg: RLConfig, ctx: RunContext, device,
@@ -91,12 +90,13 @@ def rollout_setup(core, tokenizer, train: list[Example], cfg: RLConfig, ctx: Run
                               curriculum=curriculum, device_type=device.type)
 
 
-def validate_and_save(state: TrainState, lm, tokenizer, val: list[Example], cfg: RLConfig, ctx: RunContext) -> None:
+def validate_and_save(state: TrainState, policy, tokenizer, val: list[Example], cfg: RLConfig, ctx: RunContext) -> None:
     """The end of an iteration: validation every `eval_every` (a new best saved to best/), last/ every
     `save_every`, step-N/ every `snapshot_every`, and all of them after the last step."""
     p = state.progress
     if p.step % cfg.eval_every == 0 or p.step == cfg.steps:
-        res = ctx.validate(lm, tokenizer, val, max_new_tokens=cfg.max_new_tokens)
+        with gathered(policy):  # FSDP: the main process validates alone, from whole weights
+            res = ctx.validate(policy.lm, tokenizer, val, max_new_tokens=cfg.max_new_tokens)
         ctx.logger.log(ctx.stage, p.step, val_accuracy=res["accuracy"], val_answered=res["answered"])
         if is_main():
             tqdm.write(f"[{ctx.stage}] step {p.step}: val accuracy {res['accuracy']:.3f}")
@@ -116,16 +116,17 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     `reftune.rl.curriculum.Curriculum` (R^3) or None. Validation always starts from the question.
     """
     check_rl_split(train, cfg)
-    check_data_parallel(cfg, curriculum)
+    check_data_parallel(cfg)
     use_values = cfg.advantage == "gae" and cfg.objective == "ppo"
     acc = get_accelerator(ctx.precision)
     if not use_values:  # out of DDP's graph: it would wait for the unused head's gradients (and no step moves it)
         policy.value_head.requires_grad_(False)
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     if cfg.gradient_checkpointing:  # only in train mode: rollouts and scoring keep their KV cache / speed
         policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    policy, opt = acc.prepare(policy, opt)
+    policy, opt = prepare(acc, policy, lambda: torch.optim.AdamW(policy.parameters(), lr=cfg.lr,
+                                                                  weight_decay=cfg.weight_decay))
+    sched = torch.optim.lr_scheduler.LambdaLR(getattr(opt, "optimizer", opt),
+                                              lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     core = acc.unwrap_model(policy)
     ref = ReferenceLM(ref_lm).eval() if ref_lm is not None and needs_reference(cfg) else None
     setup = rollout_setup(core, tokenizer, train, cfg, ctx, acc.device, curriculum)
@@ -137,19 +138,22 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     p, pad_id = state.progress, tokenizer.pad_token_id
 
     # the curves' step-0 point (never a candidate for best/), logged with step 1: a run killed before then redoes it
-    start = ctx.validate(core.lm, tokenizer, val, max_new_tokens=cfg.max_new_tokens) if (
-        p.step == 0 and cfg.eval_at_start) else None
+    start = None
+    if p.step == 0 and cfg.eval_at_start:
+        with gathered(core):
+            start = ctx.validate(core.lm, tokenizer, val, max_new_tokens=cfg.max_new_tokens)
     bar = tqdm(total=cfg.steps, initial=p.step, desc=ctx.stage, dynamic_ncols=True, disable=not is_main())
     while p.step < cfg.steps:
         where, t0 = f"{ctx.stage} step {p.step}", time.time()
         idx, mine = batch_indices(p.step, len(train), cfg.prompts_per_step, ctx.seed), shard(cfg.prompts_per_step)
-        rollout, kept = collect(setup, idx[mine.start:mine.stop], p.step, first=mine.start), None  # this process's
-        if cfg.dynamic_sampling:
-            rollout, kept = dynamic_sampling(setup, rollout, p.step)
-        t_rollout = time.time() - t0
-        batch = score(policy, ref, rollout, pad_id=pad_id, device=acc.device, autocast=acc.autocast,
-                      chunks=cfg.minibatches, with_values=use_values, tis_cap=cfg.tis_cap,
-                      update_forward=reuses_update_forward(cfg))
+        with gathered(core):  # FSDP: whole weights while they are only read (no collective per forward)
+            rollout, kept = collect(setup, idx[mine.start:mine.stop], p.step, first=mine.start, batch=idx), None
+            if cfg.dynamic_sampling:
+                rollout, kept = dynamic_sampling(setup, rollout, p.step)
+            t_rollout = time.time() - t0
+            batch = score(policy, ref, rollout, pad_id=pad_id, device=acc.device, autocast=acc.autocast,
+                          chunks=cfg.minibatches, with_values=use_values, tis_cap=cfg.tis_cap,
+                          update_forward=reuses_update_forward(cfg))
         t1, returns = time.time(), None
         t_scoring = t1 - t0 - t_rollout
         release_engine(setup)  # vllm on GPU with rollout.sleep: its memory is the update's until the next rollout
@@ -165,17 +169,17 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
                                   update_s=time.time() - t1, returns=returns if use_values else None,
                                   kept_fraction=kept, scoring_s=t_scoring)
         if rollout.starts:  # R^3: accuracy per start state; the schedule may move (a stage, each question's range)
-            G = cfg.num_generations
-            record.update(curriculum.update(p.step, [st.k for st in rollout.starts for _ in range(G)],
-                                            [g.correct for g in rollout.grades],
-                                            [st.key for st in rollout.starts for _ in range(G)]))
+            G = cfg.num_generations  # every process updates its copy of the schedule alike, from all samples
+            record.update(curriculum.update(p.step, gather_lists([st.k for st in rollout.starts for _ in range(G)]),
+                                            gather_lists([g.correct for g in rollout.grades]),
+                                            gather_lists([st.key for st in rollout.starts for _ in range(G)])))
         if start is not None:
             ctx.logger.log(ctx.stage, 0, val_accuracy=start["accuracy"], val_answered=start["answered"])
             start = None
         ctx.logger.log(ctx.stage, p.step, **record)
         bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}", kl=f"{record['kl']:.3f}")
         bar.update(1)
-        validate_and_save(state, core.lm, tokenizer, val, cfg, ctx)
+        validate_and_save(state, core, tokenizer, val, cfg, ctx)
     bar.close()
     if hasattr(setup.sampler, "close"):
         setup.sampler.close()  # one vLLM engine per process: the next stage builds its own

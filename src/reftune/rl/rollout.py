@@ -60,15 +60,21 @@ def sample_seed(seed: int, k: int, position: int, stream: int = 0) -> int:
     return (((seed * 1_000_003 + k) * 1_000_033 + stream) * 1_000_037 + position) % 2**63
 
 
-def collect(setup: RolloutSetup, idx: list[int], k: int, first: int = 0, stream: int = 0) -> Rollout:
+def collect(setup: RolloutSetup, idx: list[int], k: int, first: int = 0, stream: int = 0,
+            batch: list[int] | None = None) -> Rollout:
     """Rollout and reward of iteration k for the questions `idx`: G samples each, in `rl.rollout_precision`;
     with R^3, each sample continues its question's start state and the whole solution is graded.
 
-    idx[i] is question `first + i` of the iteration's batch (first > 0: this process's shard starts there); its
-    samples come from their own stream, `sample_seed(seed, k, first + i, stream)`."""
+    idx[i] is question `first + i` of the iteration's batch (first > 0: this process's shard starts there; batch:
+    the whole batch, of which idx = batch[first:first + len(idx)], default idx); its samples come from their own
+    stream, `sample_seed(seed, k, first + i, stream)`. R^3's start states are drawn for the whole batch, in its
+    order, and this shard's taken: the same draws in one process or many."""
     cfg, G, cur = setup.cfg, setup.cfg.num_generations, setup.curriculum
     examples = [setup.questions[i] for i in idx for _ in range(G)]
-    starts = cur.choose([setup.questions[i] for i in idx], k) if cur is not None else None
+    starts = None
+    if cur is not None:
+        starts = cur.choose([setup.questions[i] for i in (idx if batch is None else batch)], k)
+        starts = starts if batch is None else starts[first:first + len(idx)]
     prompts = ([setup.prompt_ids[i] + s.ids for i, s in zip(idx, starts)] if starts
                else [setup.prompt_ids[i] for i in idx])
     dtype = DTYPES[cfg.rollout_precision]  # the hf sampler runs under autocast to it; vllm was built in it

@@ -10,7 +10,8 @@ from reftune.config import RLConfig
 from reftune.model.batching import join_prompt_response
 from reftune.rl.batch import Rollout, ScoredBatch
 from reftune.rl.scoring import response_logprobs
-from reftune.train.accel import all_sum, all_weighted_means, num_processes, optimizer_step, row_span
+from reftune.train.accel import (all_sum, all_weighted_means, counts_by_process, num_processes, optimizer_step,
+                                 process_index, row_span)
 
 LOSS_STATS = ("policy_loss", "value_loss", "kl_loss")  # averaged like the loss; every other statistic per token
 
@@ -141,23 +142,50 @@ def self_training_rows(prompt_ids: list[list[int]], response_ids: list[list[int]
 
 
 def nll_update(policy, opt, acc, rows: list[tuple[list[int], list[int]]], pad_id: int, cfg: RLConfig,
-               where: str) -> list[float]:
+               where: str, n_gold: int = 0) -> list[float]:
     """Online self-training's update: `rl.ppo_epochs` passes of `rl.minibatches` shuffled minibatches of
-    token-mean NLL on the responses of `rows`. Returns the loss of each minibatch."""
-    if not rows:
+    token-mean NLL on the responses of `rows`. Returns the loss of each minibatch.
+
+    With several processes, `rows` are this process's: its sampled rows, then its `n_gold` gold rows. The rows of
+    all processes are numbered as one process orders them (every process's samples by process index, then every
+    process's gold rows), the minibatches are drawn from that numbering (the same permutation everywhere), and
+    each process backpropagates its rows' share of the minibatch's token mean; a process without a row in a
+    minibatch backpropagates a masked stand-in row (DDP needs its gradients). So N processes step like one."""
+    n_proc = num_processes()
+    if n_proc == 1:
+        positions = list(range(len(rows)))
+    else:
+        counts = counts_by_process([len(rows) - n_gold, n_gold])
+        r = process_index()
+        samples_before, gold_before = sum(c[0] for c in counts[:r]), sum(c[1] for c in counts[:r])
+        all_samples = sum(c[0] for c in counts)
+        positions = ([samples_before + i for i in range(len(rows) - n_gold)]
+                     + [all_samples + gold_before + i for i in range(n_gold)])
+        total = sum(sum(c) for c in counts)
+    B = len(rows) if n_proc == 1 else total
+    if not B:
         return []
-    ids, attn, mask, P = join_prompt_response([p for p, _ in rows], [r for _, r in rows], pad_id)
+    local = {g: i for i, g in enumerate(positions)}
+    held = rows or [([pad_id], [pad_id])]  # a stand-in row when this process has none
+    ids, attn, mask, P = join_prompt_response([p for p, _ in held], [r for _, r in held], pad_id)
     ids, attn, mask = ids.to(acc.device), attn.to(acc.device), mask.to(acc.device).float()
-    size, losses = -(-len(rows) // cfg.minibatches), []
+    size, losses = -(-B // cfg.minibatches), []
     policy.train()
     for _ in range(cfg.ppo_epochs):
-        perm = torch.randperm(len(rows))
-        for start in range(0, len(rows), size):
-            j = perm[start:start + size].to(acc.device)
+        perm = torch.randperm(B)
+        for start in range(0, B, size):
+            j = [local[g] for g in perm[start:start + size].tolist() if g in local]
+            here = float(len(j) > 0)
+            j = torch.tensor(j or [0], dtype=torch.long, device=acc.device)
+            m = mask[j] * here
             with acc.autocast():
-                loss = -algos.masked_mean(response_logprobs(policy, ids[j], attn[j], P, False)[0], mask[j])
+                loss = -algos.masked_mean(response_logprobs(policy, ids[j], attn[j], P, False)[0], m)
+                if n_proc > 1:
+                    tokens = m.sum()
+                    mean = loss.detach()
+                    loss = loss * data_parallel_scale(tokens)
             optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip, where=where)
-            losses.append(loss.item())
+            losses.append(loss.item() if n_proc == 1 else all_weighted_means({"nll": mean}, {"nll": tokens})["nll"])
     return losses
 
 
@@ -170,7 +198,8 @@ def self_training_update(policy, opt, acc, rollout: Rollout, prompt_ids: list[li
     rows = self_training_rows(s.prompt_ids, s.response_ids, [g.correct for g in rollout.grades], s.finished,
                               [prompt_ids[i] for i in rollout.idx], [gold[i] for i in rollout.idx])
     n_gold = sum(gold[i] is not None for i in rollout.idx)
-    stats: dict[str, list] = {"self_train_samples": [len(rows) - n_gold], "self_train_gold": [n_gold]}
-    if losses := nll_update(policy, opt, acc, rows, pad_id, cfg, where):
+    n_samples, n_all_gold = (int(x) for x in all_sum(torch.tensor([len(rows) - n_gold, n_gold], device=acc.device)))
+    stats: dict[str, list] = {"self_train_samples": [n_samples], "self_train_gold": [n_all_gold]}
+    if losses := nll_update(policy, opt, acc, rows, pad_id, cfg, where, n_gold=n_gold):
         stats["nll_loss"] = losses
     return stats

@@ -6,7 +6,8 @@ helpers here sum partial statistics across processes (`all_sum`), hand the main 
 (`broadcast`), and let only the main process write (`is_main`, `on_main`, `wait`). With one process every helper
 is the identity, so a single-process run computes exactly what it computed before. Without a GPU, a
 multi-process launch gets gloo on CPU (accelerate's MULTI_CPU). Accelerate keeps global state, so the
-accelerator is created once per process with the job's precision.
+accelerator is created once per process with the job's precision. An FSDP launch shards the model instead of
+wrapping it in DDP (`prepare`, `reftune.train.fsdp`).
 """
 
 from __future__ import annotations
@@ -40,20 +41,30 @@ def get_accelerator(precision: str = "fp32") -> Accelerator:
         # a forward a collective (scoring does a rank-dependent number of them)
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
         _ACCELERATOR = Accelerator(mixed_precision=MIXED[precision], cpu=_cpu_only(), kwargs_handlers=[ddp])
-        if _ACCELERATOR.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            raise ConfigError(SHARDED_UNSUPPORTED.format(_ACCELERATOR.distributed_type.value))
+        if _ACCELERATOR.distributed_type == DistributedType.DEEPSPEED:
+            raise ConfigError(DEEPSPEED_UNSUPPORTED)
     elif _ACCELERATOR.mixed_precision != MIXED[precision]:
         raise ConfigError(f"precision: this process already runs in {_ACCELERATOR.mixed_precision}; "
                           f"start a new process for {precision}")
     return _ACCELERATOR
 
 
-SHARDED_UNSUPPORTED = (
-    "accelerate launch: {} is not supported: the loops sample, validate and save from the full weights every "
-    "process holds, and step the optimizer themselves (backward, clip, step); sharded parameters (FSDP, ZeRO-3) "
-    "and DeepSpeed's own step need code that is not written yet. Launch data-parallel (DDP): "
-    "`accelerate launch --multi_gpu --num_processes N -m reftune.cli ...` or `torchrun --nproc_per_node N -m "
+DEEPSPEED_UNSUPPORTED = (
+    "accelerate launch: DeepSpeed is not supported: the loops step the optimizer themselves (backward, clip, step) "
+    "and DeepSpeed's engine owns that step. Shard with FSDP2 instead — ZeRO-3 (or ZeRO-2 with "
+    "fsdp_reshard_after_forward: false): `accelerate launch --config_file examples/accelerate/fsdp2.yaml -m "
     "reftune.cli ...` (README, Scaling)")
+
+
+def prepare(acc: Accelerator, model: torch.nn.Module, make_optimizer: Callable[[], torch.optim.Optimizer]):
+    """(model, optimizer) ready for this launch: as they are with one process, the model DDP-wrapped with
+    several, or — in an FSDP launch (`reftune.train.fsdp`) — the model sharded in place and the optimizer built
+    over its shards (so it is built here, by `make_optimizer`, after sharding replaced the parameters)."""
+    from reftune.train import fsdp
+    if fsdp.enabled():
+        fsdp.shard_model(model, acc.device)
+        return model, acc.prepare_optimizer(make_optimizer())
+    return acc.prepare(model, make_optimizer())
 
 
 def _cpu_only() -> bool:
@@ -71,6 +82,10 @@ def process_state() -> PartialState:
 
 def num_processes() -> int:
     return process_state().num_processes
+
+
+def process_index() -> int:
+    return process_state().process_index
 
 
 def is_main() -> bool:
@@ -133,6 +148,23 @@ def _all_reduce(x: torch.Tensor, op: str) -> torch.Tensor:
     out = x.detach().clone()
     torch.distributed.all_reduce(out, op=getattr(torch.distributed.ReduceOp, op))
     return out
+
+
+def gather_lists(items: list) -> list:
+    """Every process's `items` (picklable), concatenated in process order: with contiguous shards, the whole
+    batch's list as one process has it."""
+    if num_processes() == 1:
+        return items
+    from accelerate.utils import gather_object
+    return gather_object(items)
+
+
+def counts_by_process(counts: list[int]) -> list[list[int]]:
+    """Every process's `counts` (the same length on all), by process index, in one all-reduce."""
+    state = process_state()
+    table = torch.zeros(state.num_processes, len(counts), dtype=torch.long, device=state.device)
+    table[state.process_index] = torch.tensor(counts, dtype=torch.long)
+    return all_sum(table).tolist()
 
 
 def shard(n: int) -> range:

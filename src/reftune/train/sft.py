@@ -22,8 +22,10 @@ from reftune.example import Example
 from reftune.errors import UserError
 from reftune.model.batching import collate_sft, encode_sft
 from reftune.model.prompts import build_prompt, build_target
-from reftune.train.accel import all_sum, check_finite, get_accelerator, is_main, num_processes, optimizer_step, shard
+from reftune.train.accel import (all_sum, check_finite, get_accelerator, is_main, num_processes, optimizer_step, prepare,
+                                 shard)
 from reftune.train.context import RunContext
+from reftune.train.fsdp import gathered
 from reftune.train.state import TrainState
 
 
@@ -89,15 +91,18 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
     steps_per_epoch = len(rows) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     acc = get_accelerator(ctx.precision)
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    sched = get_linear_schedule_with_warmup(opt, math.ceil(cfg.warmup_ratio * total), total)
+
+    def adamw():
+        decay, no_decay = [], []
+        for n, p in model.named_parameters():
+            (no_decay if p.ndim < 2 or "norm" in n else decay).append(p)
+        return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model, opt = acc.prepare(model, opt)
+    model, opt = prepare(acc, model, adamw)
+    sched = get_linear_schedule_with_warmup(getattr(opt, "optimizer", opt), math.ceil(cfg.warmup_ratio * total), total)
     state = TrainState(ctx.out_dir, acc.unwrap_model(model), tokenizer, opt, sched, unit="epoch")
     state.resume(lr=cfg.lr)
     p = state.progress
@@ -128,7 +133,8 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
         if p.epoch in snapshot_epochs:
             state.save(f"epoch-{p.epoch}")
         if p.epoch % cfg.eval_every_epochs == 0 or p.epoch == cfg.epochs:
-            res = ctx.validate(acc.unwrap_model(model), tokenizer, val)
+            with gathered(model):  # FSDP: the main process validates alone, from whole weights
+                res = ctx.validate(acc.unwrap_model(model), tokenizer, val)
             ctx.logger.log(ctx.stage, p.step, epoch=p.epoch, val_accuracy=res["accuracy"], val_answered=res["answered"])
             if is_main():
                 bar.write(f"[{ctx.stage}] epoch {p.epoch}: val accuracy {res['accuracy']:.3f}")

@@ -8,7 +8,9 @@ resumed from `last/` continues exactly as the uninterrupted run would (tests/tes
 
 With several processes (data parallelism) every process keeps the same state (DDP keeps the weights, the
 optimizer and the RNG in step): all resume from the same `last/`, and only the main process writes, the others
-waiting until the checkpoint is complete.
+waiting until the checkpoint is complete. Sharded with FSDP (`reftune.train.fsdp`), every process first gathers
+the whole weights and optimizer state, so the files are those of a one-process run, and on resume each process
+takes its shards of them.
 
 On disk the counters keep the names they had before this class existed (SFT: `epoch, step, best_val,
 best_epoch, stale`; RL: `step, best_val, best_step`), and a `last/trainer_state.pt` of an earlier version (the
@@ -25,6 +27,7 @@ import torch
 
 from reftune.errors import TrainingDiverged
 from reftune.model.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
+from reftune.train import fsdp
 from reftune.train.accel import DIVERGED_HINT, on_main
 
 
@@ -64,7 +67,10 @@ class TrainState:
         state = load_state(self.out_dir / "last")
         if state is None:
             return False
-        self.optimizer.load_state_dict(state["optimizer"])
+        if fsdp.is_sharded(self.model):
+            fsdp.load_full_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if lr is not None and any(base != lr for base in self.scheduler.base_lrs):
             self._set_peak_lr(lr)
@@ -89,7 +95,9 @@ class TrainState:
 
     def _state(self) -> dict[str, Any]:
         p = self.progress
-        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        optimizer = (fsdp.full_optimizer_state(self.optimizer) if fsdp.is_sharded(self.model)
+                     else self.optimizer.state_dict())
+        state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                  "rng": rng_state(), "step": p.step, "best_val": p.best_val, f"best_{self.unit}": p.best_at}
         if self.unit == "epoch":
             state.update(epoch=p.epoch, stale=p.stale)
@@ -101,13 +109,17 @@ class TrainState:
         """Write the weights to `out_dir/name` (e.g. "last", "epoch-2", "step-30"); with the resumable state
         when `resumable`. Non-finite weights are never saved: `TrainingDiverged`, and the previous checkpoint of
         that name stays as it was."""
-        modules = [self.model] + ([self.value_head] if self.value_head is not None else [])
-        if not all(torch.isfinite(t).all() for m in modules for t in m.parameters()):
+        sharded = fsdp.is_sharded(self.model)  # FSDP: every process gathers the whole weights, the main one saves them
+        weights = fsdp.full_state_dict(self.model) if sharded else None
+        head = fsdp.full_state_dict(self.value_head) if sharded and self.value_head is not None else None
+        tensors = (list(weights.values()) + list((head or {}).values()) if sharded else
+                   [t for m in (self.model, self.value_head) if m is not None for t in m.parameters()])
+        if not all(torch.isfinite(t).all() for t in tensors):
             raise TrainingDiverged(f"{self.out_dir}: the weights are NaN/inf after step {self.progress.step}, so "
                                    f"{name}/ was not written; {DIVERGED_HINT}")
         path = self.out_dir / name
         on_main(save_checkpoint, path, self.model, self.tokenizer, value_head=self.value_head,
-                state=self._state() if resumable else None)
+                state=self._state() if resumable else None, weights=weights, value_head_weights=head)
         return path
 
     def save_last(self) -> Path:
