@@ -15,7 +15,10 @@ early at EOS: fewer tokens, same formula). FLOP utilisation: the rollout's model
 torch.matmul peak measured in the same worker at the same precision (bf16 rows: bf16 peak; fp32 rows: fp32).
 Model FLOPs (`rollout_flops`): each prompt prefilled once per group (both backends share it), 2 FLOPs per
 weight per token (the LM head only for the last prompt position) plus attention, 4*layers*hidden*context
-per token; each generated token 2 FLOPs per weight plus attention over its context.
+per token; each generated token 2 FLOPs per weight plus attention over its context. `decode_matmul_gflops`: the
+GFLOP/s of a decode step's MLP matmul at the rollout's row count, measured alone in the same worker: the
+ceiling a decode step's weight matmuls can reach at that batch size (skinny matmuls run far below the square
+peak), to read `flop_utilisation` against.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from jobs import matmul_peak  # noqa: E402  (the scripts' and benches' shared helpers)
+from jobs import matmul_gflops, matmul_peak  # noqa: E402  (the scripts' and benches' shared helpers)
 
 RESULTS = Path(__file__).parent / "results" / "sampler_bench.json"
 GSM8K = "/work/shared/data/gsm8k/test.jsonl"
@@ -93,7 +96,8 @@ def worker(name: str, backend: str, iters: int | None) -> dict:
     iters = iters or s["iters"]
     load_start = round(os.getloadavg()[0], 2)
     # measured first: once the vLLM engine exists, torch.set_num_threads is a no-op
-    peak = matmul_peak(torch.float32 if backend in ("hf", "vllm-fp32") else torch.bfloat16, n=1024)
+    dtype = torch.float32 if backend in ("hf", "vllm-fp32") else torch.bfloat16
+    peak = matmul_peak(dtype, n=1024)
     torch.manual_seed(0)
     model, tok, questions = load(name)
     model.eval()
@@ -119,12 +123,21 @@ def worker(name: str, backend: str, iters: int | None) -> dict:
         res["rollouts"].append({"prompts": n_prompts, "samples_per_prompt": group, "tokens": tokens,
                                 "mean_prompt_tokens": round(sum(map(len, prompts[:n_prompts])) / n_prompts, 1),
                                 "seconds": round(secs, 3), "tokens_per_s": round(tokens / secs, 1),
-                                "model_gflops_per_s": round(gflops, 2), "flop_utilisation": round(gflops / peak, 4)})
+                                "model_gflops_per_s": round(gflops, 2), "flop_utilisation": round(gflops / peak, 4),
+                                "decode_matmul_gflops": decode_matmul(model, n_prompts * group, dtype)})
         print(f"  {name} {backend} {n_prompts}x{group}: {tokens / secs:,.0f} tok/s", file=sys.stderr)
     res["load_average_1m"]["end"] = round(os.getloadavg()[0], 2)
     if hasattr(sampler, "close"):
         sampler.close()
     return res
+
+
+def decode_matmul(model, rows: int, dtype) -> float:
+    """GFLOP/s of one decode step's MLP matmul ([rows, hidden] @ [hidden, intermediate]) at this batch's row
+    count: what the weights' matmuls of a decode step can reach on this CPU, whatever the sampler does around
+    them (a skinny matmul runs far below the square peak)."""
+    c = model.config
+    return matmul_gflops(dtype, rows, c.hidden_size, c.intermediate_size)
 
 
 def main() -> None:

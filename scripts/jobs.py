@@ -71,15 +71,25 @@ def cpu_name() -> str:
 def matmul_peak(dtype, n: int = 2048, reps: int = 5) -> float:
     """Measured GFLOP/s of an n x n torch.matmul of `dtype` (best of `reps`, after one warm-up): the benches'
     FLOP-utilisation denominator."""
+    return matmul_gflops(dtype, n, n, n, reps)
+
+
+def matmul_gflops(dtype, m: int, k: int, n: int, reps: int = 5) -> float:
+    """Measured GFLOP/s of an [m, k] @ [k, n] torch.matmul of `dtype` (best of `reps` timed calls, each repeated
+    until it takes ~20 ms, after one warm-up): e.g. a decode step's matmul at its batch's row count."""
     import time
 
     import torch
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     torch.matmul(a, b)
+    t0 = time.perf_counter()
+    torch.matmul(a, b)
+    inner = max(1, int(0.02 / max(time.perf_counter() - t0, 1e-6)))
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return round(2 * n ** 3 / best / 1e9, 1)
+        for _ in range(inner):
+            torch.matmul(a, b)
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return round(2 * m * k * n / best / 1e9, 1)
 
