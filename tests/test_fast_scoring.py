@@ -200,3 +200,41 @@ def test_the_lm_head_reads_a_contiguous_input_in_every_pass():
     sampler.generate([[5, 6, 7], [8, 9]], num_samples=2, max_new_tokens=3, seeds=[0, 1])
     assert len(seen) > 1 and all(seen)                     # the bf16 copy keeps the hook (prefill + decode)
     assert torch.equal(lm(input_ids=ids, logits_to_keep=3).logits, before)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("capacity", [40, 7])  # 7: smaller than the prompt, so the buffer grows once
+def test_a_preallocated_cache_decodes_the_logits_of_a_dynamic_cache(capacity):
+    """Prefill a left-padded batch, share each prompt across a group of 2, decode, drop rows as they finish:
+    the cache written in place gives the logits that DynamicCache's concatenation gives, step by step."""
+    from transformers import DynamicCache
+
+    from reftune.model.batching import left_pad
+    from reftune.model.kv_cache import PreallocatedLayer, preallocated_cache
+    lm = tiny_policy().lm.eval()
+    ids, attn0 = left_pad([[5, 6, 7, 8, 9, 10], [11, 12, 13]], PAD)
+    caches = [DynamicCache(config=lm.config), preallocated_cache(lm.config, capacity)]
+    assert all(isinstance(layer, PreallocatedLayer) for layer in caches[1].layers)
+    outs = []
+    for cache in caches:
+        attn, pos, steps = attn0, positions(attn0), []
+        logits = lm(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=cache,
+                    use_cache=True).logits[:, -1]
+        cache.batch_repeat_interleave(2)
+        logits, attn = logits.repeat_interleave(2, 0), attn.repeat_interleave(2, 0)
+        pos = attn.sum(-1, keepdim=True)
+        for step in range(6):
+            steps.append(logits)
+            tok = logits.argmax(-1) % 37 + 1 + step
+            if step in (2, 4):  # rows finish: the cache keeps the others
+                keep = torch.arange(0, attn.shape[0] - 1)
+                cache.batch_select_indices(keep)
+                tok, attn, pos = tok[keep], attn[keep], pos[keep]
+            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
+            logits = lm(input_ids=tok[:, None], attention_mask=attn, position_ids=pos, past_key_values=cache,
+                        use_cache=True).logits[:, -1]
+            pos = pos + 1
+        assert cache.get_seq_length() == ids.shape[1] + 6
+        outs.append(steps + [logits])
+    for a, b in zip(*outs):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)

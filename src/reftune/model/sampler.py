@@ -16,6 +16,7 @@ import torch
 
 from reftune.errors import UserError
 from reftune.model.batching import left_pad, positions
+from reftune.model.kv_cache import preallocated_cache
 from reftune.model.lm_head import contiguous_lm_head_input
 from reftune.model.samples import Sampler, Samples
 
@@ -133,11 +134,9 @@ class HFSampler:
         return out.logits[:, -1]
 
     def _generate_chunk(self, model, prompts, G, temperature, top_p, max_new_tokens, generator, uniform=None):
-        from transformers import DynamicCache
-
         eos, pad_id, dev = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.device
         ids, attn = (t.to(dev) for t in left_pad(prompts, pad_id))
-        cache = DynamicCache(config=model.config)
+        cache = preallocated_cache(model.config, ids.shape[1] + max_new_tokens)  # written in place, no cat per step
         logits = self._forward(model, cache, ids, attn, positions(attn))
         if G > 1:  # encode once, share the prompt's cache across the group's samples
             cache.batch_repeat_interleave(G)
