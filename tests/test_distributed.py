@@ -139,6 +139,23 @@ def test_r3_curriculum_in_two_processes_equals_one(warmup, tmp_path, schedule):
     assert a == b
 
 
+def digit_early(prompts, completions, examples, **kw) -> list[float]:
+    """A 0/1 reward on which some groups agree and some do not: whether a digit comes in the first 6 characters."""
+    return [float(any(c.isdigit() for c in text[:6])) for text in completions]
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_in_two_processes_equals_one(warmup, tmp_path):
+    """DAPO's refills: the processes count the kept groups together, refill with the same questions (sharded),
+    then exchange the kept groups and each trains on its share of the batch one process keeps."""
+    dapo = ["rl.dynamic_sampling=true", "rl.max_refill_rounds=2", "rl.rewards=test_distributed:digit_early:1"]
+    cli(*rl_args(tmp_path / "one", warmup, "grpo", 3), *dapo)
+    torchrun(*rl_args(tmp_path / "two", warmup, "grpo", 3), *dapo)
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    fractions = [r["kept_fraction"] for r in records(tmp_path / "two") if "kept_fraction" in r]
+    assert len(fractions) == 3 and min(fractions) < 1  # groups were dropped and refilled
+
+
 @pytest.mark.slow
 def test_sft_sharded_with_fsdp_in_two_processes_equals_one(warmup, tmp_path):
     """FSDP2: each process holds half of every sharded tensor, yet losses, weights and the saved optimizer state

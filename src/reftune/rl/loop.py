@@ -61,15 +61,11 @@ def check_rl_split(train: list[Example], cfg: RLConfig) -> None:
 
 
 def check_data_parallel(cfg: RLConfig) -> None:
-    """What does not run data-parallel yet: dynamic sampling's refill rounds are drawn per batch, in a way that
-    would depend on how the questions are sharded."""
+    """Every process needs at least one question of each iteration."""
     n = num_processes()
     if cfg.prompts_per_step < n:
         raise UserError(f"rl.prompts_per_step={cfg.prompts_per_step} leaves a process without questions ({n} "
                         f"processes); raise it to at least {n}")
-    if n > 1 and cfg.dynamic_sampling:
-        raise UserError(f"rl.dynamic_sampling runs in one process only (this launch has {n}); start it without "
-                        f"torchrun / accelerate launch")
 
 
 def rollout_setup(core, tokenizer, train: list[Example], cfg: RLConfig, ctx: RunContext, device,

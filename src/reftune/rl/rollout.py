@@ -3,6 +3,8 @@ dynamic sampling. Everything that stays fixed across iterations is one `RolloutS
 
 from __future__ import annotations
 
+import functools
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -13,7 +15,7 @@ from reftune.model.batching import encode
 from reftune.model.prompts import build_prompt
 from reftune.rewards.functions import compute_rewards
 from reftune.rl.batch import Rollout, informative_groups
-from reftune.train.accel import DTYPES
+from reftune.train.accel import DTYPES, all_sum, gather_lists, num_processes, shard
 from reftune.train.context import RunContext
 
 
@@ -99,19 +101,39 @@ def dynamic_sampling(setup: RolloutSetup, batch: Rollout, k: int) -> tuple[Rollo
 
     Returns (the first prompts_per_step kept groups, share of all drawn groups that differ). When none differs at
     all, the first batch is kept as is (its group advantages are zero). Rows are fewer than prompts_per_step * G
-    when the rounds run out."""
-    cfg, G, n = setup.cfg, setup.cfg.num_generations, len(setup.questions)
-    kept, drawn = batch.groups(informative_groups(batch.scores, G), G), len(batch.idx)
+    when the rounds run out.
+
+    With several processes, `batch` is this process's shard of the iteration's questions, and each refill round's
+    questions are sharded the same way (their samples are those one process draws: `collect`'s streams). The
+    processes count the kept groups together (one all-reduce per round), then exchange them, take the first
+    prompts_per_step in one process's order (round by round, shard by shard) and each its contiguous share of
+    those: the batch one process trains on. If fewer groups than processes are kept, every process keeps its first
+    batch as is (one process would train on the few kept groups)."""
+    cfg, G, n, N = setup.cfg, setup.cfg.num_generations, len(setup.questions), num_processes()
+    rounds = [batch.groups(informative_groups(batch.scores, G), G)]  # this process's kept groups, per round
+    total, drawn = _count(rounds[-1], setup.device_type), cfg.prompts_per_step
     for r in range(cfg.max_refill_rounds):
-        if len(kept.idx) >= cfg.prompts_per_step:
+        if total >= cfg.prompts_per_step:
             break
         g = torch.Generator().manual_seed(setup.ctx.seed * 7919 + 1_000_003 * (r + 1) + k)
-        more = collect(setup, torch.randperm(n, generator=g)[:cfg.prompts_per_step].tolist(), k, stream=r + 1)
-        kept, drawn = kept + more.groups(informative_groups(more.scores, G), G), drawn + len(more.idx)
-    fraction = len(kept.idx) / drawn
-    if not kept.idx:
+        questions = torch.randperm(n, generator=g)[:cfg.prompts_per_step].tolist()
+        mine = shard(len(questions))
+        more = collect(setup, questions[mine.start:mine.stop], k, first=mine.start, stream=r + 1, batch=questions)
+        rounds.append(more.groups(informative_groups(more.scores, G), G))
+        total, drawn = total + _count(rounds[-1], setup.device_type), drawn + len(questions)
+    fraction = total / drawn
+    if total == 0 or (N > 1 and min(total, cfg.prompts_per_step) < N):
         return batch, fraction
-    return kept.groups(list(range(min(len(kept.idx), cfg.prompts_per_step))), G), fraction
+    if N > 1:  # one process's order: round by round, and within a round process by process
+        rounds = [ro for _, ro in sorted(gather_lists(list(enumerate(rounds))), key=lambda x: x[0])]
+    kept = functools.reduce(operator.add, rounds)
+    kept = kept.groups(list(range(min(len(kept.idx), cfg.prompts_per_step))), G)
+    return (kept if N == 1 else kept.groups(list(shard(len(kept.idx))), G)), fraction
+
+
+def _count(rollout: Rollout, device_type: str) -> int:
+    """Questions in `rollout` summed over every process."""
+    return int(all_sum(torch.tensor(len(rollout.idx), device=device_type)))
 
 
 def engine(setup: RolloutSetup) -> bool:
