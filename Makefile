@@ -90,7 +90,8 @@ paper: base
 # rl.steps x 64 questions x 8 samples / n), the warm-up as a short SFT run of its own (lr decaying to 0), one PPO pass
 # in 2 minibatches at lr 1e-4; with all 500 annotated questions and with the first 250 and 100 (data.n_annotated:
 # validation and test unchanged), where SFT is data-limited, those two also with the 4,000 answer-only questions
-# added to RL at the same compute, and online self-training (ReFT's baseline) at the same RL settings. 3 seeds each; then the table and the validation curves against RL epochs.
+# added to RL at the same compute, and online self-training (ReFT's baseline) at the same RL settings. 3 seeds
+# each; then the table and the validation curves against RL epochs.
 LONG_RL = $(PAPER_DATA) model.name_or_path=$(BASE)/last warmup.schedule=own rl.prompts_per_step=64 \
   rl.num_generations=8 rl.ppo_epochs=1 rl.minibatches=2 rl.lr=1e-4
 LONG_N500 = $(LONG_RL) rl.steps=98 rl.eval_every=7
