@@ -82,6 +82,7 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     if any(type(m).__name__.startswith("Peft") for m in model.modules()):
         raise UserError("FSDP with LoRA (model.lora) is not supported yet: launch LoRA runs data-parallel (DDP) — "
                         "its optimizer state is already small — or shard a full fine-tune")
+    name = type(model).__name__  # fully_shard renames the class (FSDP<name>)
     mesh = init_device_mesh(device.type, (num_processes(),))
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower() in TRUE | {"full_shard"}
     offload = CPUOffloadPolicy() if os.environ.get("FSDP_OFFLOAD_PARAMS", "").strip().lower() in TRUE else OffloadPolicy()
@@ -99,7 +100,7 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     local = sum(p.to_local().numel() if _is_dtensor(p) else p.numel() for p in model.parameters())
     total = sum(p.numel() for p in model.parameters())
     if mesh.get_rank() == 0:
-        print(f"[fsdp] sharded {type(model).__name__}: {len(blocks)} blocks + the rest, over {num_processes()} "
+        print(f"[fsdp] sharded {name}: {len(blocks)} blocks + the rest, over {num_processes()} "
               f"processes (reshard after forward: {reshard}); process 0 holds {local:,} of its {total:,} "
               f"parameters ({100 * local / total:.1f} %), and their gradients and optimizer state", flush=True)
     return model
