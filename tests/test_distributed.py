@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from reftune.algos import AGGREGATION_MODES, aggregate_loss, aggregation_count, masked_whiten
+from reftune.cli import main
 from reftune.model.modeling import load_pretrained
 from reftune.model.sampler import HFSampler
 from reftune.rl.update import minibatch_rows
@@ -189,6 +190,34 @@ def test_rl_sharded_with_fsdp_resumed_equals_one_uninterrupted(warmup, tmp_path,
         cli(*rl_args(two, warmup, estimator, 2), "--resume")
     assert_same_run(tmp_path / "one", two)
     assert records(two)[:len(first)] == first
+
+
+ZERO2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(ROOT / "examples" / "deepspeed" /
+                                                                               "zero2.json")}
+
+
+@pytest.mark.slow
+def test_sft_with_deepspeed_zero2_in_two_processes_equals_one(warmup, tmp_path):
+    """ZeRO-2: the engine reduce-scatters each step's gradients (two micro-batches, the boundary at the second)
+    into each process's partition and steps AdamW there; the result is the one-process run's."""
+    pytest.importorskip("deepspeed")
+    log = torchrun("sft", f"out_dir={tmp_path}", *DATA, *MODEL, *SFT, "sft.gradient_accumulation_steps=2", env=ZERO2)
+    assert "[deepspeed] ZeRO stage 2" in log
+    assert_same_run(warmup, tmp_path)
+    parts = torch.load(tmp_path / "last" / "zero_optimizer.pt", weights_only=False)
+    assert len(parts) == 2 and not (tmp_path / "last" / "optimizer.pt").exists()
+
+
+@pytest.mark.slow
+def test_grpo_with_deepspeed_zero2_resumed_equals_one_uninterrupted(warmup, tmp_path, capsys):
+    pytest.importorskip("deepspeed")
+    cli(*rl_args(tmp_path / "one", warmup, "grpo", 2))
+    two = tmp_path / "two"
+    torchrun(*rl_args(two, warmup, "grpo", 1), env=ZERO2)
+    torchrun(*rl_args(two, warmup, "grpo", 2), "--resume", env=ZERO2)
+    assert_same_run(tmp_path / "one", two)
+    assert main([*rl_args(two, warmup, "grpo", 3), "--resume"]) == 2  # its optimizer state is DeepSpeed's
+    assert "saved with DeepSpeed ZeRO; resume it the same way" in capsys.readouterr().err
 
 
 def test_a_prompts_samples_do_not_depend_on_the_other_prompts_of_the_call(warmup):

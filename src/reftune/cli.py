@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         saved = Path(cfg.out_dir) / "config.yaml"
         if args.resume and saved.is_file():  # the run's own config; only some fields may change (resume_config)
             cfg = resume_config(COMMANDS[args.command], args.config, overrides, saved)
+        import torch
+        if not torch.cuda.is_available():  # deepspeed, when installed, is imported by transformers' save_pretrained
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # and would warn in every run that it guessed CPU
         from reftune import commands  # heavy imports (torch, transformers) only after the config is valid
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()  # reftune shows its own bars; HF's (one per checkpoint save) interleave

@@ -6,7 +6,8 @@ when a value head exists, and `reward_model.json` when the value head is a rewar
 
 A checkpoint the run can resume from (`last/`) also holds its trainer state, in the files Hugging Face's
 Trainer uses: `trainer_state.json` (the counters: step, epoch, best_val, ...; plain JSON), `optimizer.pt` and
-`scheduler.pt` (the `state_dict()`s, loadable with `torch.load(..., weights_only=True)`), `rng_state.pth`
+`scheduler.pt` (the `state_dict()`s, loadable with `torch.load(..., weights_only=True)`; a DeepSpeed ZeRO run
+writes `zero_optimizer.pt` instead, its processes' optimizer partitions), `rng_state.pth`
 (every RNG, see `rng_state`) and `extras.pt` (the loop's other resumable objects' `state_dict()`s, e.g. the R^3
 curriculum). Runs written before this layout have one pickle, `trainer_state.pt`; `load_state` still reads it.
 
@@ -32,11 +33,12 @@ from safetensors.torch import load_file, save_file
 
 STATE_FILE = "trainer_state.json"  # the counters: its presence marks a resumable checkpoint
 OPTIMIZER_FILE = "optimizer.pt"
+ZERO_OPTIMIZER_FILE = "zero_optimizer.pt"  # a DeepSpeed ZeRO run's: one optimizer partition per process (a list)
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng_state.pth"
 EXTRAS_FILE = "extras.pt"
 LEGACY_STATE_FILE = "trainer_state.pt"  # the whole state in one pickle (runs written by earlier versions)
-STATE_FILES = (STATE_FILE, OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE, EXTRAS_FILE, LEGACY_STATE_FILE)
+STATE_FILES = (STATE_FILE, OPTIMIZER_FILE, ZERO_OPTIMIZER_FILE, SCHEDULER_FILE, RNG_FILE, EXTRAS_FILE, LEGACY_STATE_FILE)
 VALUE_HEAD_FILE = "value_head.safetensors"
 REWARD_MODEL_FILE = "reward_model.json"
 SOURCE_FILE = "source.json"  # a reference to the model a directory stands for (reftune.model.source)
@@ -129,7 +131,8 @@ def save_state(folder: Path, state: dict[str, Any]) -> None:
     rng_state.pth, plain numbers/strings/None (the counters) → trainer_state.json, anything else (the extras'
     state dicts) → extras.pt. `load_state` puts the same dict back together."""
     state = dict(state)
-    for key, name in (("optimizer", OPTIMIZER_FILE), ("scheduler", SCHEDULER_FILE), ("rng", RNG_FILE)):
+    for key, name in (("optimizer", OPTIMIZER_FILE), ("zero_optimizer", ZERO_OPTIMIZER_FILE),
+                      ("scheduler", SCHEDULER_FILE), ("rng", RNG_FILE)):
         if state.get(key) is not None:
             torch.save(state.pop(key), folder / name)
     counters = {k: v for k, v in state.items() if _is_scalar(v)}
@@ -189,6 +192,8 @@ def load_state(path: str | Path) -> dict[str, Any] | None:
     for key, name in (("optimizer", OPTIMIZER_FILE), ("scheduler", SCHEDULER_FILE)):
         if (path / name).is_file():
             state[key] = torch.load(path / name, weights_only=True)
+    if (path / ZERO_OPTIMIZER_FILE).is_file():  # DeepSpeed's partitions hold its loss-scaler object: a full unpickle
+        state["zero_optimizer"] = torch.load(path / ZERO_OPTIMIZER_FILE, weights_only=False)  # of reftune's output
     if (path / RNG_FILE).is_file():
         state["rng"] = load_rng(path / RNG_FILE)
     if (path / EXTRAS_FILE).is_file():

@@ -44,7 +44,7 @@ from reftune.rl.metrics import iteration_record
 from reftune.rl.rollout import RolloutSetup, batch_indices, collect, dynamic_sampling, release_engine, sync_engine
 from reftune.rl.scoring import ReferenceLM, needs_reference, reuses_update_forward, score
 from reftune.rl.update import advantages, ppo_update, self_training_update
-from reftune.train.accel import gather_lists, get_accelerator, is_main, num_processes, prepare, shard
+from reftune.train.accel import gather_lists, get_accelerator, is_main, num_processes, prepare, shard, unwrap
 from reftune.train.context import RunContext
 from reftune.train.fsdp import gathered
 from reftune.train.state import TrainState
@@ -120,10 +120,10 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     if cfg.gradient_checkpointing:  # only in train mode: rollouts and scoring keep their KV cache / speed
         policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     policy, opt = prepare(acc, policy, lambda: torch.optim.AdamW(policy.parameters(), lr=cfg.lr,
-                                                                  weight_decay=cfg.weight_decay))
+                                                                  weight_decay=cfg.weight_decay), cfg.grad_clip)
     sched = torch.optim.lr_scheduler.LambdaLR(getattr(opt, "optimizer", opt),
                                               lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-    core = acc.unwrap_model(policy)
+    core = unwrap(policy)
     ref = ReferenceLM(ref_lm).eval() if ref_lm is not None and needs_reference(cfg) else None
     setup = rollout_setup(core, tokenizer, train, cfg, ctx, acc.device, curriculum)
     gold = ([encode_target(tokenizer, build_target(e.cot, ctx.template, e.answer)) if e.cot else None for e in train]

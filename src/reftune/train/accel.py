@@ -7,11 +7,13 @@ helpers here sum partial statistics across processes (`all_sum`), hand the main 
 is the identity, so a single-process run computes exactly what it computed before. Without a GPU, a
 multi-process launch gets gloo on CPU (accelerate's MULTI_CPU). Accelerate keeps global state, so the
 accelerator is created once per process with the job's precision. An FSDP launch shards the model instead of
-wrapping it in DDP (`prepare`, `reftune.train.fsdp`).
+wrapping it in DDP, a DeepSpeed launch hands it to a ZeRO engine (`prepare`, `reftune.train.fsdp`,
+`reftune.train.zero`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import timedelta
 from typing import Any, Callable
@@ -40,31 +42,63 @@ def get_accelerator(precision: str = "fp32") -> Accelerator:
         # buffers (RoPE frequencies) are not trained: no broadcast at every forward, which would also make
         # a forward a collective (scoring does a rank-dependent number of them)
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
-        _ACCELERATOR = Accelerator(mixed_precision=MIXED[precision], cpu=_cpu_only(), kwargs_handlers=[ddp])
-        if _ACCELERATOR.distributed_type == DistributedType.DEEPSPEED:
-            raise ConfigError(DEEPSPEED_UNSUPPORTED)
+        with _own_deepspeed():
+            _ACCELERATOR = Accelerator(mixed_precision=MIXED[precision], cpu=_cpu_only(), kwargs_handlers=[ddp])
     elif _ACCELERATOR.mixed_precision != MIXED[precision]:
         raise ConfigError(f"precision: this process already runs in {_ACCELERATOR.mixed_precision}; "
                           f"start a new process for {precision}")
     return _ACCELERATOR
 
 
-DEEPSPEED_UNSUPPORTED = (
-    "accelerate launch: DeepSpeed is not supported: the loops step the optimizer themselves (backward, clip, step) "
-    "and DeepSpeed's engine owns that step. Shard with FSDP2 instead — ZeRO-3 (or ZeRO-2 with "
-    "fsdp_reshard_after_forward: false): `accelerate launch --config_file examples/accelerate/fsdp2.yaml -m "
-    "reftune.cli ...` (README, Scaling)")
-
-
-def prepare(acc: Accelerator, model: torch.nn.Module, make_optimizer: Callable[[], torch.optim.Optimizer]):
+def prepare(acc: Accelerator, model: torch.nn.Module, make_optimizer: Callable[[], torch.optim.Optimizer],
+            grad_clip: float):
     """(model, optimizer) ready for this launch: as they are with one process, the model DDP-wrapped with
-    several, or — in an FSDP launch (`reftune.train.fsdp`) — the model sharded in place and the optimizer built
-    over its shards (so it is built here, by `make_optimizer`, after sharding replaced the parameters)."""
-    from reftune.train import fsdp
+    several; in an FSDP launch (`reftune.train.fsdp`) the model sharded in place and the optimizer built over its
+    shards (so it is built here, by `make_optimizer`, after sharding replaced the parameters); in a DeepSpeed
+    launch (`reftune.train.zero`) the DeepSpeed engine and its ZeRO optimizer (clipping at `grad_clip`)."""
+    from reftune.train import fsdp, zero
+    if zero.enabled():
+        return zero.initialize(model, make_optimizer(), grad_clip)
     if fsdp.enabled():
         fsdp.shard_model(model, acc.device)
         return model, acc.prepare_optimizer(make_optimizer())
     return acc.prepare(model, make_optimizer())
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module itself inside a DDP wrapper or a DeepSpeed engine (both keep it as `.module`). Not
+    `accelerator.unwrap_model`: with deepspeed installed, that imports it (4 s, and a warning) in every run."""
+    from torch.nn.parallel import DistributedDataParallel
+    while isinstance(model, DistributedDataParallel) or type(model).__name__ == "DeepSpeedEngine":
+        model = model.module
+    return model
+
+
+def backward(acc: Accelerator, loss: torch.Tensor, opt) -> None:
+    """loss.backward() as the launch wants it (the DeepSpeed engine's, accelerate's otherwise)."""
+    from reftune.train.zero import engine_of
+    engine = engine_of(opt)
+    engine.backward(loss) if engine is not None else acc.backward(loss)
+
+
+def no_sync(acc: Accelerator, model, opt):
+    """A context for a micro-batch that is not the step's last: its backward adds to the gradients without
+    synchronising them (DDP's no_sync; DeepSpeed: not an accumulation boundary)."""
+    from reftune.train.zero import accumulating, engine_of
+    return accumulating(opt) if engine_of(opt) is not None else acc.no_sync(model)
+
+
+@contextlib.contextmanager
+def _own_deepspeed():
+    """Accelerate's state and accelerator built as for a plain launch even in a DeepSpeed launch: reftune creates
+    the engine itself (`reftune.train.zero`), and accelerate's own plugin would validate (and reject) the
+    variables `accelerate launch` exports for it."""
+    saved = os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["ACCELERATE_USE_DEEPSPEED"] = saved
 
 
 def _cpu_only() -> bool:
@@ -77,7 +111,8 @@ def process_state() -> PartialState:
     """This process's place in the launch (process_index, num_processes), set up once per process; the
     accelerator built later shares it. The others wait at a barrier while the main process validates and
     evaluates, which may take long: the collectives' timeout is WAIT_LIMIT, not torch's 30 minutes."""
-    return PartialState(cpu=_cpu_only(), timeout=WAIT_LIMIT)
+    with _own_deepspeed():
+        return PartialState(cpu=_cpu_only(), timeout=WAIT_LIMIT)
 
 
 def num_processes() -> int:
@@ -204,6 +239,15 @@ def optimizer_step(acc: Accelerator, loss: torch.Tensor, params, opt, grad_clip:
     A non-finite loss or gradient norm raises `TrainingDiverged` before the weights change (`where` names the
     step in the message)."""
     check_finite(loss.detach(), "loss", where)
+    from reftune.train.zero import engine_of
+    if (engine := engine_of(opt)) is not None:  # DeepSpeed clips and steps inside engine.step()
+        engine.backward(loss)
+        engine.step()
+        grad_norm = engine.get_global_grad_norm()
+        check_finite(torch.as_tensor(grad_norm).detach(), "gradient norm (after the DeepSpeed step)", where)
+        if sched is not None:
+            sched.step()
+        return float(grad_norm)
     acc.backward(loss)
     grad_norm = acc.clip_grad_norm_(params, grad_clip)
     check_finite(torch.as_tensor(grad_norm).detach(), "gradient norm", where)

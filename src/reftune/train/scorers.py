@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from reftune.train.accel import get_accelerator, optimizer_step
+from reftune.train.accel import get_accelerator, optimizer_step, unwrap
 from reftune.model.checkpoint import save_checkpoint
 from reftune.model.classifier import CLASSIFIER_DIR, export_checkpoint
 from reftune.config import VerifierConfig
@@ -76,7 +76,7 @@ def train_scorer(model: torch.nn.Module, tokenizer, train: list, val: list, cfg:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(opt, math.ceil(0.05 * total), total)
     model, opt = acc.prepare(model, opt)
-    core = acc.unwrap_model(model)
+    core = unwrap(model)
     pad_id = tokenizer.pad_token_id
     info = {"kind": objective.kind, "template": template, "max_length": max_length}
 

@@ -22,8 +22,8 @@ from reftune.example import Example
 from reftune.errors import UserError
 from reftune.model.batching import collate_sft, encode_sft
 from reftune.model.prompts import build_prompt, build_target
-from reftune.train.accel import (all_sum, check_finite, get_accelerator, is_main, num_processes, optimizer_step, prepare,
-                                 shard)
+from reftune.train.accel import (all_sum, backward, check_finite, get_accelerator, is_main, no_sync, num_processes,
+                                 optimizer_step, prepare, shard, unwrap)
 from reftune.train.context import RunContext
 from reftune.train.fsdp import gathered
 from reftune.train.state import TrainState
@@ -62,11 +62,11 @@ def accumulated_step(model, acc, micro_batches: list[dict], opt, sched, grad_cli
     done = []
     for i, (b, n) in enumerate(zip(micro_batches, counts)):
         last = i == len(micro_batches) - 1
-        with contextlib.nullcontext() if last else acc.no_sync(model), acc.autocast():
+        with contextlib.nullcontext() if last else no_sync(acc, model, opt), acc.autocast():
             loss = model(**b).loss * (n / total * n_proc)
             if not last:
                 check_finite(loss.detach(), "loss", where)
-                acc.backward(loss)
+                backward(acc, loss, opt)
         done.append(loss.detach())
     grad_norm = optimizer_step(acc, loss, model.parameters(), opt, grad_clip, sched, where)
     return all_sum(sum(done)) / n_proc, grad_norm
@@ -101,9 +101,9 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model, opt = prepare(acc, model, adamw)
+    model, opt = prepare(acc, model, adamw, cfg.grad_clip)
     sched = get_linear_schedule_with_warmup(getattr(opt, "optimizer", opt), math.ceil(cfg.warmup_ratio * total), total)
-    state = TrainState(ctx.out_dir, acc.unwrap_model(model), tokenizer, opt, sched, unit="epoch")
+    state = TrainState(ctx.out_dir, unwrap(model), tokenizer, opt, sched, unit="epoch")
     state.resume(lr=cfg.lr)
     p = state.progress
 
@@ -134,7 +134,7 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
             state.save(f"epoch-{p.epoch}")
         if p.epoch % cfg.eval_every_epochs == 0 or p.epoch == cfg.epochs:
             with gathered(model):  # FSDP: the main process validates alone, from whole weights
-                res = ctx.validate(acc.unwrap_model(model), tokenizer, val)
+                res = ctx.validate(unwrap(model), tokenizer, val)
             ctx.logger.log(ctx.stage, p.step, epoch=p.epoch, val_accuracy=res["accuracy"], val_answered=res["answered"])
             if is_main():
                 bar.write(f"[{ctx.stage}] epoch {p.epoch}: val accuracy {res['accuracy']:.3f}")

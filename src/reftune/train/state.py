@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 import torch
 
-from reftune.errors import TrainingDiverged
+from reftune.errors import TrainingDiverged, UserError
 from reftune.model.checkpoint import load_state, rng_state, save_checkpoint, set_rng_state
-from reftune.train import fsdp
-from reftune.train.accel import DIVERGED_HINT, on_main
+from reftune.train import fsdp, zero
+from reftune.train.accel import DIVERGED_HINT, gather_lists, on_main
 
 
 @dataclass
@@ -67,7 +67,13 @@ class TrainState:
         state = load_state(self.out_dir / "last")
         if state is None:
             return False
-        if fsdp.is_sharded(self.model):
+        if (zero.engine_of(self.optimizer) is not None) != ("zero_optimizer" in state):
+            raise UserError(f"{self.out_dir / 'last'}: its optimizer state was saved "
+                            f"{'with' if 'zero_optimizer' in state else 'without'} DeepSpeed ZeRO; resume it the "
+                            f"same way")
+        if "zero_optimizer" in state:
+            self.optimizer.load_state_dict(state["zero_optimizer"], load_optimizer_states=True)
+        elif fsdp.is_sharded(self.model):
             fsdp.load_full_optimizer_state(self.optimizer, state["optimizer"])
         else:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -95,9 +101,13 @@ class TrainState:
 
     def _state(self) -> dict[str, Any]:
         p = self.progress
-        optimizer = (fsdp.full_optimizer_state(self.optimizer) if fsdp.is_sharded(self.model)
-                     else self.optimizer.state_dict())
-        state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
+        if zero.engine_of(self.optimizer) is not None:  # every process's partition, in process order
+            optimizer = {"zero_optimizer": gather_lists([self.optimizer.state_dict()])}
+        elif fsdp.is_sharded(self.model):
+            optimizer = {"optimizer": fsdp.full_optimizer_state(self.optimizer)}
+        else:
+            optimizer = {"optimizer": self.optimizer.state_dict()}
+        state = {**optimizer, "scheduler": self.scheduler.state_dict(),
                  "rng": rng_state(), "step": p.step, "best_val": p.best_val, f"best_{self.unit}": p.best_at}
         if self.unit == "epoch":
             state.update(epoch=p.epoch, stale=p.stale)

@@ -1,0 +1,115 @@
+"""DeepSpeed ZeRO-2: gradients and AdamW's state partitioned over the processes, the weights whole on each.
+
+Chosen at launch: `accelerate launch --config_file examples/accelerate/deepspeed_zero2.yaml ...` (which sets
+`ACCELERATE_USE_DEEPSPEED=true` and `ACCELERATE_DEEPSPEED_CONFIG_FILE`), or those variables with `torchrun`. With one
+process the run is the plain one. `pip install 'reftune[deepspeed]'`.
+
+reftune calls `deepspeed.initialize` itself (as it calls `fully_shard` itself for FSDP, `reftune.train.fsdp`) with
+the optimizer the loop built, and keeps driving the step: `backward` and `step` go to the DeepSpeed engine, which
+reduce-scatters the gradients into each process's partition, clips them (`gradient_clipping` = the loop's
+`grad_clip`) and steps AdamW on the partition; the loop's learning-rate schedule moves the optimizer's lr as before.
+The weights stay whole on every process, so sampling, scoring, validation and saving are unchanged. What the
+DeepSpeed config may set: `zero_optimization` (stage 1 or 2, bucket sizes, overlap), `communication_data_type`;
+batch sizes and accumulation are the loop's own (the engine is told 1 and 1, micro-batch boundaries are set by the
+loop), precision is reftune's `precision=` (autocast), the optimizer and schedule are reftune's. ZeRO-3 (sharded
+weights) is refused: shard with FSDP2 instead (`examples/accelerate/fsdp2.yaml`), whose gathered weights the loops
+know how to sample from.
+
+Differences from the one-process step: DeepSpeed checks nothing before it steps, so a non-finite gradient norm is
+found after the step (a non-finite loss is still caught before backward, and non-finite weights are never
+saved); and the resumable optimizer state is DeepSpeed's own, one partition per process
+(`zero_optimizer.pt`): a ZeRO run resumes under ZeRO.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from reftune.errors import UserError
+
+TRUE = {"1", "true", "yes", "on"}
+ENGINE_ATTR = "_reftune_engine"  # the engine, on the ZeRO optimizer the loop holds
+
+
+def requested() -> bool:
+    """Whether the launch asks for DeepSpeed (accelerate's launch config sets ACCELERATE_USE_DEEPSPEED)."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").strip().lower() in TRUE
+
+
+def enabled() -> bool:
+    from reftune.train.accel import num_processes
+    return requested() and num_processes() > 1
+
+
+def ds_config(grad_clip: float) -> dict:
+    """The DeepSpeed config: ACCELERATE_DEEPSPEED_CONFIG_FILE (a JSON file) if set, else ZeRO stage
+    ACCELERATE_DEEPSPEED_ZERO_STAGE (default 2); with reftune's batch, clipping and precision put in."""
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "").strip()
+    if path and path.lower() != "none":
+        try:
+            cfg = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"ACCELERATE_DEEPSPEED_CONFIG_FILE={path}: cannot read it as JSON ({e})") from e
+    else:
+        cfg = {"zero_optimization": {"stage": int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))}}
+    stage = int(cfg.get("zero_optimization", {}).get("stage", 0))
+    if stage not in (1, 2):
+        raise UserError(f"DeepSpeed zero_optimization.stage={stage}: reftune supports ZeRO stages 1 and 2 (weights "
+                        f"whole on every process); for sharded weights launch FSDP2 "
+                        f"(examples/accelerate/fsdp2.yaml)")
+    for key in ("optimizer", "scheduler", "fp16", "bf16"):
+        if key in cfg and cfg[key] not in (None, "auto") and not (isinstance(cfg[key], dict) and
+                                                                   cfg[key].get("enabled") in (False, "auto")):
+            raise UserError(f"DeepSpeed config: '{key}' is reftune's own (the optimizer and schedule of the "
+                            f"run's config, `precision=`); remove it from the DeepSpeed config")
+    cfg = {k: v for k, v in cfg.items() if k not in ("optimizer", "scheduler", "fp16", "bf16")}
+    cfg.update(train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1, gradient_clipping=grad_clip,
+               steps_per_print=2 ** 62)
+    cfg.pop("train_batch_size", None)
+    return cfg
+
+
+def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float):
+    """(engine, ZeRO optimizer) for `model` and the loop's `optimizer` (collective: every process calls it)."""
+    try:
+        import deepspeed
+    except ImportError as e:
+        raise UserError("a DeepSpeed launch needs deepspeed: pip install 'reftune[deepspeed]'") from e
+    if any(type(m).__name__.startswith("Peft") for m in model.modules()):
+        raise UserError("DeepSpeed with LoRA (model.lora) is not supported: launch LoRA runs data-parallel (DDP)")
+    from reftune.train import fsdp
+    if fsdp.requested():
+        raise UserError("the launch asks for both FSDP and DeepSpeed; choose one")
+    engine, zero_opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(grad_clip),
+                                                  dist_init_required=False)
+    setattr(zero_opt, ENGINE_ATTR, engine)
+    from reftune.train.accel import is_main
+    if is_main():
+        print(f"[deepspeed] ZeRO stage {engine.zero_optimization_stage()}: gradients and optimizer state "
+              f"partitioned over {engine.dp_world_size} processes", flush=True)
+    return engine, zero_opt
+
+
+def engine_of(optimizer):
+    """The DeepSpeed engine behind a ZeRO optimizer, or None for any other optimizer."""
+    return getattr(getattr(optimizer, "optimizer", optimizer), ENGINE_ATTR, getattr(optimizer, ENGINE_ATTR, None))
+
+
+@contextlib.contextmanager
+def accumulating(optimizer):
+    """Backward passes inside add to the step's gradients without ending it (DeepSpeed's accumulation
+    boundary off); a no-op for other optimizers."""
+    engine = engine_of(optimizer)
+    if engine is None:
+        yield
+        return
+    engine.set_gradient_accumulation_boundary(False)
+    try:
+        yield
+    finally:
+        engine.set_gradient_accumulation_boundary(True)
