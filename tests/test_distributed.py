@@ -13,6 +13,11 @@ the first minibatch), which rounding breaks either way, so it is not compared.
 
 Sampling does not depend on the sharding: each question of a step samples from its own stream, seeded from
 (seed, step, position in the batch) (`rollout.sample_seed`), tested directly below.
+
+The same equalities hold for the features that decide per batch (R^3 start states, online self-training's NLL
+rows, DAPO's refills), for FSDP2 (`ACCELERATE_USE_FSDP=true`: weights, gradients and optimizer state sharded) and
+for DeepSpeed ZeRO-2 (`ACCELERATE_USE_DEEPSPEED=true`), each launched as a user would, with the environment that
+`accelerate launch --config_file examples/accelerate/...` sets.
 """
 
 from __future__ import annotations
