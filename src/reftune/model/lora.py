@@ -128,7 +128,7 @@ def merged_state_dict(model) -> dict:
     base weights elsewhere; adapters and dropout excluded. `model` itself is not changed (no merge/unmerge, whose
     round trip would drift the base weights in floating point). For a model without adapters, its state dict."""
     if not is_lora(model):
-        from reftune.train.fsdp import full_state_dict
+        from reftune.model.sharded import full_state_dict
         return full_state_dict(model)  # FSDP-sharded: gathered whole (every process calls this)
     from peft.tuners.lora import LoraLayer
 

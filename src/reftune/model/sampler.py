@@ -111,7 +111,7 @@ class HFSampler:
         if self.dtype is None or self.dtype == next(self.model.parameters()).dtype:
             return self.model
         if self._copy is None:
-            from reftune.train.fsdp import is_sharded
+            from reftune.model.sharded import is_sharded
             if is_sharded(self.model):
                 raise UserError("rl.rollout_precision: sampling in another precision than the trainer's is not "
                                 "supported in an FSDP launch yet; leave rl.rollout_precision at the training precision")

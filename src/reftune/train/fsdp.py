@@ -37,8 +37,15 @@ import torch
 from torch import nn
 
 from reftune.errors import UserError
+from reftune.model.sharded import full_state_dict, fsdp_modules, is_dtensor, is_sharded  # noqa: F401 (re-exported)
 
 TRUE = {"1", "true", "yes", "on"}
+
+
+def world_size() -> int:
+    """The launch's process count (torchrun and accelerate launch set WORLD_SIZE). Read from the environment, not
+    from `reftune.train.accel`, which imports this module."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def requested() -> bool:
@@ -48,8 +55,7 @@ def requested() -> bool:
 
 def enabled() -> bool:
     """FSDP for this process: requested, and more than one process to shard over."""
-    from reftune.train.accel import num_processes
-    return requested() and num_processes() > 1
+    return requested() and world_size() > 1
 
 
 def _check_version() -> None:
@@ -77,13 +83,12 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
-    from reftune.train.accel import num_processes
     _check_version()
     if any(type(m).__name__.startswith("Peft") for m in model.modules()):
         raise UserError("FSDP with LoRA (model.lora) is not supported yet: launch LoRA runs data-parallel (DDP) — "
                         "its optimizer state is already small — or shard a full fine-tune")
     name = type(model).__name__  # fully_shard renames the class (FSDP<name>)
-    mesh = init_device_mesh(device.type, (num_processes(),))
+    mesh = init_device_mesh(device.type, (world_size(),))
     reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower() in TRUE | {"full_shard"}
     offload = CPUOffloadPolicy() if os.environ.get("FSDP_OFFLOAD_PARAMS", "").strip().lower() in TRUE else OffloadPolicy()
     classes = block_classes(model)
@@ -97,18 +102,13 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
     # FSDP2 takes the first module to run a forward as the root; sampling runs the LM (inside the policy) first,
     # so the policy is made the root now
     model._get_fsdp_state()._lazy_init()
-    local = sum(p.to_local().numel() if _is_dtensor(p) else p.numel() for p in model.parameters())
+    local = sum(p.to_local().numel() if is_dtensor(p) else p.numel() for p in model.parameters())
     total = sum(p.numel() for p in model.parameters())
     if mesh.get_rank() == 0:
-        print(f"[fsdp] sharded {name}: {len(blocks)} blocks + the rest, over {num_processes()} "
+        print(f"[fsdp] sharded {name}: {len(blocks)} blocks + the rest, over {world_size()} "
               f"processes (reshard after forward: {reshard}); process 0 holds {local:,} of its {total:,} "
               f"parameters ({100 * local / total:.1f} %), and their gradients and optimizer state", flush=True)
     return model
-
-
-def _fsdp_modules(model: nn.Module) -> list:
-    from torch.distributed.fsdp import FSDPModule
-    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
 @contextlib.contextmanager
@@ -116,7 +116,7 @@ def gathered(model: nn.Module | None) -> Iterator[None]:
     """Every sharded block of `model` whole on every process for the duration of the block (a no-op for a model
     that is not sharded). All processes must enter it together (the all-gathers are collective); inside, a
     forward is a local computation and `model.parameters()` are plain full tensors."""
-    modules = _fsdp_modules(model) if model is not None else []
+    modules = fsdp_modules(model) if model is not None else []
     if not modules:
         yield
         return
@@ -132,29 +132,13 @@ def gathered(model: nn.Module | None) -> Iterator[None]:
             m.reshard()
 
 
-def _is_dtensor(x) -> bool:
-    from torch.distributed.tensor import DTensor
-    return isinstance(x, DTensor)
-
-
-def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """`module.state_dict()` with every sharded tensor gathered whole, detached (collective when `module` is
-    sharded: every process calls it; the identity's cost otherwise)."""
-    return {k: (v.full_tensor() if _is_dtensor(v) else v).detach() for k, v in module.state_dict().items()}
-
-
-def is_sharded(module: nn.Module) -> bool:
-    """Whether `module` holds FSDP-sharded blocks (also inside `gathered`, where its parameters are whole)."""
-    return bool(_fsdp_modules(module))
-
-
 def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     """`optimizer.state_dict()` with every sharded tensor gathered whole (collective: every process calls it,
     every process gets the full state): the format a one-process run saves."""
     state = optimizer.state_dict()
     full = {}
     for idx in sorted(state["state"]):
-        full[idx] = {k: v.full_tensor() if _is_dtensor(v) else v for k, v in state["state"][idx].items()}
+        full[idx] = {k: v.full_tensor() if is_dtensor(v) else v for k, v in state["state"][idx].items()}
     return {"state": full, "param_groups": state["param_groups"]}
 
 
@@ -168,6 +152,6 @@ def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> 
     for idx, values in state["state"].items():
         p = params[int(idx)]
         sharded[idx] = {k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
-                        if _is_dtensor(p) and torch.is_tensor(v) and v.shape == p.shape else v
+                        if is_dtensor(p) and torch.is_tensor(v) and v.shape == p.shape else v
                         for k, v in values.items()}
     optimizer.load_state_dict({"state": sharded, "param_groups": state["param_groups"]})

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from reftune.errors import UserError
+from reftune.train.fsdp import world_size
 
 TRUE = {"1", "true", "yes", "on"}
 ENGINE_ATTR = "_reftune_engine"  # the engine, on the ZeRO optimizer the loop holds
@@ -42,8 +43,7 @@ def requested() -> bool:
 
 
 def enabled() -> bool:
-    from reftune.train.accel import num_processes
-    return requested() and num_processes() > 1
+    return requested() and world_size() > 1
 
 
 def ds_config(grad_clip: float) -> dict:
@@ -88,8 +88,7 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_cl
     engine, zero_opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(grad_clip),
                                                   dist_init_required=False)
     setattr(zero_opt, ENGINE_ATTR, engine)
-    from reftune.train.accel import is_main
-    if is_main():
+    if engine.global_rank == 0:
         print(f"[deepspeed] ZeRO stage {engine.zero_optimization_stage()}: gradients and optimizer state "
               f"partitioned over {engine.dp_world_size} processes", flush=True)
     return engine, zero_opt
