@@ -31,7 +31,9 @@ STAGE_OF = {"warmup": "warmup", "sft": "sft", **{st: st for st in RL_STAGES}}  #
 
 def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float | None = None) -> dict[str, dict]:
     """{stage: {"optimizer_steps", "minutes"} (+ "rollout_tokens", "rl_epochs" for RL)} of one run's metrics.jsonl;
-    start: when the run began (the first stage's start)."""
+    start: when the run began (the first stage's start). A stage runs from the previous record to its last one; an
+    RL stage whose first record comes long after the previous one (added by a later `--resume`) starts at its first
+    iteration instead."""
     out: dict[str, dict] = {}
     prev_time = start
     for r in records:
@@ -39,6 +41,10 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
         if st not in STAGE_OF.values():
             prev_time = r.get("time", prev_time)
             continue
+        if st not in out and "rollout_s" in r and None not in (prev_time, r.get("time")):
+            first = sum(r.get(k, 0.0) for k in ("rollout_s", "scoring_s", "update_s"))  # the first iteration's s
+            if r["time"] - prev_time > 2 * first + 120:  # a stage added on a later resume: not the gap before it
+                prev_time = r["time"] - first
         c = out.setdefault(st, {"start": prev_time, "end": None, "optimizer_steps": 0, "rollout_tokens": 0,
                                 "rl_steps": 0})
         c["end"] = r.get("time", c["end"])

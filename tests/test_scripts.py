@@ -58,7 +58,13 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
             {"stage": "reft", "step": 0, "time": 250.0, "val_accuracy": 0.4},
             {"stage": "reft", "step": 1, "time": 250.0, "rollout_tokens": 1000.0, "accuracy": 0.25},
             {"stage": "reft", "step": 2, "time": 310.0, "rollout_tokens": 3000.0, "accuracy": 0.5},
-            {"stage": "reft", "step": 2, "time": 320.0, "val_accuracy": 0.45}]
+            {"stage": "reft", "step": 2, "time": 320.0, "val_accuracy": 0.45},
+            {"stage": "eval", "step": 0, "time": 330.0, "accuracy": 0.4},
+            # a stage added by a later --resume: it starts at its first iteration, not at the previous record
+            {"stage": "online_st", "step": 1, "time": 5000.0, "rollout_tokens": 900.0, "accuracy": 0.3,
+             "rollout_s": 20.0, "scoring_s": 5.0, "update_s": 15.0},
+            {"stage": "online_st", "step": 2, "time": 5040.0, "rollout_tokens": 800.0, "accuracy": 0.4,
+             "rollout_s": 20.0, "scoring_s": 5.0, "update_s": 15.0}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (run / "results.json").write_text(json.dumps({"sft/val": {"accuracy": 0.5}, "reft/val": {"accuracy": 0.45},
                                                   "reft/test": {"accuracy": 0.4}}))
@@ -69,6 +75,7 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
     assert "rollout_tokens" not in c["sft"]
     assert c["reft"] == {"optimizer_steps": [4], "rollout_tokens": [4000.0], "minutes": [130 / 60],
                          "rl_epochs": [2 * 64 * 8 / 100]}
+    assert c["online_st"]["minutes"] == [80 / 60] and c["online_st"]["rollout_tokens"] == [1700.0]
     assert found[100]["curves"]["reft"] == [[(0.0, 40.0), (2 * 64 * 8 / 100, 45.0)]]
     assert found[100]["curves"]["reft/train"] == [[(64 * 8 / 100, 25.0), (2 * 64 * 8 / 100, 50.0)]]
     md = table(found)
