@@ -41,12 +41,13 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
         if st not in STAGE_OF.values():
             prev_time = r.get("time", prev_time)
             continue
-        if st not in out and "rollout_s" in r and None not in (prev_time, r.get("time")):
-            first = sum(r.get(k, 0.0) for k in ("rollout_s", "scoring_s", "update_s"))  # the first iteration's s
-            if r["time"] - prev_time > 2 * first + 120:  # a stage added on a later resume: not the gap before it
-                prev_time = r["time"] - first
         c = out.setdefault(st, {"start": prev_time, "end": None, "optimizer_steps": 0, "rollout_tokens": 0,
                                 "rl_steps": 0})
+        if "rollout_s" in r and "first" not in c and None not in (c["start"], r.get("time")):
+            c["first"] = True
+            secs = sum(r.get(k, 0.0) for k in ("rollout_s", "scoring_s", "update_s"))  # the first iteration's
+            if r["time"] - c["start"] > 2 * secs + 120:  # a stage added on a later resume: not the gap before it
+                c["start"] = r["time"] - secs
         c["end"] = r.get("time", c["end"])
         if "rollout_tokens" in r:
             c["rollout_tokens"] += r["rollout_tokens"]
@@ -62,8 +63,8 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
         else:
             c.pop("rollout_tokens")
         c["minutes"] = (c["end"] - c["start"]) / 60 if None not in (c["start"], c["end"]) else math.nan
-        for k in ("start", "end", "rl_steps"):
-            c.pop(k)
+        for k in ("start", "end", "rl_steps", "first"):
+            c.pop(k, None)
     return out
 
 

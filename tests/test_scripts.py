@@ -61,6 +61,7 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
             {"stage": "reft", "step": 2, "time": 320.0, "val_accuracy": 0.45},
             {"stage": "eval", "step": 0, "time": 330.0, "accuracy": 0.4},
             # a stage added by a later --resume: it starts at its first iteration, not at the previous record
+            {"stage": "online_st", "step": 0, "time": 5000.0, "val_accuracy": 0.4},  # logged with step 1
             {"stage": "online_st", "step": 1, "time": 5000.0, "rollout_tokens": 900.0, "accuracy": 0.3,
              "rollout_s": 20.0, "scoring_s": 5.0, "update_s": 15.0},
             {"stage": "online_st", "step": 2, "time": 5040.0, "rollout_tokens": 800.0, "accuracy": 0.4,
