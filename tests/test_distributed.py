@@ -201,25 +201,35 @@ ZERO2 = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE":
                                                                                "zero2.json")}
 
 
+ZERO3 = {**ZERO2, "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(ROOT / "examples" / "deepspeed" / "zero3.json")}
+
+
 @pytest.mark.slow
-def test_sft_with_deepspeed_zero2_in_two_processes_equals_one(warmup, tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_sft_with_deepspeed_zero_in_two_processes_equals_one(warmup, tmp_path, stage):
     """ZeRO-2: the engine reduce-scatters each step's gradients (two micro-batches, the boundary at the second)
-    into each process's partition and steps AdamW there; the result is the one-process run's."""
+    into each process's partition and steps AdamW there; ZeRO-3 also partitions the weights (validation and saving
+    from gathered ones). The result is the one-process run's."""
     pytest.importorskip("deepspeed")
-    log = torchrun("sft", f"out_dir={tmp_path}", *DATA, *MODEL, *SFT, "sft.gradient_accumulation_steps=2", env=ZERO2)
-    assert "[deepspeed] ZeRO stage 2" in log
+    log = torchrun("sft", f"out_dir={tmp_path}", *DATA, *MODEL, *SFT, "sft.gradient_accumulation_steps=2",
+                   env=ZERO2 if stage == 2 else ZERO3)
+    assert f"[deepspeed] ZeRO stage {stage}" in log
     assert_same_run(warmup, tmp_path)
     parts = torch.load(tmp_path / "last" / "zero_optimizer.pt", weights_only=False)
     assert len(parts) == 2 and not (tmp_path / "last" / "optimizer.pt").exists()
 
 
 @pytest.mark.slow
-def test_grpo_with_deepspeed_zero2_resumed_equals_one_uninterrupted(warmup, tmp_path, capsys):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_grpo_with_deepspeed_zero_resumed_equals_one_uninterrupted(warmup, tmp_path, capsys, stage):
+    """ZeRO-3: sampling, scoring and validation inside the gathered weights with DeepSpeed's hooks off (processes
+    generate to different lengths), the update partitioned."""
     pytest.importorskip("deepspeed")
+    env = ZERO2 if stage == 2 else ZERO3
     cli(*rl_args(tmp_path / "one", warmup, "grpo", 2))
     two = tmp_path / "two"
-    torchrun(*rl_args(two, warmup, "grpo", 1), env=ZERO2)
-    torchrun(*rl_args(two, warmup, "grpo", 2), "--resume", env=ZERO2)
+    torchrun(*rl_args(two, warmup, "grpo", 1), env=env)
+    torchrun(*rl_args(two, warmup, "grpo", 2), "--resume", env=env)
     assert_same_run(tmp_path / "one", two)
     assert main([*rl_args(two, warmup, "grpo", 3), "--resume"]) == 2  # its optimizer state is DeepSpeed's
     assert "saved with DeepSpeed ZeRO; resume it the same way" in capsys.readouterr().err

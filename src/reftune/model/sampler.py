@@ -112,9 +112,9 @@ class HFSampler:
             return self.model
         if self._copy is None:
             from reftune.model.sharded import is_sharded
-            if is_sharded(self.model):
+            if is_sharded(self.model) or any(hasattr(p, "ds_id") for p in self.model.parameters()):
                 raise UserError("rl.rollout_precision: sampling in another precision than the trainer's is not "
-                                "supported in an FSDP launch yet; leave rl.rollout_precision at the training precision")
+                                "supported in an FSDP or ZeRO-3 launch yet; leave rl.rollout_precision at the training precision")
             self._copy = copy.deepcopy(self.model).eval().requires_grad_(False)
             for p in self._copy.parameters():  # parameters only: buffers (RoPE frequencies) keep their precision
                 p.data = p.data.to(self.dtype)

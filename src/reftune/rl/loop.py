@@ -44,9 +44,9 @@ from reftune.rl.metrics import iteration_record
 from reftune.rl.rollout import RolloutSetup, batch_indices, collect, dynamic_sampling, release_engine, sync_engine
 from reftune.rl.scoring import ReferenceLM, needs_reference, reuses_update_forward, score
 from reftune.rl.update import advantages, ppo_update, self_training_update
-from reftune.train.accel import gather_lists, get_accelerator, is_main, num_processes, prepare, shard, unwrap
+from reftune.train.accel import (gather_lists, get_accelerator, is_main, num_processes, prepare, shard, unwrap,
+                                 whole_weights)
 from reftune.train.context import RunContext
-from reftune.train.fsdp import gathered
 from reftune.train.state import TrainState
 
 __all__ = ["needs_reference", "train_rl"]
@@ -91,7 +91,7 @@ def validate_and_save(state: TrainState, policy, tokenizer, val: list[Example], 
     `save_every`, step-N/ every `snapshot_every`, and all of them after the last step."""
     p = state.progress
     if p.step % cfg.eval_every == 0 or p.step == cfg.steps:
-        with gathered(policy):  # FSDP: the main process validates alone, from whole weights
+        with whole_weights(policy):  # FSDP / ZeRO-3: the main process validates alone, from whole weights
             res = ctx.validate(policy.lm, tokenizer, val, max_new_tokens=cfg.max_new_tokens)
         ctx.logger.log(ctx.stage, p.step, val_accuracy=res["accuracy"], val_answered=res["answered"])
         if is_main():
@@ -136,13 +136,13 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     # the curves' step-0 point (never a candidate for best/), logged with step 1: a run killed before then redoes it
     start = None
     if p.step == 0 and cfg.eval_at_start:
-        with gathered(core):
+        with whole_weights(core):
             start = ctx.validate(core.lm, tokenizer, val, max_new_tokens=cfg.max_new_tokens)
     bar = tqdm(total=cfg.steps, initial=p.step, desc=ctx.stage, dynamic_ncols=True, disable=not is_main())
     while p.step < cfg.steps:
         where, t0 = f"{ctx.stage} step {p.step}", time.time()
         idx, mine = batch_indices(p.step, len(train), cfg.prompts_per_step, ctx.seed), shard(cfg.prompts_per_step)
-        with gathered(core):  # FSDP: whole weights while they are only read (no collective per forward)
+        with whole_weights(core):  # FSDP / ZeRO-3: whole weights while only read (no collective per forward)
             rollout, kept = collect(setup, idx[mine.start:mine.stop], p.step, first=mine.start, batch=idx), None
             if cfg.dynamic_sampling:
                 rollout, kept = dynamic_sampling(setup, rollout, p.step)

@@ -74,6 +74,17 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def whole_weights(model):
+    """A block in which `model`'s weights are whole on every process and its forwards make no collective call:
+    FSDP2's gathered blocks (`fsdp.gathered`), DeepSpeed ZeRO-3's gathered parameters with its hooks off
+    (`zero.gathered`); a no-op otherwise. Sampling, scoring, validation and the vLLM push run inside one; every
+    process must enter it."""
+    from reftune.train import fsdp, zero
+    with fsdp.gathered(unwrap(model)), zero.gathered(model):
+        yield
+
+
 def backward(acc: Accelerator, loss: torch.Tensor, opt) -> None:
     """loss.backward() as the launch wants it (the DeepSpeed engine's, accelerate's otherwise)."""
     from reftune.train.zero import engine_of

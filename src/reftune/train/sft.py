@@ -23,9 +23,8 @@ from reftune.errors import UserError
 from reftune.model.batching import collate_sft, encode_sft
 from reftune.model.prompts import build_prompt, build_target
 from reftune.train.accel import (all_sum, backward, check_finite, get_accelerator, is_main, no_sync, num_processes,
-                                 optimizer_step, prepare, shard, unwrap)
+                                 optimizer_step, prepare, shard, unwrap, whole_weights)
 from reftune.train.context import RunContext
-from reftune.train.fsdp import gathered
 from reftune.train.state import TrainState
 
 
@@ -133,7 +132,7 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
         if p.epoch in snapshot_epochs:
             state.save(f"epoch-{p.epoch}")
         if p.epoch % cfg.eval_every_epochs == 0 or p.epoch == cfg.epochs:
-            with gathered(model):  # FSDP: the main process validates alone, from whole weights
+            with whole_weights(model):  # FSDP / ZeRO-3: the main process validates alone, from whole weights
                 res = ctx.validate(unwrap(model), tokenizer, val)
             ctx.logger.log(ctx.stage, p.step, epoch=p.epoch, val_accuracy=res["accuracy"], val_answered=res["answered"])
             if is_main():

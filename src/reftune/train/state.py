@@ -119,9 +119,12 @@ class TrainState:
         """Write the weights to `out_dir/name` (e.g. "last", "epoch-2", "step-30"); with the resumable state
         when `resumable`. Non-finite weights are never saved: `TrainingDiverged`, and the previous checkpoint of
         that name stays as it was."""
-        sharded = fsdp.is_sharded(self.model)  # FSDP: every process gathers the whole weights, the main one saves them
-        weights = fsdp.full_state_dict(self.model) if sharded else None
-        head = fsdp.full_state_dict(self.value_head) if sharded and self.value_head is not None else None
+        # FSDP / ZeRO-3: every process gathers the whole weights, the main one saves them
+        whole = fsdp.full_state_dict if fsdp.is_sharded(self.model) else (
+            zero.whole_state_dict if zero.is_zero3(self.model) else None)
+        sharded = whole is not None
+        weights = whole(self.model) if sharded else None
+        head = whole(self.value_head) if sharded and self.value_head is not None else None
         tensors = (list(weights.values()) + list((head or {}).values()) if sharded else
                    [t for m in (self.model, self.value_head) if m is not None for t in m.parameters()])
         if not all(torch.isfinite(t).all() for t in tensors):

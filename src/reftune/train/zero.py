@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import weakref
 from pathlib import Path
 
 import torch
@@ -35,6 +36,8 @@ from reftune.train.fsdp import world_size
 
 TRUE = {"1", "true", "yes", "on"}
 ENGINE_ATTR = "_reftune_engine"  # the engine, on the ZeRO optimizer the loop holds
+_ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> its engine (not an attribute:
+# an engine is an nn.Module, and assigning it to the model would make it a submodule of what it wraps)
 
 
 def requested() -> bool:
@@ -58,10 +61,8 @@ def ds_config(grad_clip: float) -> dict:
     else:
         cfg = {"zero_optimization": {"stage": int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))}}
     stage = int(cfg.get("zero_optimization", {}).get("stage", 0))
-    if stage not in (1, 2):
-        raise UserError(f"DeepSpeed zero_optimization.stage={stage}: reftune supports ZeRO stages 1 and 2 (weights "
-                        f"whole on every process); for sharded weights launch FSDP2 "
-                        f"(examples/accelerate/fsdp2.yaml)")
+    if stage not in (1, 2, 3):
+        raise UserError(f"DeepSpeed zero_optimization.stage={stage}: expected 1, 2 or 3")
     for key in ("optimizer", "scheduler", "fp16", "bf16"):
         if key in cfg and cfg[key] not in (None, "auto") and not (isinstance(cfg[key], dict) and
                                                                    cfg[key].get("enabled") in (False, "auto")):
@@ -88,6 +89,7 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_cl
     engine, zero_opt, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config(grad_clip),
                                                   dist_init_required=False)
     setattr(zero_opt, ENGINE_ATTR, engine)
+    _ENGINES[model] = engine
     if engine.global_rank == 0:
         print(f"[deepspeed] ZeRO stage {engine.zero_optimization_stage()}: gradients and optimizer state "
               f"partitioned over {engine.dp_world_size} processes", flush=True)
@@ -112,3 +114,36 @@ def accumulating(optimizer):
         yield
     finally:
         engine.set_gradient_accumulation_boundary(True)
+
+
+def engine_for(model):
+    """The DeepSpeed engine of `model` (the engine itself or the module it wraps), or None."""
+    if type(model).__name__ == "DeepSpeedEngine":
+        return model
+    return _ENGINES.get(model) if model is not None else None
+
+
+def is_zero3(module: torch.nn.Module) -> bool:
+    """Whether `module`'s parameters are ZeRO-3 partitions (DeepSpeed marks them with `ds_id`)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+@contextlib.contextmanager
+def gathered(model):
+    """ZeRO-3: every parameter of `model` whole on every process for the block, and the engine's fetch/release
+    hooks off, so that forwards inside are local computations (processes may run different numbers of them). All
+    processes enter it together. A no-op for a model that is not ZeRO-3."""
+    engine = engine_for(model)
+    if engine is None or engine.zero_optimization_stage() != 3:
+        yield
+        return
+    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+    with unwrap_model_for_generation(engine):
+        yield
+
+
+def whole_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`module.state_dict()` with ZeRO-3 partitions gathered whole (collective: every process calls it)."""
+    import deepspeed
+    with deepspeed.zero.GatheredParameters(list(module.parameters())):
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
