@@ -220,18 +220,18 @@ def test_sft_with_deepspeed_zero_in_two_processes_equals_one(warmup, tmp_path, s
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [2, 3])
-def test_grpo_with_deepspeed_zero_resumed_equals_one_uninterrupted(warmup, tmp_path, capsys, stage):
+@pytest.mark.parametrize("estimator, stage", [("grpo", 2), ("grpo", 3), ("gae", 3)])
+def test_rl_with_deepspeed_zero_resumed_equals_one_uninterrupted(warmup, tmp_path, capsys, estimator, stage):
     """ZeRO-3: sampling, scoring and validation inside the gathered weights with DeepSpeed's hooks off (processes
-    generate to different lengths), the update partitioned."""
+    generate to different lengths), the update partitioned; with GAE the value head is partitioned too."""
     pytest.importorskip("deepspeed")
     env = ZERO2 if stage == 2 else ZERO3
-    cli(*rl_args(tmp_path / "one", warmup, "grpo", 2))
+    cli(*rl_args(tmp_path / "one", warmup, estimator, 2))
     two = tmp_path / "two"
-    torchrun(*rl_args(two, warmup, "grpo", 1), env=env)
-    torchrun(*rl_args(two, warmup, "grpo", 2), "--resume", env=env)
+    torchrun(*rl_args(two, warmup, estimator, 1), env=env)
+    torchrun(*rl_args(two, warmup, estimator, 2), "--resume", env=env)
     assert_same_run(tmp_path / "one", two)
-    assert main([*rl_args(two, warmup, "grpo", 3), "--resume"]) == 2  # its optimizer state is DeepSpeed's
+    assert main([*rl_args(two, warmup, estimator, 3), "--resume"]) == 2  # its optimizer state is DeepSpeed's
     assert "saved with DeepSpeed ZeRO; resume it the same way" in capsys.readouterr().err
 
 

@@ -1,19 +1,20 @@
-"""DeepSpeed ZeRO-2: gradients and AdamW's state partitioned over the processes, the weights whole on each.
+"""DeepSpeed ZeRO-1/2/3: gradients and AdamW's state (ZeRO-3: the weights too) partitioned over the processes.
 
-Chosen at launch: `accelerate launch --config_file examples/accelerate/deepspeed_zero2.yaml ...` (which sets
-`ACCELERATE_USE_DEEPSPEED=true` and `ACCELERATE_DEEPSPEED_CONFIG_FILE`), or those variables with `torchrun`. With one
-process the run is the plain one. `pip install 'reftune[deepspeed]'`.
+Chosen at launch: `accelerate launch --config_file examples/accelerate/deepspeed_zero2.yaml ...` (or `..._zero3.yaml`;
+they set `ACCELERATE_USE_DEEPSPEED=true` and `ACCELERATE_DEEPSPEED_CONFIG_FILE`), or those variables with
+`torchrun`. With one process the run is the plain one. `pip install 'reftune[deepspeed]'`.
 
 reftune calls `deepspeed.initialize` itself (as it calls `fully_shard` itself for FSDP, `reftune.train.fsdp`) with
 the optimizer the loop built, and keeps driving the step: `backward` and `step` go to the DeepSpeed engine, which
 reduce-scatters the gradients into each process's partition, clips them (`gradient_clipping` = the loop's
 `grad_clip`) and steps AdamW on the partition; the loop's learning-rate schedule moves the optimizer's lr as before.
-The weights stay whole on every process, so sampling, scoring, validation and saving are unchanged. What the
-DeepSpeed config may set: `zero_optimization` (stage 1 or 2, bucket sizes, overlap), `communication_data_type`;
-batch sizes and accumulation are the loop's own (the engine is told 1 and 1, micro-batch boundaries are set by the
-loop), precision is reftune's `precision=` (autocast), the optimizer and schedule are reftune's. ZeRO-3 (sharded
-weights) is refused: shard with FSDP2 instead (`examples/accelerate/fsdp2.yaml`), whose gathered weights the loops
-know how to sample from.
+With ZeRO-1/2 the weights stay whole on every process, so sampling, scoring, validation and saving are unchanged.
+With ZeRO-3 they run inside `gathered` (DeepSpeed's `unwrap_model_for_generation`: every parameter gathered, the
+engine's fetch/release hooks off, so forwards make no collective call and processes may generate to different
+lengths), and checkpoints are written from gathered weights (`whole_state_dict`). What the DeepSpeed config may
+set: `zero_optimization` (stage, bucket sizes, overlap, offload), `communication_data_type`; batch sizes and
+accumulation are the loop's own (the engine is told 1 and 1, micro-batch boundaries are set by the loop),
+precision is reftune's `precision=` (autocast), the optimizer and schedule are reftune's.
 
 Differences from the one-process step: DeepSpeed checks nothing before it steps, so a non-finite gradient norm is
 found after the step (a non-finite loss is still caught before backward, and non-finite weights are never
@@ -91,7 +92,8 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_cl
     setattr(zero_opt, ENGINE_ATTR, engine)
     _ENGINES[model] = engine
     if engine.global_rank == 0:
-        print(f"[deepspeed] ZeRO stage {engine.zero_optimization_stage()}: gradients and optimizer state "
+        stage = engine.zero_optimization_stage()
+        print(f"[deepspeed] ZeRO stage {stage}: {'weights, ' if stage == 3 else ''}gradients and optimizer state "
               f"partitioned over {engine.dp_world_size} processes", flush=True)
     return engine, zero_opt
 
