@@ -33,7 +33,8 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
     """{stage: {"optimizer_steps", "minutes"} (+ "rollout_tokens", "rl_epochs" for RL)} of one run's metrics.jsonl;
     start: when the run began (the first stage's start). A stage runs from the previous record to its last one; an
     RL stage whose first record comes long after the previous one (added by a later `--resume`) starts at its first
-    iteration instead."""
+    iteration instead, and a pause inside an RL stage (stopped, resumed later) is not counted; an iteration redone
+    after a resume counts its rollout tokens once."""
     out: dict[str, dict] = {}
     prev_time = start
     for r in records:
@@ -41,16 +42,19 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
         if st not in STAGE_OF.values():
             prev_time = r.get("time", prev_time)
             continue
-        c = out.setdefault(st, {"start": prev_time, "end": None, "optimizer_steps": 0, "rollout_tokens": 0,
-                                "rl_steps": 0})
-        if "rollout_s" in r and "first" not in c and None not in (c["start"], r.get("time")):
-            c["first"] = True
-            secs = sum(r.get(k, 0.0) for k in ("rollout_s", "scoring_s", "update_s"))  # the first iteration's
-            if r["time"] - c["start"] > 2 * secs + 120:  # a stage added on a later resume: not the gap before it
-                c["start"] = r["time"] - secs
+        c = out.setdefault(st, {"start": prev_time, "end": None, "optimizer_steps": 0, "tokens_by_step": {},
+                                "rl_steps": 0, "paused": 0.0})
+        if "rollout_s" in r and None not in (c["start"], r.get("time")):
+            secs = sum(r.get(k, 0.0) for k in ("rollout_s", "scoring_s", "update_s"))  # this iteration's
+            if "first" not in c:
+                c["first"] = True
+                if r["time"] - c["start"] > 2 * secs + 120:  # a stage added on a later resume: not the gap before
+                    c["start"] = r["time"] - secs
+            elif c["end"] is not None and r["time"] - c["end"] > 2 * secs + 120:  # stopped, later resumed
+                c["paused"] += r["time"] - c["end"] - secs
         c["end"] = r.get("time", c["end"])
-        if "rollout_tokens" in r:
-            c["rollout_tokens"] += r["rollout_tokens"]
+        if "rollout_tokens" in r:  # an iteration redone after a resume counts once (its last record)
+            c["tokens_by_step"][r["step"]] = r["rollout_tokens"]
             c["rl_steps"] = max(c["rl_steps"], r["step"])
         else:  # SFT: loss records every few steps, validation records at the epoch's last step
             c["optimizer_steps"] = max(c["optimizer_steps"], r["step"])
@@ -60,10 +64,10 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
         if c["rl_steps"]:
             c["optimizer_steps"] = c["rl_steps"] * rl["ppo_epochs"] * rl["minibatches"]
             c["rl_epochs"] = c["rl_steps"] * rl["prompts_per_step"] * rl["num_generations"] / n_annotated
-        else:
-            c.pop("rollout_tokens")
-        c["minutes"] = (c["end"] - c["start"]) / 60 if None not in (c["start"], c["end"]) else math.nan
-        for k in ("start", "end", "rl_steps", "first"):
+            c["rollout_tokens"] = sum(c["tokens_by_step"].values())
+        c["minutes"] = ((c["end"] - c["start"] - c["paused"]) / 60 if None not in (c["start"], c["end"])
+                        else math.nan)
+        for k in ("start", "end", "rl_steps", "first", "paused", "tokens_by_step"):
             c.pop(k, None)
     return out
 

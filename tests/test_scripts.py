@@ -65,6 +65,9 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
             {"stage": "online_st", "step": 1, "time": 5000.0, "rollout_tokens": 900.0, "accuracy": 0.3,
              "rollout_s": 20.0, "scoring_s": 5.0, "update_s": 15.0},
             {"stage": "online_st", "step": 2, "time": 5040.0, "rollout_tokens": 800.0, "accuracy": 0.4,
+             "rollout_s": 20.0, "scoring_s": 5.0, "update_s": 15.0},
+            # stopped after step 2, resumed from step 1's checkpoint an hour later: step 2 redone, the pause not counted
+            {"stage": "online_st", "step": 2, "time": 8640.0, "rollout_tokens": 700.0, "accuracy": 0.4,
              "rollout_s": 20.0, "scoring_s": 5.0, "update_s": 15.0}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (run / "results.json").write_text(json.dumps({"sft/val": {"accuracy": 0.5}, "reft/val": {"accuracy": 0.45},
@@ -76,7 +79,7 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
     assert "rollout_tokens" not in c["sft"]
     assert c["reft"] == {"optimizer_steps": [4], "rollout_tokens": [4000.0], "minutes": [130 / 60],
                          "rl_epochs": [2 * 64 * 8 / 100]}
-    assert c["online_st"]["minutes"] == [80 / 60] and c["online_st"]["rollout_tokens"] == [1700.0]
+    assert c["online_st"]["minutes"] == [120 / 60] and c["online_st"]["rollout_tokens"] == [1600.0]
     assert found[100]["curves"]["reft"] == [[(0.0, 40.0), (2 * 64 * 8 / 100, 45.0)]]
     assert found[100]["curves"]["reft/train"] == [[(64 * 8 / 100, 25.0), (2 * 64 * 8 / 100, 50.0)]]
     md = table(found)
