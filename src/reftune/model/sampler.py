@@ -111,8 +111,8 @@ class HFSampler:
         if self.dtype is None or self.dtype == next(self.model.parameters()).dtype:
             return self.model
         if self._copy is None:
-            from reftune.model.sharded import is_sharded
-            if is_sharded(self.model) or any(hasattr(p, "ds_id") for p in self.model.parameters()):
+            from reftune.model.sharded import is_partitioned
+            if is_partitioned(self.model):
                 raise UserError("rl.rollout_precision: sampling in another precision than the trainer's is not "
                                 "supported in an FSDP or ZeRO-3 launch yet; leave rl.rollout_precision at the training precision")
             self._copy = copy.deepcopy(self.model).eval().requires_grad_(False)

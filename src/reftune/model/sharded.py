@@ -1,5 +1,5 @@
-"""What the model code needs to know of a module sharded by FSDP2 (`reftune.train.fsdp`): whether it is, and its
-state dict with every shard gathered whole."""
+"""What the model code needs to know of a module sharded by FSDP2 (`reftune.train.fsdp`) or partitioned by
+DeepSpeed ZeRO-3 (`reftune.train.zero`): whether it is, and its state dict with every FSDP shard gathered whole."""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ def fsdp_modules(model: nn.Module) -> list:
 def is_sharded(module: nn.Module) -> bool:
     """Whether `module` holds FSDP-sharded blocks (also inside `fsdp.gathered`, where its parameters are whole)."""
     return bool(fsdp_modules(module))
+
+
+def is_zero3(module: nn.Module) -> bool:
+    """Whether `module`'s parameters are ZeRO-3 partitions (DeepSpeed marks them with `ds_id`)."""
+    return any(hasattr(p, "ds_id") for p in module.parameters())
+
+
+def is_partitioned(module: nn.Module) -> bool:
+    """Whether `module`'s weights are split over processes (FSDP2 or ZeRO-3): not copyable as they are."""
+    return is_sharded(module) or is_zero3(module)
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

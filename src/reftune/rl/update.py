@@ -151,18 +151,12 @@ def nll_update(policy, opt, acc, rows: list[tuple[list[int], list[int]]], pad_id
     process's gold rows), the minibatches are drawn from that numbering (the same permutation everywhere), and
     each process backpropagates its rows' share of the minibatch's token mean; a process without a row in a
     minibatch backpropagates a masked stand-in row (DDP needs its gradients). So N processes step like one."""
-    n_proc = num_processes()
-    if n_proc == 1:
-        positions = list(range(len(rows)))
-    else:
-        counts = counts_by_process([len(rows) - n_gold, n_gold])
-        r = process_index()
-        samples_before, gold_before = sum(c[0] for c in counts[:r]), sum(c[1] for c in counts[:r])
-        all_samples = sum(c[0] for c in counts)
-        positions = ([samples_before + i for i in range(len(rows) - n_gold)]
-                     + [all_samples + gold_before + i for i in range(n_gold)])
-        total = sum(sum(c) for c in counts)
-    B = len(rows) if n_proc == 1 else total
+    n_proc, r = num_processes(), process_index()
+    counts = counts_by_process([len(rows) - n_gold, n_gold])  # [[samples, gold] of each process]
+    samples_before, gold_before = sum(c[0] for c in counts[:r]), sum(c[1] for c in counts[:r])
+    all_samples, B = sum(c[0] for c in counts), sum(map(sum, counts))
+    positions = ([samples_before + i for i in range(len(rows) - n_gold)]
+                 + [all_samples + gold_before + i for i in range(n_gold)])
     if not B:
         return []
     local = {g: i for i, g in enumerate(positions)}

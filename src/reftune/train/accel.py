@@ -23,6 +23,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, broadcast_object_list
 
 from reftune.errors import ConfigError
+from reftune.train import fsdp, zero
 
 _ACCELERATOR: Accelerator | None = None
 WAIT_LIMIT = timedelta(hours=6)  # how long a process waits for the others at a collective before failing
@@ -56,7 +57,6 @@ def prepare(acc: Accelerator, model: torch.nn.Module, make_optimizer: Callable[[
     several; in an FSDP launch (`reftune.train.fsdp`) the model sharded in place and the optimizer built over its
     shards (so it is built here, by `make_optimizer`, after sharding replaced the parameters); in a DeepSpeed
     launch (`reftune.train.zero`) the DeepSpeed engine and its ZeRO optimizer (clipping at `grad_clip`)."""
-    from reftune.train import fsdp, zero
     if zero.enabled():
         return zero.initialize(model, make_optimizer(), grad_clip)
     if fsdp.enabled():
@@ -80,23 +80,20 @@ def whole_weights(model):
     FSDP2's gathered blocks (`fsdp.gathered`), DeepSpeed ZeRO-3's gathered parameters with its hooks off
     (`zero.gathered`); a no-op otherwise. Sampling, scoring, validation and the vLLM push run inside one; every
     process must enter it."""
-    from reftune.train import fsdp, zero
     with fsdp.gathered(unwrap(model)), zero.gathered(model):
         yield
 
 
 def backward(acc: Accelerator, loss: torch.Tensor, opt) -> None:
     """loss.backward() as the launch wants it (the DeepSpeed engine's, accelerate's otherwise)."""
-    from reftune.train.zero import engine_of
-    engine = engine_of(opt)
+    engine = zero.engine_of(opt)
     engine.backward(loss) if engine is not None else acc.backward(loss)
 
 
 def no_sync(acc: Accelerator, model, opt):
     """A context for a micro-batch that is not the step's last: its backward adds to the gradients without
     synchronising them (DDP's no_sync; DeepSpeed: not an accumulation boundary)."""
-    from reftune.train.zero import accumulating, engine_of
-    return accumulating(opt) if engine_of(opt) is not None else acc.no_sync(model)
+    return zero.accumulating(opt) if zero.engine_of(opt) is not None else acc.no_sync(model)
 
 
 @contextlib.contextmanager
@@ -250,8 +247,7 @@ def optimizer_step(acc: Accelerator, loss: torch.Tensor, params, opt, grad_clip:
     A non-finite loss or gradient norm raises `TrainingDiverged` before the weights change (`where` names the
     step in the message)."""
     check_finite(loss.detach(), "loss", where)
-    from reftune.train.zero import engine_of
-    if (engine := engine_of(opt)) is not None:  # DeepSpeed clips and steps inside engine.step()
+    if (engine := zero.engine_of(opt)) is not None:  # DeepSpeed clips and steps inside engine.step()
         engine.backward(loss)
         engine.step()
         grad_norm = engine.get_global_grad_norm()

@@ -58,6 +58,11 @@ def enabled() -> bool:
     return requested() and world_size() > 1
 
 
+def reshard_after_forward() -> bool:
+    """FSDP_RESHARD_AFTER_FORWARD (accelerate writes true/false, or FSDP1's FULL_SHARD): default true, ZeRO-3."""
+    return os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower() in TRUE | {"full_shard"}
+
+
 def _check_version() -> None:
     version = os.environ.get("FSDP_VERSION", "2").strip()
     if version != "2":
@@ -89,7 +94,7 @@ def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
                         "its optimizer state is already small — or shard a full fine-tune")
     name = type(model).__name__  # fully_shard renames the class (FSDP<name>)
     mesh = init_device_mesh(device.type, (world_size(),))
-    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower() in TRUE | {"full_shard"}
+    reshard = reshard_after_forward()
     offload = CPUOffloadPolicy() if os.environ.get("FSDP_OFFLOAD_PARAMS", "").strip().lower() in TRUE else OffloadPolicy()
     classes = block_classes(model)
     blocks = [m for m in model.modules() if type(m).__name__ in classes]
@@ -126,7 +131,7 @@ def gathered(model: nn.Module | None) -> Iterator[None]:
     try:
         yield
     finally:
-        reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").strip().lower() in TRUE | {"full_shard"}
+        reshard = reshard_after_forward()
         for m in modules:
             m.set_reshard_after_forward(reshard, recurse=False)
             m.reshard()

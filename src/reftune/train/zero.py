@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from reftune.errors import UserError
+from reftune.model.sharded import is_zero3  # noqa: F401 (re-exported)
 from reftune.train.fsdp import world_size
 
 TRUE = {"1", "true", "yes", "on"}
@@ -100,7 +101,7 @@ def initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_cl
 
 def engine_of(optimizer):
     """The DeepSpeed engine behind a ZeRO optimizer, or None for any other optimizer."""
-    return getattr(getattr(optimizer, "optimizer", optimizer), ENGINE_ATTR, getattr(optimizer, ENGINE_ATTR, None))
+    return getattr(optimizer, ENGINE_ATTR, None)
 
 
 @contextlib.contextmanager
@@ -123,11 +124,6 @@ def engine_for(model):
     if type(model).__name__ == "DeepSpeedEngine":
         return model
     return _ENGINES.get(model) if model is not None else None
-
-
-def is_zero3(module: torch.nn.Module) -> bool:
-    """Whether `module`'s parameters are ZeRO-3 partitions (DeepSpeed marks them with `ds_id`)."""
-    return any(hasattr(p, "ds_id") for p in module.parameters())
 
 
 @contextlib.contextmanager
