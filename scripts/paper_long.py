@@ -7,6 +7,8 @@ Per annotated-set size N (the folders OUT/n<N>) and model: val / test accuracy (
 and the compute that produced it, averaged over seeds: optimiser steps, rollout tokens (RL), and wall-clock
 minutes of the stage (from metrics.jsonl: its last record's time minus the preceding record's, so loading and
 validation are included; the first stage's from when the run wrote its data). RL epochs = samples drawn / annotated questions (rl.steps x prompts x samples / N).
+Also the self-training rows of `scripts/paper_selftrain.py` (OUT/n<N>/seed-S/selftrain-r<R>), with the same columns:
+their samples per annotated question and sampled tokens are those of their sampling rounds.
 Writes OUT/table.md and OUT/table.json; checkpoints were chosen on validation inside each run.
 """
 
@@ -27,6 +29,11 @@ from reftune.train.report import LABELS
 
 RL_STAGES = ("reft", "reft_extra", "online_st")
 STAGE_OF = {"warmup": "warmup", "sft": "sft", **{st: st for st in RL_STAGES}}  # model -> its stage
+# `scripts/paper_selftrain.py`'s runs, in OUT/n<N>/seed-S/selftrain-r<R>: R = 1 offline self-training, R > 1 expert
+# iteration
+SELFTRAIN = {"offline_st": "(f) offline self-training from warm-up (best val epoch)",
+             "expert_iter": "(g) expert iteration from warm-up (best val round)"}
+ROWS = {**LABELS, **SELFTRAIN}
 
 
 def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float | None = None) -> dict[str, dict]:
@@ -72,6 +79,39 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
     return out
 
 
+def selftrain_runs(run: Path) -> dict[str, Path]:
+    """{"offline_st": run/selftrain-r1, "expert_iter": run/selftrain-r<R>} for the finished ones (R > 1: the most rounds)."""
+    done = {}
+    for d in sorted(run.glob("selftrain-r*"), key=lambda p: int(p.name[len("selftrain-r"):])):
+        res = d / "results.json"
+        if res.is_file() and "selftrain/test" in json.loads(res.read_text()):
+            done["offline_st" if d.name == "selftrain-r1" else "expert_iter"] = d
+    return done
+
+
+def selftrain_compute(d: Path, n_annotated: int) -> dict:
+    """One `reftune selftrain` run's compute: optimiser steps (every round's SFT), sampled tokens (the kept sample
+    files re-tokenized with the warm-up's tokenizer, + EOS for finished ones), samples per annotated question, and
+    minutes from its config file's writing to its last record before the final evaluation."""
+    from transformers import AutoTokenizer
+    records = [r for r in read_metrics(d) if r["stage"] != "eval"]
+    steps: dict[str, int] = {}
+    for r in records:
+        if r["stage"] != "selftrain":  # each round's SFT records, stage selftrain_round<r> (or the SFT's own name)
+            steps[r["stage"]] = max(steps.get(r["stage"], 0), r["step"])
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    tok = AutoTokenizer.from_pretrained(cfg["model"]["name_or_path"])
+    tokens = samples = 0
+    for f in d.glob("samples_train*.jsonl"):
+        for line in f.read_text().splitlines():
+            for smp in json.loads(line)["samples"]:
+                tokens += len(tok(smp["text"], add_special_tokens=False)["input_ids"]) + bool(smp["finished"])
+                samples += 1
+    start = (d / "config.yaml").stat().st_mtime
+    return {"optimizer_steps": sum(steps.values()), "rollout_tokens": tokens, "rl_epochs": samples / n_annotated,
+            "minutes": (records[-1]["time"] - start) / 60 if records else math.nan}
+
+
 def curves(records: list[dict], cfg: dict, n_annotated: int) -> dict[str, list[tuple[float, float]]]:
     """{RL stage: [(RL epochs, val accuracy %), ...]} (step 0 = the warm-up), and {RL stage + "/train": [(RL epochs,
     sampled training accuracy %), ...]} (each iteration's rollouts)."""
@@ -108,24 +148,29 @@ def collect(root: Path, seeds: list[int]) -> dict:
                     entry["compute"].setdefault(st, {}).setdefault(k, []).append(v)
             for st, pts in curves(records, cfg, n_ann).items():
                 entry["curves"].setdefault(st, []).append(pts)
+            for model, st_dir in selftrain_runs(run).items():
+                for key, res in json.loads((st_dir / "results.json").read_text()).items():
+                    entry["acc"].setdefault(model, {}).setdefault(key.split("/")[1], []).append(100 * res["accuracy"])
+                for k, v in selftrain_compute(st_dir, n_ann).items():
+                    entry["compute"].setdefault(model, {}).setdefault(k, []).append(v)
         if entry["seeds"]:
             found[int(d.name[1:])] = entry
     return found
 
 
 def table(found: dict) -> str:
-    lines = ["| annotated questions | model | val acc % | test acc % | optimiser steps | RL epochs | rollout tokens | "
+    lines = ["| annotated questions | model | val acc % | test acc % | optimiser steps | samples per annotated q. (RL epochs) | sampled tokens | "
              "minutes (1 thread) |", "|---|---|---|---|---|---|---|---|"]
     for n, e in found.items():
-        for model in [m for m in LABELS if m in e["acc"]]:
+        for model in [m for m in ROWS if m in e["acc"]]:
             acc = e["acc"][model]
-            c = e["compute"].get(STAGE_OF.get(model, ""), {})
+            c = e["compute"].get(STAGE_OF.get(model, model), {})
 
             def avg(k, fmt="{:.0f}"):
                 xs = [x for x in c.get(k, []) if not math.isnan(x)]
                 return fmt.format(statistics.mean(xs)) if xs else "–"
 
-            lines.append(f"| {n} | {LABELS[model]} | {mean_sd(acc.get('val', []))} | {mean_sd(acc.get('test', []))} "
+            lines.append(f"| {n} | {ROWS[model]} | {mean_sd(acc.get('val', []))} | {mean_sd(acc.get('test', []))} "
                          f"| {avg('optimizer_steps')} | {avg('rl_epochs')} | {avg('rollout_tokens')} "
                          f"| {avg('minutes', '{:.1f}')} |")
         lines.append(f"| {n} | (seeds) | {', '.join(map(str, e['seeds']))} | | | | | |")
