@@ -87,15 +87,18 @@ def use_plain_trainer_side() -> None:
         values = values[:, prompt_width - 1:-1].float() if values is not None else None
         return algos.gather_logprobs(logits, input_ids[:, prompt_width:]), values, logits
 
-    def grouped_pass(model, prompts, responses, G, pad_id, device, width, with_values, chunks, keep_logits=False):
+    def grouped_pass(model, prompts, responses, pad_id, device, width, with_values, max_rows, keep_logits=False):
         ids, attn, _, P = join_prompt_response(prompts, responses, pad_id)
-        ids, attn, size = ids.to(device), attn.to(device), -(-len(prompts) // chunks)
+        ids, attn, size = ids.to(device), attn.to(device), max_rows
         parts = [response_logprobs(model, ids[i:i + size], attn[i:i + size], P, with_values)
                  for i in range(0, len(prompts), size)]
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]) if with_values else None, None
 
+    def rows_forward(model, batch, rows, with_values):
+        return response_logprobs(model, batch.ids[rows], batch.attn[rows], batch.prompt_width, with_values)
+
     loop.reuses_update_forward = lambda cfg: False
-    scoring.grouped_pass, update.response_logprobs = grouped_pass, response_logprobs
+    scoring.grouped_pass, update.rows_forward = grouped_pass, rows_forward
 
 
 def run_reftune(model: str, warmup: str, iters: int, prompts: int, out: Path, plain: bool = False) -> dict:

@@ -87,7 +87,7 @@ def update_flops(lm, n_tokens: int, rows: int, width: int) -> float:
 def measure(args) -> dict:
     from reftune.model.batching import join_prompt_response
     from reftune.model.modeling import PolicyWithValue
-    from reftune.rl.scoring import ReferenceLM, grouped_pass, response_logprobs
+    from reftune.rl.scoring import SCORING_ROWS, ReferenceLM, grouped_pass, response_logprobs
     from reftune.train.accel import optimizer_step, get_accelerator
 
     torch.manual_seed(0)
@@ -108,8 +108,8 @@ def measure(args) -> dict:
         passes["policy_plain"], (lp0, v0) = fastest(lambda: plain_pass(policy, ids, attn, P), args.reps)
         passes["policy_head_on_responses"], _ = fastest(lambda: response_logprobs(policy, ids, attn, P, True),
                                                          args.reps)
-        grouped = lambda model, values: grouped_pass(model, s.prompt_ids, s.response_ids, G, tok.pad_token_id, "cpu",
-                                                     R, values, 1)  # noqa: E731
+        grouped = lambda model, values: grouped_pass(model, s.prompt_ids, s.response_ids, tok.pad_token_id, "cpu",
+                                                     R, values, SCORING_ROWS)  # noqa: E731
         passes["policy_shared_prompt"], (lp1, v1, _) = fastest(lambda: grouped(policy, True), args.reps)
         passes["reference_shared_prompt"], _ = fastest(lambda: grouped(ReferenceLM(ref_lm), False), args.reps)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -126,8 +126,8 @@ def measure(args) -> dict:
 
     def update(shared: bool):
         if shared:
-            logp, values, _ = grouped_pass(policy, s.prompt_ids, s.response_ids, G, tok.pad_token_id, "cpu", R,
-                                           True, 1, keep_logits=True)
+            logp, values, _ = grouped_pass(policy, s.prompt_ids, s.response_ids, tok.pad_token_id, "cpu", R,
+                                           True, SCORING_ROWS, keep_logits=True)
         else:
             logp, values, _ = response_logprobs(policy, ids, attn, P, True)
         loss = -(logp * mask).sum() / n_tok + ((values ** 2) * mask).sum() / n_tok

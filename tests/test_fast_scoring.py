@@ -5,6 +5,8 @@ of G samples of different lengths, and prompts of different lengths:
 - the LM head on the response positions only (`logits_to_keep`) against the head on every position;
 - each prompt encoded once, its KV cache shared by the group, in length-sorted chunks, against one padded
   forward per row (`response_logprobs` on `join_prompt_response`): log-probs and values within 1e-5 in fp32;
+- the update's forward of a minibatch of shuffled rows (`rows_forward`: each distinct prompt once, its cache
+  gathered for its rows) against the padded forward of those rows: the same losses and gradients;
 - with one PPO epoch of one minibatch, the update reusing the scoring pass's forward against scoring and
   updating separately: the same old log-probs, values, advantages, losses and gradients (within 1e-5).
 """
@@ -23,8 +25,8 @@ from reftune.model.modeling import PolicyWithValue
 from reftune.model.sampler import Samples
 from reftune.rl import scoring
 from reftune.rl.batch import Rollout
-from reftune.rl.scoring import (ReferenceLM, group_size, grouped_pass, has_dropout, response_logprobs,
-                                reuses_update_forward, score)
+from reftune.rl.scoring import (ReferenceLM, distinct_prompts, grouped_pass, has_dropout, prompt_chunks,
+                                response_logprobs, reuses_update_forward, score)
 from reftune.rl.update import advantages, ppo_update
 from reftune.train.accel import get_accelerator
 
@@ -81,28 +83,31 @@ def test_the_lm_head_on_response_positions_only_gives_the_same_logprobs():
     assert (fast_values - values).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("rows_per_chunk", [64, G, 2 * G])
+@pytest.mark.parametrize("rows_per_chunk", [64, G, 2 * G, 1])
 @torch.no_grad()
-def test_a_shared_prompt_cache_gives_the_padded_forwards_logprobs_and_values(monkeypatch, rows_per_chunk):
-    monkeypatch.setattr(scoring, "SCORING_ROWS", rows_per_chunk)  # one chunk; one question each; two questions
+def test_a_shared_prompt_cache_gives_the_padded_forwards_logprobs_and_values(rows_per_chunk):
+    # one chunk; one question each; two questions; one question each (a chunk never splits a prompt's rows)
     policy, rollout = tiny_policy().eval(), make_rollout()
     s = rollout.samples
     logp, values, mask, *_ = plain_pass(policy, rollout, True)
-    fast_logp, fast_values, logits = grouped_pass(policy, s.prompt_ids, s.response_ids, G, PAD, "cpu", mask.shape[1],
-                                                  True, 1)
+    fast_logp, fast_values, logits = grouped_pass(policy, s.prompt_ids, s.response_ids, PAD, "cpu", mask.shape[1],
+                                                  True, rows_per_chunk)
     assert logits is None  # not kept unless asked: a [B, R, V] tensor
     assert (fast_logp - logp).mul(mask).abs().max() <= TOL
     assert (fast_values - values).mul(mask).abs().max() <= TOL
     assert (fast_logp * (1 - mask)).abs().max() == 0  # nothing written outside the responses
-    ref_logp, ref_values, _ = grouped_pass(ReferenceLM(policy.lm), s.prompt_ids, s.response_ids, G, PAD, "cpu",
-                                        mask.shape[1], False, 1)
+    ref_logp, ref_values, _ = grouped_pass(ReferenceLM(policy.lm), s.prompt_ids, s.response_ids, PAD, "cpu",
+                                           mask.shape[1], False, rows_per_chunk)
     assert ref_values is None and (ref_logp - logp).mul(mask).abs().max() <= TOL
 
 
-def test_rows_that_do_not_share_their_groups_prompt_are_scored_one_by_one():
-    assert group_size([[1, 2]] * 3 + [[3]] * 3, 2) == 3
-    assert group_size([[1, 2], [1, 2], [1, 3], [3], [3], [3]], 2) == 1  # one row of question 0 differs
-    assert group_size([[1], [2]], 2) == 1
+def test_rows_share_a_prompt_pass_exactly_when_their_prompts_are_equal():
+    assert distinct_prompts([[1, 2], [3], [1, 2], [1, 3], [3]]) == ([[1, 2], [3], [1, 3]], [0, 1, 0, 2, 1])
+    prompts, responses = [[1, 2], [3], [1, 2], [1, 3], [3]], [[5] * 4, [5], [5] * 6, [5] * 2, [5] * 2]
+    # by length (prompt + longest response): [3] (3), [1, 3] (4), [1, 2] (8); a prompt's rows stay together
+    assert prompt_chunks(prompts, responses, 2) == [[1, 4], [3], [0, 2]]
+    assert prompt_chunks(prompts, responses, 3) == [[1, 4, 3], [0, 2]]
+    assert prompt_chunks(prompts, responses, 1) == [[1, 4], [3], [0, 2]]  # more than max_rows: one prompt's rows
 
 
 def test_only_one_epoch_of_one_minibatch_without_dropout_reuses_the_scoring_forward():
@@ -161,6 +166,34 @@ def test_reusing_the_scoring_forward_gives_the_same_update(monkeypatch, kl_in, r
         assert (p1 - p2).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("rows_per_chunk", [64, 2 * G])
+def test_an_update_of_shuffled_minibatches_through_shared_prompts_gives_the_padded_update(monkeypatch, rows_per_chunk):
+    """Two PPO epochs of two minibatches: each minibatch holds some rows of a question, not all; its forward encodes
+    each of their prompts once (`rows_forward`) against one padded forward of the rows (prompt_ids=None)."""
+    monkeypatch.setattr(scoring, "SCORING_ROWS", rows_per_chunk)
+    cfg = RLConfig(ppo_epochs=2, minibatches=2, kl_in="loss", kl_coef=0.1)
+    ref = ReferenceLM(tiny_policy(seed=3).lm).eval()
+    results = []
+    for shared in (False, True):
+        policy, rollout = tiny_policy(), make_rollout()
+        batch = score(policy, ref, rollout, pad_id=PAD, device="cpu", autocast=no_autocast, chunks=2,
+                      with_values=True)
+        if not shared:
+            batch.prompt_ids = batch.response_ids = None  # the padded forward of the minibatch's rows
+        adv, returns = advantages(batch, rollout.scores, cfg)
+        opt = RecordingSGD(policy.parameters(), lr=0.1)
+        torch.manual_seed(7)  # the minibatch permutations
+        stats = ppo_update(policy, opt, get_accelerator("fp32"), batch, adv, returns, cfg, True, "test")
+        results.append((stats, opt.grads, list(policy.parameters())))
+    (plain, plain_grads, plain_params), (fast, fast_grads, fast_params) = results
+    assert set(plain) == set(fast) and len(fast["policy_loss"]) == 4
+    for k in plain:
+        assert plain[k] == pytest.approx(fast[k], abs=TOL), k
+    assert abs(fast["ratio_mean"][-1] - 1) > 1e-4  # later minibatches moved off the old policy: ratios not all 1
+    assert max((g1 - g2).abs().max().item() for g1, g2 in zip(plain_grads, fast_grads)) <= TOL
+    assert max((p1 - p2).abs().max().item() for p1, p2 in zip(plain_params, fast_params)) <= TOL
+
+
 def test_a_shared_prompt_forward_gives_the_padded_forwards_gradients():
     from reftune.rl.scoring import shared_prompt_logprobs
 
@@ -170,7 +203,9 @@ def test_a_shared_prompt_forward_gives_the_padded_forwards_gradients():
     for shared in (False, True):
         policy = tiny_policy().train()
         if shared:
-            logp, values, _ = shared_prompt_logprobs(policy, s.prompt_ids[::G], s.response_ids, G, PAD, "cpu", True)
+            owner = [q for q in range(len(PROMPTS)) for _ in range(G)]
+            logp, values, _ = shared_prompt_logprobs(policy, s.prompt_ids[::G], s.response_ids, owner, PAD, "cpu",
+                                                     True)
             mask = (logp != 0).float()  # the log-probs are 0 after each row's end
         else:
             logp, values, mask, *_ = plain_pass(policy, rollout, True)

@@ -64,7 +64,8 @@ class ScoredBatch:
     ref_logp [B, R] or None: the frozen reference's; sampler_logp [B, R]: the sampler's own (its precision);
     is_weights [B, R] or None: truncated importance weights min(p_trainer / p_sampler, tis_cap);
     update_forward: (log-probs, values or None, logits) of the policy's scoring pass with their autograd graph, when
-    that pass is the update's forward (`scoring.reuses_update_forward`), else None.
+    that pass is the update's forward (`scoring.reuses_update_forward`), else None; prompt_ids, response_ids: each
+    row's tokens unpadded (None: the update runs one padded forward of ids), pad_id: the padding token.
     """
 
     ids: torch.Tensor
@@ -78,6 +79,9 @@ class ScoredBatch:
     sampler_logp: torch.Tensor
     is_weights: torch.Tensor | None = None
     update_forward: tuple | None = None
+    prompt_ids: list[list[int]] | None = None
+    response_ids: list[list[int]] | None = None
+    pad_id: int = 0
 
     def __len__(self) -> int:
         return self.ids.shape[0]

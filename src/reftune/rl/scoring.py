@@ -7,9 +7,10 @@ padded pass and states the tolerance):
 - with one PPO epoch of one minibatch (`reuses_update_forward`), the update's forward *is* the policy's scoring
   pass: it runs here with gradients, its detached log-probs and values are the "old" ones (no optimizer step has
   happened yet, and there is no dropout), and `ppo_update` backpropagates through it instead of running its own;
-- the gradient-free passes (the reference's, and the policy's when it is not reused) encode each question's prompt
-  once and reuse its KV cache for the group's G responses, as the sampler does, in chunks of questions sorted by
-  length, each padded to its own widths rather than to the batch's.
+- every pass — the gradient-free ones (the reference's, and the policy's when it is not reused) and the update's
+  forward of each minibatch (`rows_forward`) — encodes each distinct prompt once and reuses its KV cache for the
+  rows that continue it (a question's group), as the sampler does, in chunks of rows sorted by length, each padded
+  to its own widths rather than to the batch's.
 """
 
 from __future__ import annotations
@@ -86,15 +87,15 @@ def _lm_parts(model):
     return model.lm, model.value_head, contextlib.nullcontext()
 
 
-def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list[int]], G: int, pad_id: int,
-                           device, with_values: bool):
-    """Log-probs [n*G, R] of `responses` (row q*G+j: sample j of question q, whose prompt is prompts[q]), values
-    [n*G, R] (None unless `with_values`) and the logits [n*G, R, V] that give the log-probs; R the longest
-    response, log-probs and values 0 after each row's end. Gradients flow when enabled (the cache is part of the
-    graph: the prompt pass gets the gradients of all G responses).
+def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list[int]], owner: list[int],
+                           pad_id: int, device, with_values: bool):
+    """Log-probs [n, R] of `responses` (row i continues prompts[owner[i]]), values [n, R] (None unless
+    `with_values`) and the logits [n, R, V] that give the log-probs; R the longest response, log-probs and values 0
+    after each row's end. Gradients flow when enabled (the cache is part of the graph: each prompt's pass gets the
+    gradients of all its rows).
 
-    Each prompt is encoded once and its KV cache repeated for its G responses: the prompt pass gives the logits
-    (and value) of the state before response token 0, the response pass those of the states before tokens 1..R-1.
+    Each prompt is encoded once and its KV cache gathered for its rows: the prompt pass gives the logits (and
+    value) of the state before response token 0, the response pass those of the states before tokens 1..R-1.
     Equal to `response_logprobs` on the joined rows up to float rounding (attention over the cache sums in
     another order)."""
     from transformers import DynamicCache
@@ -103,6 +104,7 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
     base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     kw, hidden = cache_keyword(base), head is not None and with_values
     p_ids, p_attn = (t.to(device) for t in left_pad(prompts, pad_id))
+    own = torch.tensor(owner, dtype=torch.long, device=device)
     R = max(1, max(map(len, responses)))
     r_ids = pad([r + [pad_id] * (R - len(r)) for r in responses], pad_id).to(device)
     r_attn = pad([[1] * len(r) + [0] * (R - len(r)) for r in responses], 0).to(device)
@@ -110,12 +112,12 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
     with ctx:
         out = lm(input_ids=p_ids, attention_mask=p_attn, position_ids=positions(p_attn), use_cache=True,
                  logits_to_keep=1, output_hidden_states=hidden, **{kw: cache})
-        logits, states = [out.logits[:, -1:].float().repeat_interleave(G, 0)], []
+        logits, states = [out.logits[:, -1:].float()[own]], []
         if hidden:
-            states.append(out.hidden_states[-1][:, -1:].repeat_interleave(G, 0))
+            states.append(out.hidden_states[-1][:, -1:][own])
         if R > 1:
-            cache.batch_repeat_interleave(G)
-            attn = torch.cat([p_attn.repeat_interleave(G, 0), r_attn], 1)
+            cache.batch_select_indices(own)  # each row gets its prompt's keys and values
+            attn = torch.cat([p_attn[own], r_attn], 1)
             out = lm(input_ids=r_ids[:, :-1], attention_mask=attn[:, :-1],
                      position_ids=positions(attn)[:, p_ids.shape[1]:-1], use_cache=True,
                      output_hidden_states=hidden, **{kw: cache})
@@ -128,6 +130,16 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
     return logp, values, logits
 
 
+def distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """(each distinct prompt once, in order of first appearance; owner[i] = the index of row i's prompt)."""
+    index: dict[tuple[int, ...], int] = {}
+    owner = [index.setdefault(tuple(p), len(index)) for p in prompts]
+    firsts: dict[int, list[int]] = {}
+    for p, o in zip(prompts, owner):
+        firsts.setdefault(o, p)
+    return [firsts[o] for o in range(len(index))], owner
+
+
 def can_share_prompt_with_grad(model) -> bool:
     """Whether the update's forward can go through `shared_prompt_logprobs`: not under gradient checkpointing
     (which turns the KV cache off) and not behind a DistributedDataParallel wrapper (whose forward syncs the
@@ -136,14 +148,20 @@ def can_share_prompt_with_grad(model) -> bool:
     return lm is not None and not any(getattr(m, "gradient_checkpointing", False) is True for m in lm.modules())
 
 
-def question_chunks(prompts: list[list[int]], responses: list[list[int]], G: int, chunks: int) -> list[list[int]]:
-    """Questions (groups of G consecutive rows) in chunks of at most max(G, SCORING_ROWS, rows / chunks) rows,
-    sorted by length (prompt + longest response) so each chunk pads little."""
-    n = len(prompts) // G
-    length = [len(prompts[q * G]) + max(len(responses[q * G + j]) for j in range(G)) for q in range(n)]
-    order = sorted(range(n), key=lambda q: length[q])
-    per = max(1, max(SCORING_ROWS, -(-len(prompts) // chunks)) // G)
-    return [order[i:i + per] for i in range(0, n, per)]
+def prompt_chunks(prompts: list[list[int]], responses: list[list[int]], max_rows: int) -> list[list[int]]:
+    """Rows in chunks of at most `max_rows` (more only when one prompt has more rows), a prompt's rows never split,
+    prompts sorted by length (prompt + longest response) so each chunk pads little."""
+    distinct, owner = distinct_prompts(prompts)
+    members: list[list[int]] = [[] for _ in distinct]
+    for r, o in enumerate(owner):
+        members[o].append(r)
+    length = [len(distinct[o]) + max(len(responses[r]) for r in members[o]) for o in range(len(distinct))]
+    chunks: list[list[int]] = [[]]
+    for o in sorted(range(len(distinct)), key=length.__getitem__):
+        if chunks[-1] and len(chunks[-1]) + len(members[o]) > max_rows:
+            chunks.append([])
+        chunks[-1] += members[o]
+    return [c for c in chunks if c]
 
 
 def _to_width(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -151,30 +169,33 @@ def _to_width(t: torch.Tensor, width: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]))
 
 
-def grouped_pass(model, prompts, responses, G: int, pad_id: int, device, width: int, with_values: bool,
-                 chunks: int, keep_logits: bool = False):
-    """`shared_prompt_logprobs` over `question_chunks`, back in row order: log-probs [B, width], values
-    [B, width] (None unless `with_values`) and logits [B, width, V] (None unless `keep_logits`), zeros where there
-    is no response token; differentiable when gradients are enabled."""
-    parts, rows = [], []
-    for qs in question_chunks(prompts, responses, G, chunks):
-        chunk = [q * G + j for q in qs for j in range(G)]
-        out = shared_prompt_logprobs(model, [prompts[q * G] for q in qs], [responses[r] for r in chunk], G, pad_id,
-                                     device, with_values)
+def grouped_pass(model, prompts, responses, pad_id: int, device, width: int, with_values: bool, max_rows: int,
+                 keep_logits: bool = False):
+    """`shared_prompt_logprobs` over `prompt_chunks` of at most `max_rows` rows, back in row order: log-probs
+    [B, width], values [B, width] (None unless `with_values`) and logits [B, width, V] (None unless `keep_logits`),
+    zeros where there is no response token; differentiable when gradients are enabled. Rows that share a prompt
+    (a question's group) encode it once."""
+    parts, order = [], []
+    for rows in prompt_chunks(prompts, responses, max_rows):
+        distinct, owner = distinct_prompts([prompts[r] for r in rows])
+        out = shared_prompt_logprobs(model, distinct, [responses[r] for r in rows], owner, pad_id, device,
+                                     with_values)
         out = out if keep_logits else out[:2] + (None,)
         parts.append([None if t is None else _to_width(t, width) for t in out])
-        rows += chunk
-    back = torch.argsort(torch.tensor(rows, device=device))  # chunk order -> row order
+        order += rows
+    back = torch.argsort(torch.tensor(order, device=device))  # chunk order -> row order
     return tuple(None if part[0] is None else torch.cat(part)[back] for part in zip(*parts))
 
 
-def group_size(prompt_ids: list[list[int]], n_questions: int) -> int:
-    """G when the rows come in groups of G that share their question's prompt (as rollouts do), else 1."""
-    G = len(prompt_ids) // max(n_questions, 1)
-    if G <= 1 or len(prompt_ids) != G * n_questions:
-        return 1
-    same = all(prompt_ids[r] == prompt_ids[r - r % G] for r in range(len(prompt_ids)))
-    return G if same else 1
+def rows_forward(model, batch: ScoredBatch, rows: torch.Tensor, with_values: bool):
+    """The update's forward of `rows` of the batch: (log-probs [n, R], values [n, R] or None, logits [n, R, V]).
+    Rows that share a prompt encode it once and each chunk of `SCORING_ROWS` rows (sorted by length) pads to its own
+    widths (`grouped_pass`), where the model allows (`can_share_prompt_with_grad`); else one padded forward."""
+    if batch.prompt_ids is None or not can_share_prompt_with_grad(model):
+        return response_logprobs(model, batch.ids[rows], batch.attn[rows], batch.prompt_width, with_values)
+    r = rows.tolist()
+    return grouped_pass(model, [batch.prompt_ids[i] for i in r], [batch.response_ids[i] for i in r], batch.pad_id,
+                        batch.ids.device, batch.mask.shape[1], with_values, SCORING_ROWS, keep_logits=True)
 
 
 @torch.no_grad()
@@ -192,25 +213,25 @@ def score(policy, ref, rollout: Rollout, *, pad_id: int, device, autocast, chunk
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device).float()
     B, R = ids.shape[0], mask.shape[1]
     G = len(s.prompt_ids) // max(len(rollout.idx), 1)
-    G_shared = group_size(s.prompt_ids, len(rollout.idx))
+    max_rows = min(SCORING_ROWS, -(-B // chunks))  # gradient-free chunks: at least `chunks`, at most SCORING_ROWS rows
     live = None
     with autocast():
         if update_forward and not has_dropout(policy):
             policy.train()
             with torch.enable_grad():
-                if G_shared > 1 and can_share_prompt_with_grad(policy):
-                    live = grouped_pass(policy, s.prompt_ids, s.response_ids, G_shared, pad_id, device, R,
-                                        with_values, 1, keep_logits=True)
+                if can_share_prompt_with_grad(policy):
+                    live = grouped_pass(policy, s.prompt_ids, s.response_ids, pad_id, device, R, with_values,
+                                        SCORING_ROWS, keep_logits=True)
                 else:
                     live = response_logprobs(policy, ids, attn, P, with_values)
             old_logp = live[0].detach()
             old_values = live[1].detach() if with_values else torch.zeros_like(old_logp)
         else:
             policy.eval()
-            old_logp, old_values, _ = grouped_pass(policy, s.prompt_ids, s.response_ids, G_shared, pad_id, device,
-                                                   R, with_values, chunks)
+            old_logp, old_values, _ = grouped_pass(policy, s.prompt_ids, s.response_ids, pad_id, device, R,
+                                                   with_values, max_rows)
             old_values = old_values if with_values else torch.zeros_like(old_logp)
-        ref_logp = (grouped_pass(ref, s.prompt_ids, s.response_ids, G_shared, pad_id, device, R, False, chunks)[0]
+        ref_logp = (grouped_pass(ref, s.prompt_ids, s.response_ids, pad_id, device, R, False, max_rows)[0]
                     if ref is not None else None)
     sampler_logp = torch.zeros_like(old_logp)
     for i, lp in enumerate(s.logprobs):
@@ -219,4 +240,5 @@ def score(policy, ref, rollout: Rollout, *, pad_id: int, device, autocast, chunk
     if tis_cap is not None:  # truncated IS: the update is on-policy for the trainer, not the sampler
         is_weights = torch.exp(old_logp - sampler_logp).clamp(max=tis_cap) * mask
     return ScoredBatch(ids, attn, mask, P, torch.arange(len(rollout.idx), device=device).repeat_interleave(G),
-                       old_logp, old_values, ref_logp, sampler_logp, is_weights, update_forward=live)
+                       old_logp, old_values, ref_logp, sampler_logp, is_weights, update_forward=live,
+                       prompt_ids=s.prompt_ids, response_ids=s.response_ids, pad_id=pad_id)

@@ -9,7 +9,7 @@ from reftune import algos
 from reftune.config import RLConfig
 from reftune.model.batching import join_prompt_response
 from reftune.rl.batch import Rollout, ScoredBatch
-from reftune.rl.scoring import response_logprobs
+from reftune.rl.scoring import response_logprobs, rows_forward
 from reftune.train.accel import (all_sum, all_weighted_means, counts_by_process, num_processes, optimizer_step,
                                  process_index, row_span)
 
@@ -104,8 +104,7 @@ def _minibatch_step(policy, opt, acc, batch: ScoredBatch, adv, returns, j: torch
     minibatch's rows is here); count: its loss aggregation's count. Returns the step's statistics (0-dim)."""
     with acc.autocast():
         # with one epoch of one minibatch, scoring already ran this forward (scoring.reuses_update_forward)
-        logp, values, logits = batch.take_update_forward(j) or response_logprobs(
-            policy, batch.ids[j], batch.attn[j], batch.prompt_width, use_values)
+        logp, values, logits = batch.take_update_forward(j) or rows_forward(policy, batch, j, use_values)
         pg_loss, pg_stats = algos.clipped_policy_loss(
             logp, batch.old_logp[j], adv[j], mask, cfg.clip, cfg.clip_high, cfg.loss_agg,
             norm_const=cfg.max_new_tokens,
