@@ -36,7 +36,8 @@ SELFTRAIN = {"offline_st": "(f) offline self-training from warm-up (best val epo
 ROWS = {**LABELS, **SELFTRAIN}
 
 
-def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float | None = None) -> dict[str, dict]:
+def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float | None = None,
+                  stages=tuple(STAGE_OF.values())) -> dict[str, dict]:
     """{stage: {"optimizer_steps", "minutes"} (+ "rollout_tokens", "rl_epochs" for RL)} of one run's metrics.jsonl;
     start: when the run began (the first stage's start). A stage runs from the previous record to its last one; an
     RL stage whose first record comes long after the previous one (added by a later `--resume`) starts at its first
@@ -46,7 +47,7 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
     prev_time = start
     for r in records:
         st = r["stage"]
-        if st not in STAGE_OF.values():
+        if st not in stages:
             prev_time = r.get("time", prev_time)
             continue
         c = out.setdefault(st, {"start": prev_time, "end": None, "optimizer_steps": 0, "tokens_by_step": {},
@@ -82,7 +83,7 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
 def selftrain_runs(run: Path) -> dict[str, Path]:
     """{"offline_st": run/selftrain-r1, "expert_iter": run/selftrain-r<R>} for the finished ones (R > 1: the most rounds)."""
     done = {}
-    for d in sorted(run.glob("selftrain-r*"), key=lambda p: int(p.name[len("selftrain-r"):])):
+    for d in sorted((p for p in run.glob("selftrain-r*") if p.is_dir()), key=lambda p: int(p.name[len("selftrain-r"):])):
         res = d / "results.json"
         if res.is_file() and "selftrain/test" in json.loads(res.read_text()):
             done["offline_st" if d.name == "selftrain-r1" else "expert_iter"] = d
@@ -96,8 +97,8 @@ def selftrain_compute(d: Path, n_annotated: int) -> dict:
     from transformers import AutoTokenizer
     records = [r for r in read_metrics(d) if r["stage"] != "eval"]
     steps: dict[str, int] = {}
-    for r in records:
-        if r["stage"] != "selftrain":  # each round's SFT records, stage selftrain_round<r> (or the SFT's own name)
+    for r in records:  # SFT records (loss, validation): stage selftrain_round<r>, or selftrain with one round
+        if "loss" in r or "epoch" in r:
             steps[r["stage"]] = max(steps.get(r["stage"], 0), r["step"])
     cfg = yaml.safe_load((d / "config.yaml").read_text())
     tok = AutoTokenizer.from_pretrained(cfg["model"]["name_or_path"])
@@ -112,18 +113,27 @@ def selftrain_compute(d: Path, n_annotated: int) -> dict:
             "minutes": (records[-1]["time"] - start) / 60 if records else math.nan}
 
 
-def curves(records: list[dict], cfg: dict, n_annotated: int) -> dict[str, list[tuple[float, float]]]:
+def curves(records: list[dict], cfg: dict, n_annotated: int, rename: dict[str, str] | None = None
+           ) -> dict[str, list[tuple[float, float]]]:
     """{RL stage: [(RL epochs, val accuracy %), ...]} (step 0 = the warm-up), and {RL stage + "/train": [(RL epochs,
-    sampled training accuracy %), ...]} (each iteration's rollouts)."""
+    sampled training accuracy %), ...]} (each iteration's rollouts). rename: {stage in the records: its key}."""
     rl = cfg["rl"]
     per_step = rl["prompts_per_step"] * rl["num_generations"] / n_annotated
     out: dict[str, list] = {}
+    rename = rename or {st: st for st in RL_STAGES}
     for r in records:
-        if r["stage"] in RL_STAGES and "val_accuracy" in r:
-            out.setdefault(r["stage"], []).append((r["step"] * per_step, 100 * r["val_accuracy"]))
-        elif r["stage"] in RL_STAGES and "accuracy" in r:
-            out.setdefault(r["stage"] + "/train", []).append((r["step"] * per_step, 100 * r["accuracy"]))
+        st = rename.get(r["stage"])
+        if st is not None and "val_accuracy" in r:
+            out.setdefault(st, []).append((r["step"] * per_step, 100 * r["val_accuracy"]))
+        elif st is not None and "accuracy" in r:
+            out.setdefault(st + "/train", []).append((r["step"] * per_step, 100 * r["accuracy"]))
     return out
+
+
+def longer_runs(run: Path) -> dict[str, Path]:
+    """{"reft_extra_x<steps>": its folder} for `scripts/paper_reft_longer.py`'s finished runs in `run`."""
+    return {d.name: d for d in sorted(run.glob("reft_extra_x*"))
+            if (d / "results.json").is_file() and "rl/test" in json.loads((d / "results.json").read_text())}
 
 
 def collect(root: Path, seeds: list[int]) -> dict:
@@ -148,6 +158,17 @@ def collect(root: Path, seeds: list[int]) -> dict:
                     entry["compute"].setdefault(st, {}).setdefault(k, []).append(v)
             for st, pts in curves(records, cfg, n_ann).items():
                 entry["curves"].setdefault(st, []).append(pts)
+            for model, rl_dir in longer_runs(run).items():
+                n_ann_rl = n_ann  # RL epochs count samples per *annotated* question, as for reft_extra
+                for key, res in json.loads((rl_dir / "results.json").read_text()).items():
+                    entry["acc"].setdefault(model, {}).setdefault(key.split("/")[1], []).append(100 * res["accuracy"])
+                rl_cfg = yaml.safe_load((rl_dir / "config.yaml").read_text())
+                rl_records = read_metrics(rl_dir)
+                for k, v in stage_compute(rl_records, rl_cfg, n_ann_rl, (rl_dir / "config.yaml").stat().st_mtime,
+                                          stages=("rl",)).get("rl", {}).items():
+                    entry["compute"].setdefault(model, {}).setdefault(k, []).append(v)
+                for st, pts in curves(rl_records, rl_cfg, n_ann_rl, rename={"rl": model}).items():
+                    entry["curves"].setdefault(st, []).append(pts)
             for model, st_dir in selftrain_runs(run).items():
                 for key, res in json.loads((st_dir / "results.json").read_text()).items():
                     entry["acc"].setdefault(model, {}).setdefault(key.split("/")[1], []).append(100 * res["accuracy"])
@@ -162,7 +183,8 @@ def table(found: dict) -> str:
     lines = ["| annotated questions | model | val acc % | test acc % | optimiser steps | samples per annotated q. (RL epochs) | sampled tokens | "
              "minutes (1 thread) |", "|---|---|---|---|---|---|---|---|"]
     for n, e in found.items():
-        for model in [m for m in ROWS if m in e["acc"]]:
+        longer = sorted((m for m in e["acc"] if m.startswith("reft_extra_x")), key=lambda m: int(m[12:]))
+        for model in [m for m in ROWS if m in e["acc"]] + longer:
             acc = e["acc"][model]
             c = e["compute"].get(STAGE_OF.get(model, model), {})
 
@@ -170,7 +192,8 @@ def table(found: dict) -> str:
                 xs = [x for x in c.get(k, []) if not math.isnan(x)]
                 return fmt.format(statistics.mean(xs)) if xs else "–"
 
-            lines.append(f"| {n} | {ROWS[model]} | {mean_sd(acc.get('val', []))} | {mean_sd(acc.get('test', []))} "
+            label = ROWS.get(model) or f"(d) ReFT + answer-only questions, {model[12:]} iterations"
+            lines.append(f"| {n} | {label} | {mean_sd(acc.get('val', []))} | {mean_sd(acc.get('test', []))} "
                          f"| {avg('optimizer_steps')} | {avg('rl_epochs')} | {avg('rollout_tokens')} "
                          f"| {avg('minutes', '{:.1f}')} |")
         lines.append(f"| {n} | (seeds) | {', '.join(map(str, e['seeds']))} | | | | | |")
@@ -183,15 +206,17 @@ def plot(found: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 3.8), squeeze=False)
     for ax, (n, e) in zip(axes[0], found.items()):
-        for st, color in zip(RL_STAGES, ("C0", "C2", "C3")):
+        longer = sorted(k for k in e["curves"] if k.startswith("reft_extra_x") and "/" not in k)
+        for st, color in zip([*RL_STAGES, *longer], ("C0", "C2", "C3", "C1", "C4")):
             runs = e["curves"].get(st, [])
+            label = LABELS.get(st) or f"(d) ReFT + answer-only, {st[12:]} iterations"
             if not runs:
                 continue
             xs = [x for x, _ in runs[0]]
             ys = [[pts[i][1] for pts in runs if i < len(pts)] for i in range(len(xs))]
             mean = [statistics.mean(y) for y in ys]
             sd = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
-            ax.plot(xs, mean, color=color, label=LABELS[st])
+            ax.plot(xs, mean, color=color, label=label)
             ax.fill_between(xs, [m - s for m, s in zip(mean, sd)], [m + s for m, s in zip(mean, sd)], color=color,
                             alpha=0.2)
             train = e["curves"].get(st + "/train", [])
@@ -200,7 +225,7 @@ def plot(found: dict, path: Path) -> None:
                 ys = [statistics.mean(t[i][1] for t in train) for i in range(steps)]
                 smooth = [statistics.mean(ys[max(0, i - 4):i + 1]) for i in range(steps)]
                 ax.plot([train[0][i][0] for i in range(steps)], smooth, color=color, linestyle=":", linewidth=1,
-                        label=f"{LABELS[st]}: sampled training accuracy")
+                        label=f"{label}: sampled training accuracy")
         for model, style in (("sft", "--"), ("base", ":")):
             vals = e["acc"].get(model, {}).get("val", [])
             if vals:
