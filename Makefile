@@ -91,7 +91,9 @@ paper: base
 # in 2 minibatches at lr 1e-4; with all 500 annotated questions and with the first 250 and 100 (data.n_annotated:
 # validation and test unchanged), where SFT is data-limited, those two also with the 4,000 answer-only questions
 # added to RL at the same compute, and online self-training (ReFT's baseline) at the same RL settings. 3 seeds
-# each; then the table and the validation curves against RL epochs.
+# each. For 100 questions also offline self-training and expert iteration (3 rounds) from each warm-up at ReFT's
+# sampling budget (~100 samples per annotated question), and ReFT + answer-only for 60 iterations (~300 RL epochs,
+# the ReFT release's budget). Then the table and the validation curves against RL epochs.
 LONG_RL = $(PAPER_DATA) model.name_or_path=$(BASE)/last warmup.schedule=own rl.prompts_per_step=64 \
   rl.num_generations=8 rl.ppo_epochs=1 rl.minibatches=2 rl.lr=1e-4
 LONG_N500 = $(LONG_RL) rl.steps=98 rl.eval_every=7
@@ -101,6 +103,8 @@ paper_long: base
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n500 --parallel 2 $(LONG_N500)
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n250 --parallel 2 $(LONG_N250)
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n100 --parallel 2 $(LONG_N100)
+	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 100 --seeds 0 1 2 --parallel 2
+	$(BIN)/python scripts/paper_reft_longer.py runs/paper_long --sizes 100 --seeds 0 1 2 --steps 60 --eval-every 4 --parallel 2
 	$(BIN)/python scripts/paper_long.py runs/paper_long --seeds 0 1 2
 
 # The task of the paper runs; the experiments below start from their checkpoints (`make paper` first).
