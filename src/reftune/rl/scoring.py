@@ -190,8 +190,10 @@ def grouped_pass(model, prompts, responses, pad_id: int, device, width: int, wit
 def rows_forward(model, batch: ScoredBatch, rows: torch.Tensor, with_values: bool):
     """The update's forward of `rows` of the batch: (log-probs [n, R], values [n, R] or None, logits [n, R, V]).
     Rows that share a prompt encode it once and each chunk of `SCORING_ROWS` rows (sorted by length) pads to its own
-    widths (`grouped_pass`), where the model allows (`can_share_prompt_with_grad`); else one padded forward."""
-    if batch.prompt_ids is None or not can_share_prompt_with_grad(model):
+    widths (`grouped_pass`), where the model allows (`can_share_prompt_with_grad`; not FSDP-sharded, whose root
+    parameters only its own forward unshards, and the shared pass calls the LM inside it); else one padded forward."""
+    from reftune.model.sharded import is_sharded
+    if batch.prompt_ids is None or not can_share_prompt_with_grad(model) or is_sharded(model):
         return response_logprobs(model, batch.ids[rows], batch.attn[rows], batch.prompt_width, with_values)
     r = rows.tolist()
     return grouped_pass(model, [batch.prompt_ids[i] for i in r], [batch.response_ids[i] for i in r], batch.pad_id,
