@@ -24,7 +24,8 @@ demo: $(STAMP)
 
 # The suite in parallel (pytest-xdist): one worker per core (TEST_WORKERS=N to choose), each file on one worker
 # (its module fixtures built once), one torch thread per worker: the tiny models gain nothing from more, and
-# workers x threads above the core count stalls them all. 16 minutes in one process on 2 cores, 9 in two.
+# workers x threads above the core count stalls them all. On 2 cores: about 16 minutes in one process (CI,
+# 2026-12-05), 8m54s in two workers next to two single-thread jobs.
 TEST_WORKERS ?= auto
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
