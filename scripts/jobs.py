@@ -93,3 +93,40 @@ def matmul_gflops(dtype, m: int, k: int, n: int, reps: int = 5) -> float:
         best = min(best, (time.perf_counter() - t0) / inner)
     return round(2 * m * k * n / best / 1e9, 1)
 
+
+
+def warmup_runs(root: Path, sizes: list[int], seeds: list[int]) -> list[Path]:
+    """The `make paper_long` runs ROOT/n<N>/seed-S with a finished warm-up (the others named on stderr)."""
+    runs = [root / f"n{n}" / f"seed-{s}" for n in sizes for s in seeds]
+    for r in runs:
+        if not (r / "warmup" / "last").is_dir():
+            print(f"skipped {r}: no finished warm-up", file=sys.stderr)
+    return [r for r in runs if (r / "warmup" / "last").is_dir()]
+
+
+def run_job(command: str, cfg: dict, out: Path, done_key: str) -> int:
+    """`reftune COMMAND -c OUT.yaml` for the config `cfg` (out_dir = OUT), logged to OUT.log, one thread: skipped
+    when OUT/results.json already holds `done_key`, resumed when OUT holds an unfinished run."""
+    results = out / "results.json"
+    if results.is_file() and done_key in yaml.safe_load(results.read_text()):
+        return 0
+    config = out.with_name(out.name + ".yaml")
+    config.write_text(yaml.safe_dump({**cfg, "out_dir": str(out)}, sort_keys=False))
+    resume = ["--resume"] if (out / "config.yaml").exists() else []
+    return run_logged([command, "-c", str(config), *resume], out.with_name(out.name + ".log"), threads=1)
+
+
+def add_run_args(p) -> None:
+    """The arguments of the scripts that add rows to `make paper_long`'s runs: ROOT, --sizes, --seeds, --parallel."""
+    p.add_argument("root", type=Path)
+    p.add_argument("--sizes", type=int, nargs="+", default=[100])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--parallel", type=int, default=1, help="jobs at once (each on one thread)")
+
+
+def from_warmup(run: Path) -> tuple[dict, dict]:
+    """(the fields a job started from `run`'s warm-up shares with the run: data, model shape, evaluation, precision,
+    seed; the run's whole config)."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    return ({"data": cfg["data"], "model": {**cfg["model"], "name_or_path": str(run / "warmup" / "last")},
+             "eval": cfg["eval"], "precision": cfg["precision"], "seed": cfg["seed"]}, cfg)

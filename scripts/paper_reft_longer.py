@@ -16,40 +16,25 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-from jobs import parallel_map, run_logged
+from jobs import add_run_args, from_warmup, parallel_map, run_job, warmup_runs
 
 
 def job_config(run: Path, steps: int, eval_every: int) -> dict:
     """The `reftune rl` config of the longer stage: the run's data, model shape, RL and evaluation settings."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    rl = {**cfg["rl"], "steps": steps, "eval_every": eval_every, "use_extra": True}
-    return {"data": cfg["data"], "model": {**cfg["model"], "name_or_path": str(run / "warmup" / "last")},
-            "rl": rl, "eval": cfg["eval"], "precision": cfg["precision"], "seed": cfg["seed"]}
+    shared, cfg = from_warmup(run)
+    return {**shared, "rl": {**cfg["rl"], "steps": steps, "eval_every": eval_every, "use_extra": True}}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("root", type=Path)
-    p.add_argument("--sizes", type=int, nargs="+", default=[100])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_run_args(p)
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--eval-every", type=int, default=4)
-    p.add_argument("--parallel", type=int, default=1, help="jobs at once (each on one thread)")
     args = p.parse_args()
-    runs = [args.root / f"n{n}" / f"seed-{s}" for n in args.sizes for s in args.seeds]
-    runs = [r for r in runs if (r / "warmup" / "last").is_dir() or print(f"skipped {r}: no warm-up", file=sys.stderr)]
+    runs = warmup_runs(args.root, args.sizes, args.seeds)
 
     def one(run: Path) -> int:
-        name = f"reft_extra_x{args.steps}"
-        out = run / name
-        if (out / "results.json").is_file() and "rl/test" in yaml.safe_load((out / "results.json").read_text()):
-            return 0
-        (run / f"{name}.yaml").write_text(yaml.safe_dump({**job_config(run, args.steps, args.eval_every),
-                                                          "out_dir": str(out)}, sort_keys=False))
-        resume = ["--resume"] if (out / "config.yaml").exists() else []
-        return run_logged(["rl", "-c", str(run / f"{name}.yaml"), *resume], run / f"{name}.log", threads=1)
+        return run_job("rl", job_config(run, args.steps, args.eval_every), run / f"reft_extra_x{args.steps}", "rl/test")
 
     failed = [r for r, rc in zip(runs, parallel_map(one, runs, args.parallel)) if rc]
     for r in failed:

@@ -21,51 +21,28 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-from jobs import parallel_map, run_logged
+from jobs import add_run_args, from_warmup, parallel_map, run_job, warmup_runs
 
 
 def job_config(run: Path, sft_epochs: int) -> dict:
     """The selftrain config fields taken from the run: its data, model shape, SFT and evaluation settings."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    sft = {**cfg["sft"], "epochs": sft_epochs, "eval_every_epochs": 1, "patience": 3}
-    return {"data": cfg["data"], "model": {**cfg["model"], "name_or_path": str(run / "warmup" / "last")},
-            "sft": sft, "eval": cfg["eval"], "precision": cfg["precision"], "seed": cfg["seed"]}
+    shared, cfg = from_warmup(run)
+    return {**shared, "sft": {**cfg["sft"], "epochs": sft_epochs, "eval_every_epochs": 1, "patience": 3}}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("root", type=Path)
-    p.add_argument("--sizes", type=int, nargs="+", default=[100])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    add_run_args(p)
     p.add_argument("--samples", type=int, default=100, help="sampled solutions per annotated question, all rounds together")
     p.add_argument("--rounds", type=int, default=3, help="expert iteration's rounds (offline self-training is 1)")
     p.add_argument("--sft-epochs", type=int, default=8)
-    p.add_argument("--parallel", type=int, default=1, help="jobs at once (each on one thread)")
     args = p.parse_args()
-    jobs = []
-    for n in args.sizes:
-        for s in args.seeds:
-            run = args.root / f"n{n}" / f"seed-{s}"
-            if not (run / "warmup" / "last").is_dir():
-                print(f"skipped {run}: no finished warm-up", file=sys.stderr)
-                continue
-            for rounds in sorted({1, args.rounds}):
-                jobs.append((run, rounds))
+    jobs = [(run, rounds) for run in warmup_runs(args.root, args.sizes, args.seeds) for rounds in sorted({1, args.rounds})]
 
     def one(job: tuple[Path, int]) -> int:
         run, rounds = job
-        out = run / f"selftrain-r{rounds}"
-        if (out / "results.json").is_file() and "selftrain/test" in yaml.safe_load((out / "results.json").read_text()):
-            return 0
-        cfg = {**job_config(run, args.sft_epochs), "out_dir": str(out),
-               "selftrain": {"num_samples": args.samples // rounds, "rounds": rounds}}
-        out.mkdir(parents=True, exist_ok=True)
-        (out.parent / f"selftrain-r{rounds}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        resume = ["--resume"] if (out / "stages.json").exists() or (out / "config.yaml").exists() else []
-        return run_logged(["selftrain", "-c", str(out.parent / f"selftrain-r{rounds}.yaml"), *resume],
-                          out.parent / f"selftrain-r{rounds}.log", threads=1)
+        cfg = {**job_config(run, args.sft_epochs), "selftrain": {"num_samples": args.samples // rounds, "rounds": rounds}}
+        return run_job("selftrain", cfg, run / f"selftrain-r{rounds}", "selftrain/test")
 
     failed = [j for j, rc in zip(jobs, parallel_map(one, jobs, args.parallel)) if rc]
     for run, rounds in failed:

@@ -84,3 +84,66 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
     assert found[100]["curves"]["reft/train"] == [[(64 * 8 / 100, 25.0), (2 * 64 * 8 / 100, 50.0)]]
     md = table(found)
     assert "| 100 | (c) ReFT from warm-up | 45.0 ± 0.0 | 40.0 ± 0.0 | 4 | 10 | 4000 | 2.2 |" in md
+
+
+def test_paper_long_reads_the_self_training_and_longer_rl_rows(tmp_path):
+    """scripts/paper_selftrain.py's and paper_reft_longer.py's runs beside a paper_long run: their accuracy, their
+    compute (every round's SFT steps; sampled tokens re-tokenized, EOS counted for finished samples) and curves."""
+    import json
+    import os
+
+    import yaml
+    from paper_long import collect, table
+
+    from reftune.model.modeling import train_tokenizer
+
+    run = tmp_path / "n100" / "seed-0"
+    (run / "data").mkdir(parents=True)
+    (run / "data" / "train.jsonl").write_text("{}\n" * 100)
+    (run / "config.yaml").write_text(yaml.safe_dump(
+        {"rl": {"ppo_epochs": 1, "minibatches": 2, "prompts_per_step": 64, "num_generations": 8}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"stage": "sft", "step": 5, "time": 10.0, "loss": 1.0}) + "\n")
+    (run / "results.json").write_text(json.dumps({"sft/val": {"accuracy": 0.5}, "sft/test": {"accuracy": 0.5}}))
+    tok_dir = tmp_path / "tok"
+    train_tokenizer(["1 + 2 = 3\nThe answer is 3"] * 4, 280).save_pretrained(tok_dir)
+    for rounds, val in ((1, 0.3), (3, 0.4)):
+        d = run / f"selftrain-r{rounds}"
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump({"model": {"name_or_path": str(tok_dir)}}))
+        os.utime(d / "config.yaml", (1000.0, 1000.0))
+        recs = [{"stage": "selftrain", "step": 1, "time": 1010.0, "round": 1.0}]
+        for r in range(1, rounds + 1):
+            stage = "selftrain" if rounds == 1 else f"selftrain_round{r}"
+            recs += [{"stage": stage, "step": 4 * r, "time": 1010.0 + 10 * r, "loss": 0.5},
+                     {"stage": stage, "step": 4 * r, "time": 1015.0 + 10 * r, "epoch": 1.0, "val_accuracy": val}]
+        recs.append({"stage": "eval", "step": 0, "time": 9999.0, "accuracy": 0.0})
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        samples = [{"text": "1 + 2 = 3", "finished": True}, {"text": "1 + 2 = 3", "finished": False}]
+        (d / "samples_train.jsonl").write_text(json.dumps({"id": "q", "samples": samples}) + "\n")
+        (d / "results.json").write_text(json.dumps({"selftrain/val": {"accuracy": val},
+                                                    "selftrain/test": {"accuracy": val + 0.01}}))
+    longer = run / "reft_extra_x60"
+    longer.mkdir()
+    (longer / "config.yaml").write_text(yaml.safe_dump(
+        {"rl": {"ppo_epochs": 1, "minibatches": 2, "prompts_per_step": 64, "num_generations": 8}}))
+    (longer / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"stage": "rl", "step": 0, "time": 5000.0, "val_accuracy": 0.4},
+        {"stage": "rl", "step": 1, "time": 5010.0, "rollout_tokens": 500.0, "accuracy": 0.3, "rollout_s": 5.0,
+         "scoring_s": 2.0, "update_s": 3.0},
+        {"stage": "rl", "step": 1, "time": 5015.0, "val_accuracy": 0.5}]))
+    (longer / "results.json").write_text(json.dumps({"rl/val": {"accuracy": 0.5}, "rl/test": {"accuracy": 0.55}}))
+    found = collect(tmp_path, [0])
+    e = found[100]
+    tokens_per_text = len(train_tokenizer(["1 + 2 = 3\nThe answer is 3"] * 4, 280)("1 + 2 = 3")["input_ids"])
+    assert e["acc"]["offline_st"] == {"val": [30.0], "test": [31.0]}
+    assert e["compute"]["offline_st"]["optimizer_steps"] == [4]
+    assert e["compute"]["expert_iter"]["optimizer_steps"] == [4 + 8 + 12]  # every round's SFT
+    assert e["compute"]["offline_st"]["rollout_tokens"] == [2 * tokens_per_text + 1]  # + EOS of the finished one
+    assert e["compute"]["offline_st"]["rl_epochs"] == [2 / 100]
+    assert e["compute"]["offline_st"]["minutes"] == [(1025.0 - 1000.0) / 60]  # config written .. last record
+    assert e["acc"]["reft_extra_x60"] == {"val": [50.0], "test": [pytest.approx(55.0)]}
+    assert e["compute"]["reft_extra_x60"]["rollout_tokens"] == [500.0]
+    assert e["curves"]["reft_extra_x60"] == [[(0.0, 40.0), (64 * 8 / 100, 50.0)]]
+    md = table(found)
+    assert "| 100 | (f) offline self-training from warm-up (best val epoch) | 30.0 ± 0.0 | 31.0 ± 0.0 | 4 |" in md
+    assert "| 100 | (d) ReFT + answer-only questions, 60 iterations | 50.0 ± 0.0 | 55.0 ± 0.0 | 2 | 5 | 500 |" in md
