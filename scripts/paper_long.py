@@ -32,7 +32,9 @@ STAGE_OF = {"warmup": "warmup", "sft": "sft", **{st: st for st in RL_STAGES}}  #
 # `scripts/paper_selftrain.py`'s runs, in OUT/n<N>/seed-S/selftrain-r<R>: R = 1 offline self-training, R > 1 expert
 # iteration
 SELFTRAIN = {"offline_st": "(f) offline self-training from warm-up (best val epoch)",
-             "expert_iter": "(g) expert iteration from warm-up (best val round)"}
+             "offline_st_sftrun": "(f) the same, with the SFT baseline's schedule (30 epochs, patience 4)",
+             "expert_iter": "(g) expert iteration from warm-up (best val round)",
+             "expert_iter_sftrun": "(g) the same, with the SFT baseline's schedule (30 epochs, patience 4)"}
 ROWS = {**LABELS, **SELFTRAIN}
 
 
@@ -83,10 +85,11 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
 def selftrain_runs(run: Path) -> dict[str, Path]:
     """{"offline_st": run/selftrain-r1, "expert_iter": run/selftrain-r<R>} for the finished ones (R > 1: the most rounds)."""
     done = {}
-    for d in sorted((p for p in run.glob("selftrain-r*") if p.is_dir()), key=lambda p: int(p.name[len("selftrain-r"):])):
+    for d in sorted((p for p in run.glob("selftrain-r*") if p.is_dir()), key=lambda p: p.name):
+        rounds, _, tag = d.name[len("selftrain-r"):].partition("-")
         res = d / "results.json"
         if res.is_file() and "selftrain/test" in json.loads(res.read_text()):
-            done["offline_st" if d.name == "selftrain-r1" else "expert_iter"] = d
+            done[("offline_st" if rounds == "1" else "expert_iter") + (f"_{tag}" if tag else "")] = d
     return done
 
 

@@ -10,7 +10,8 @@ For each OUT/n<N>/seed-S with a finished warm-up it runs, in OUT/n<N>/seed-S/sel
   (samples / R per question per round, each round sampling from the previous round's chosen model, solutions
   pooled), each round's SFT from the warm-up.
 The sampling budget is the ReFT rows' (about 100 samples per annotated question). SFT: the run's own SFT settings
-with `--sft-epochs` epochs (default 8), validation every epoch, patience 3: the augmented set is several times the
+with `--sft-epochs` epochs (default 8; 0: the SFT baseline's own 30 epochs, validation every 2, patience 4, into
+selftrain-r<R>-sftrun), validation every epoch, patience 3: the augmented set is several times the
 gold one. Every choice (epoch, round) is made on validation; test is only reported. Seeds: `seed=S` as the run.
 Resumable: a finished job is skipped, an unfinished one resumed. `scripts/paper_long.py` reads the results.
 """
@@ -25,9 +26,11 @@ from jobs import add_run_args, from_warmup, parallel_map, run_job, warmup_runs
 
 
 def job_config(run: Path, sft_epochs: int) -> dict:
-    """The selftrain config fields taken from the run: its data, model shape, SFT and evaluation settings."""
+    """The selftrain config fields taken from the run: its data, model shape, SFT and evaluation settings;
+    sft_epochs = 0: the SFT baseline's own schedule (epochs, validation, patience) unchanged."""
     shared, cfg = from_warmup(run)
-    return {**shared, "sft": {**cfg["sft"], "epochs": sft_epochs, "eval_every_epochs": 1, "patience": 3}}
+    short = {"epochs": sft_epochs, "eval_every_epochs": 1, "patience": 3} if sft_epochs else {}
+    return {**shared, "sft": {**cfg["sft"], **short}}
 
 
 def main() -> int:
@@ -35,14 +38,16 @@ def main() -> int:
     add_run_args(p)
     p.add_argument("--samples", type=int, default=100, help="sampled solutions per annotated question, all rounds together")
     p.add_argument("--rounds", type=int, default=3, help="expert iteration's rounds (offline self-training is 1)")
-    p.add_argument("--sft-epochs", type=int, default=8)
+    p.add_argument("--sft-epochs", type=int, default=8, help="0: the SFT baseline's own schedule, into "
+                   "selftrain-r<R>-sftrun (a row of its own)")
     args = p.parse_args()
     jobs = [(run, rounds) for run in warmup_runs(args.root, args.sizes, args.seeds) for rounds in sorted({1, args.rounds})]
 
     def one(job: tuple[Path, int]) -> int:
         run, rounds = job
         cfg = {**job_config(run, args.sft_epochs), "selftrain": {"num_samples": args.samples // rounds, "rounds": rounds}}
-        return run_job("selftrain", cfg, run / f"selftrain-r{rounds}", "selftrain/test")
+        name = f"selftrain-r{rounds}" + ("" if args.sft_epochs else "-sftrun")
+        return run_job("selftrain", cfg, run / name, "selftrain/test")
 
     failed = [j for j, rc in zip(jobs, parallel_map(one, jobs, args.parallel)) if rc]
     for run, rounds in failed:
