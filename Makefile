@@ -110,6 +110,7 @@ paper_long: base
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n100 --parallel 2 $(LONG_N100)
 	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 100 --seeds 0 1 2 --parallel 2
 	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 100 --seeds 0 1 2 --rounds 1 --sft-epochs 0 --parallel 2
+	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 500 --seeds 0 1 2 --rounds 1 --parallel 2
 	$(BIN)/python scripts/paper_reft_longer.py runs/paper_long --sizes 100 --seeds 0 1 2 --steps 60 --eval-every 4 --parallel 2
 	$(BIN)/python scripts/paper_long.py runs/paper_long --seeds 0 1 2
 
