@@ -94,7 +94,6 @@ def matmul_gflops(dtype, m: int, k: int, n: int, reps: int = 5) -> float:
     return round(2 * m * k * n / best / 1e9, 1)
 
 
-
 def warmup_runs(root: Path, sizes: list[int], seeds: list[int]) -> list[Path]:
     """The `make paper_long` runs ROOT/n<N>/seed-S with a finished warm-up (the others named on stderr)."""
     runs = [root / f"n{n}" / f"seed-{s}" for n in sizes for s in seeds]

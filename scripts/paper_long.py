@@ -7,8 +7,10 @@ Per annotated-set size N (the folders OUT/n<N>) and model: val / test accuracy (
 and the compute that produced it, averaged over seeds: optimiser steps, rollout tokens (RL), and wall-clock
 minutes of the stage (from metrics.jsonl: its last record's time minus the preceding record's, so loading and
 validation are included; the first stage's from when the run wrote its data). RL epochs = samples drawn / annotated questions (rl.steps x prompts x samples / N).
-Also the self-training rows of `scripts/paper_selftrain.py` (OUT/n<N>/seed-S/selftrain-r<R>), with the same columns:
-their samples per annotated question and sampled tokens are those of their sampling rounds.
+RL stages also get their mean seconds per iteration (rollout + scoring + update; each phase apart in table.json).
+Also the self-training rows of `scripts/paper_selftrain.py` (OUT/n<N>/seed-S/selftrain-r<R>[-sftrun]), with the
+same columns (their samples per annotated question and sampled tokens are those of their sampling rounds), and the
+longer RL rows of `scripts/paper_reft_longer.py` (OUT/n<N>/seed-S/reft_extra_x<steps>), with their curves.
 Writes OUT/table.md and OUT/table.json; checkpoints were chosen on validation inside each run.
 """
 
@@ -53,7 +55,7 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
             prev_time = r.get("time", prev_time)
             continue
         c = out.setdefault(st, {"start": prev_time, "end": None, "optimizer_steps": 0, "tokens_by_step": {},
-                                "rl_steps": 0, "paused": 0.0})
+                                "secs_by_step": {}, "rl_steps": 0, "paused": 0.0})
         if "rollout_s" in r and None not in (c["start"], r.get("time")):
             secs = sum(r.get(k, 0.0) for k in ("rollout_s", "scoring_s", "update_s"))  # this iteration's
             if "first" not in c:
@@ -65,6 +67,7 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
         c["end"] = r.get("time", c["end"])
         if "rollout_tokens" in r:  # an iteration redone after a resume counts once (its last record)
             c["tokens_by_step"][r["step"]] = r["rollout_tokens"]
+            c["secs_by_step"][r["step"]] = [r.get(k, 0.0) for k in ("rollout_s", "scoring_s", "update_s")]
             c["rl_steps"] = max(c["rl_steps"], r["step"])
         else:  # SFT: loss records every few steps, validation records at the epoch's last step
             c["optimizer_steps"] = max(c["optimizer_steps"], r["step"])
@@ -75,9 +78,13 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
             c["optimizer_steps"] = c["rl_steps"] * rl["ppo_epochs"] * rl["minibatches"]
             c["rl_epochs"] = c["rl_steps"] * rl["prompts_per_step"] * rl["num_generations"] / n_annotated
             c["rollout_tokens"] = sum(c["tokens_by_step"].values())
+            secs = list(c["secs_by_step"].values())  # mean seconds of an iteration, and of each of its phases
+            for i, k in enumerate(("rollout_s", "scoring_s", "update_s")):
+                c[k] = statistics.mean(x[i] for x in secs)
+            c["iteration_s"] = statistics.mean(map(sum, secs))
         c["minutes"] = ((c["end"] - c["start"] - c["paused"]) / 60 if None not in (c["start"], c["end"])
                         else math.nan)
-        for k in ("start", "end", "rl_steps", "first", "paused", "tokens_by_step"):
+        for k in ("start", "end", "rl_steps", "first", "paused", "tokens_by_step", "secs_by_step"):
             c.pop(k, None)
     return out
 
@@ -98,6 +105,8 @@ def selftrain_compute(d: Path, n_annotated: int) -> dict:
     files re-tokenized with the warm-up's tokenizer, + EOS for finished ones), samples per annotated question, and
     minutes from its config file's writing to its last record before the final evaluation."""
     from transformers import AutoTokenizer
+
+    from reftune.model.batching import encode
     records = [r for r in read_metrics(d) if r["stage"] != "eval"]
     steps: dict[str, int] = {}
     for r in records:  # SFT records (loss, validation): stage selftrain_round<r>, or selftrain with one round
@@ -109,7 +118,7 @@ def selftrain_compute(d: Path, n_annotated: int) -> dict:
     for f in d.glob("samples_train*.jsonl"):
         for line in f.read_text().splitlines():
             for smp in json.loads(line)["samples"]:
-                tokens += len(tok(smp["text"], add_special_tokens=False)["input_ids"]) + bool(smp["finished"])
+                tokens += len(encode(tok, smp["text"])) + bool(smp["finished"])
                 samples += 1
     start = (d / "config.yaml").stat().st_mtime
     return {"optimizer_steps": sum(steps.values()), "rollout_tokens": tokens, "rl_epochs": samples / n_annotated,
@@ -139,6 +148,14 @@ def longer_runs(run: Path) -> dict[str, Path]:
             if (d / "results.json").is_file() and "rl/test" in json.loads((d / "results.json").read_text())}
 
 
+def add_row(entry: dict, model: str, run_dir: Path, compute: dict) -> None:
+    """A separate run's row (self-training, longer RL) into `entry`: its results.json accuracies (%) and compute."""
+    for key, res in json.loads((run_dir / "results.json").read_text()).items():
+        entry["acc"].setdefault(model, {}).setdefault(key.split("/")[1], []).append(100 * res["accuracy"])
+    for k, v in compute.items():
+        entry["compute"].setdefault(model, {}).setdefault(k, []).append(v)
+
+
 def collect(root: Path, seeds: list[int]) -> dict:
     """{N: {"acc": {model: {split: [..]}}, "compute": {stage: {key: [..]}}, "curves": {stage: [per-seed lists]},
     "seeds": [...]}} for every OUT/n<N> with at least one finished seed."""
@@ -161,22 +178,16 @@ def collect(root: Path, seeds: list[int]) -> dict:
                     entry["compute"].setdefault(st, {}).setdefault(k, []).append(v)
             for st, pts in curves(records, cfg, n_ann).items():
                 entry["curves"].setdefault(st, []).append(pts)
-            for model, rl_dir in longer_runs(run).items():
-                n_ann_rl = n_ann  # RL epochs count samples per *annotated* question, as for reft_extra
-                for key, res in json.loads((rl_dir / "results.json").read_text()).items():
-                    entry["acc"].setdefault(model, {}).setdefault(key.split("/")[1], []).append(100 * res["accuracy"])
+            for model, rl_dir in longer_runs(run).items():  # RL epochs per *annotated* question, as reft_extra's
                 rl_cfg = yaml.safe_load((rl_dir / "config.yaml").read_text())
                 rl_records = read_metrics(rl_dir)
-                for k, v in stage_compute(rl_records, rl_cfg, n_ann_rl, (rl_dir / "config.yaml").stat().st_mtime,
-                                          stages=("rl",)).get("rl", {}).items():
-                    entry["compute"].setdefault(model, {}).setdefault(k, []).append(v)
-                for st, pts in curves(rl_records, rl_cfg, n_ann_rl, rename={"rl": model}).items():
+                compute = stage_compute(rl_records, rl_cfg, n_ann, (rl_dir / "config.yaml").stat().st_mtime,
+                                        stages=("rl",)).get("rl", {})
+                add_row(entry, model, rl_dir, compute)
+                for st, pts in curves(rl_records, rl_cfg, n_ann, rename={"rl": model}).items():
                     entry["curves"].setdefault(st, []).append(pts)
             for model, st_dir in selftrain_runs(run).items():
-                for key, res in json.loads((st_dir / "results.json").read_text()).items():
-                    entry["acc"].setdefault(model, {}).setdefault(key.split("/")[1], []).append(100 * res["accuracy"])
-                for k, v in selftrain_compute(st_dir, n_ann).items():
-                    entry["compute"].setdefault(model, {}).setdefault(k, []).append(v)
+                add_row(entry, model, st_dir, selftrain_compute(st_dir, n_ann))
         if entry["seeds"]:
             found[int(d.name[1:])] = entry
     return found
@@ -184,7 +195,7 @@ def collect(root: Path, seeds: list[int]) -> dict:
 
 def table(found: dict) -> str:
     lines = ["| annotated questions | model | val acc % | test acc % | optimiser steps | samples per annotated q. (RL epochs) | sampled tokens | "
-             "minutes (1 thread) |", "|---|---|---|---|---|---|---|---|"]
+             "minutes (1 thread) | s / RL iteration |", "|---|---|---|---|---|---|---|---|---|"]
     for n, e in found.items():
         longer = sorted((m for m in e["acc"] if m.startswith("reft_extra_x")), key=lambda m: int(m[12:]))
         for model in [m for m in ROWS if m in e["acc"]] + longer:
@@ -198,8 +209,8 @@ def table(found: dict) -> str:
             label = ROWS.get(model) or f"(d) ReFT + answer-only questions, {model[12:]} iterations"
             lines.append(f"| {n} | {label} | {mean_sd(acc.get('val', []))} | {mean_sd(acc.get('test', []))} "
                          f"| {avg('optimizer_steps')} | {avg('rl_epochs')} | {avg('rollout_tokens')} "
-                         f"| {avg('minutes', '{:.1f}')} |")
-        lines.append(f"| {n} | (seeds) | {', '.join(map(str, e['seeds']))} | | | | | |")
+                         f"| {avg('minutes', '{:.1f}')} | {avg('iteration_s', '{:.1f}')} |")
+        lines.append(f"| {n} | (seeds) | {', '.join(map(str, e['seeds']))} | | | | | | |")
     return "\n".join(lines)
 
 

@@ -43,15 +43,17 @@ def main() -> int:
     args = p.parse_args()
     jobs = [(run, rounds) for run in warmup_runs(args.root, args.sizes, args.seeds) for rounds in sorted({1, args.rounds})]
 
+    def name(rounds: int) -> str:
+        return f"selftrain-r{rounds}" + ("" if args.sft_epochs else "-sftrun")
+
     def one(job: tuple[Path, int]) -> int:
         run, rounds = job
         cfg = {**job_config(run, args.sft_epochs), "selftrain": {"num_samples": args.samples // rounds, "rounds": rounds}}
-        name = f"selftrain-r{rounds}" + ("" if args.sft_epochs else "-sftrun")
-        return run_job("selftrain", cfg, run / name, "selftrain/test")
+        return run_job("selftrain", cfg, run / name(rounds), "selftrain/test")
 
     failed = [j for j, rc in zip(jobs, parallel_map(one, jobs, args.parallel)) if rc]
     for run, rounds in failed:
-        print(f"failed: {run} rounds={rounds}; see {run}/selftrain-r{rounds}.log", file=sys.stderr)
+        print(f"failed: {run} rounds={rounds}; see {run}/{name(rounds)}.log", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -105,9 +105,9 @@ def test_rows_share_a_prompt_pass_exactly_when_their_prompts_are_equal():
     assert distinct_prompts([[1, 2], [3], [1, 2], [1, 3], [3]]) == ([[1, 2], [3], [1, 3]], [0, 1, 0, 2, 1])
     prompts, responses = [[1, 2], [3], [1, 2], [1, 3], [3]], [[5] * 4, [5], [5] * 6, [5] * 2, [5] * 2]
     # by length (prompt + longest response): [3] (3), [1, 3] (4), [1, 2] (8); a prompt's rows stay together
-    assert prompt_chunks(prompts, responses, 2) == [[1, 4], [3], [0, 2]]
-    assert prompt_chunks(prompts, responses, 3) == [[1, 4, 3], [0, 2]]
-    assert prompt_chunks(prompts, responses, 1) == [[1, 4], [3], [0, 2]]  # more than max_rows: one prompt's rows
+    assert prompt_chunks(prompts, responses, 2) == [[[1, 4]], [[3]], [[0, 2]]]
+    assert prompt_chunks(prompts, responses, 3) == [[[1, 4], [3]], [[0, 2]]]
+    assert prompt_chunks(prompts, responses, 1) == [[[1, 4]], [[3]], [[0, 2]]]  # more than max_rows: one prompt's rows
 
 
 def test_only_one_epoch_of_one_minibatch_without_dropout_reuses_the_scoring_forward():

@@ -78,12 +78,14 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
     assert c["sft"]["optimizer_steps"] == [20] and c["sft"]["minutes"] == [130 / 60]     # 60 s .. 190 s
     assert "rollout_tokens" not in c["sft"]
     assert c["reft"] == {"optimizer_steps": [4], "rollout_tokens": [4000.0], "minutes": [130 / 60],
-                         "rl_epochs": [2 * 64 * 8 / 100]}
+                         "rl_epochs": [2 * 64 * 8 / 100], "rollout_s": [0.0], "scoring_s": [0.0], "update_s": [0.0],
+                         "iteration_s": [0.0]}
     assert c["online_st"]["minutes"] == [120 / 60] and c["online_st"]["rollout_tokens"] == [1600.0]
+    assert c["online_st"]["iteration_s"] == [40.0] and c["online_st"]["update_s"] == [15.0]  # step 2 counted once
     assert found[100]["curves"]["reft"] == [[(0.0, 40.0), (2 * 64 * 8 / 100, 45.0)]]
     assert found[100]["curves"]["reft/train"] == [[(64 * 8 / 100, 25.0), (2 * 64 * 8 / 100, 50.0)]]
     md = table(found)
-    assert "| 100 | (c) ReFT from warm-up | 45.0 ± 0.0 | 40.0 ± 0.0 | 4 | 10 | 4000 | 2.2 |" in md
+    assert "| 100 | (c) ReFT from warm-up | 45.0 ± 0.0 | 40.0 ± 0.0 | 4 | 10 | 4000 | 2.2 | 0.0 |" in md
 
 
 def test_paper_long_reads_the_self_training_and_longer_rl_rows(tmp_path):
@@ -143,7 +145,9 @@ def test_paper_long_reads_the_self_training_and_longer_rl_rows(tmp_path):
     assert e["compute"]["offline_st"]["minutes"] == [(1025.0 - 1000.0) / 60]  # config written .. last record
     assert e["acc"]["reft_extra_x60"] == {"val": [50.0], "test": [pytest.approx(55.0)]}
     assert e["compute"]["reft_extra_x60"]["rollout_tokens"] == [500.0]
+    assert e["compute"]["reft_extra_x60"]["iteration_s"] == [10.0]
     assert e["curves"]["reft_extra_x60"] == [[(0.0, 40.0), (64 * 8 / 100, 50.0)]]
     md = table(found)
     assert "| 100 | (f) offline self-training from warm-up (best val epoch) | 30.0 ± 0.0 | 31.0 ± 0.0 | 4 |" in md
     assert "| 100 | (d) ReFT + answer-only questions, 60 iterations | 50.0 ± 0.0 | 55.0 ± 0.0 | 2 | 5 | 500 |" in md
+    assert "| 100 | (f) offline self-training from warm-up (best val epoch) | 30.0 ± 0.0 | 31.0 ± 0.0 | 4 |" in md

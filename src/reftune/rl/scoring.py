@@ -23,6 +23,7 @@ from reftune import algos
 from reftune.model.batching import join_prompt_response, left_pad, pad, positions
 from reftune.model.lora import is_lora
 from reftune.model.sampler import cache_keyword
+from reftune.model.sharded import is_sharded
 from reftune.rl.batch import Rollout, ScoredBatch
 
 SCORING_ROWS = 64  # rows per gradient-free chunk at most: length buckets pad less, and memory stays bounded
@@ -133,11 +134,13 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
 def distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
     """(each distinct prompt once, in order of first appearance; owner[i] = the index of row i's prompt)."""
     index: dict[tuple[int, ...], int] = {}
-    owner = [index.setdefault(tuple(p), len(index)) for p in prompts]
-    firsts: dict[int, list[int]] = {}
-    for p, o in zip(prompts, owner):
-        firsts.setdefault(o, p)
-    return [firsts[o] for o in range(len(index))], owner
+    distinct, owner = [], []
+    for p in prompts:
+        o = index.setdefault(tuple(p), len(index))
+        if o == len(distinct):
+            distinct.append(p)
+        owner.append(o)
+    return distinct, owner
 
 
 def can_share_prompt_with_grad(model) -> bool:
@@ -148,19 +151,20 @@ def can_share_prompt_with_grad(model) -> bool:
     return lm is not None and not any(getattr(m, "gradient_checkpointing", False) is True for m in lm.modules())
 
 
-def prompt_chunks(prompts: list[list[int]], responses: list[list[int]], max_rows: int) -> list[list[int]]:
-    """Rows in chunks of at most `max_rows` (more only when one prompt has more rows), a prompt's rows never split,
-    prompts sorted by length (prompt + longest response) so each chunk pads little."""
+def prompt_chunks(prompts: list[list[int]], responses: list[list[int]], max_rows: int) -> list[list[list[int]]]:
+    """The rows grouped by prompt ([rows of one prompt], ...), in chunks of at most `max_rows` rows (more only when
+    one prompt has more), a prompt's rows never split, prompts sorted by length (prompt + longest response) so each
+    chunk pads little."""
     distinct, owner = distinct_prompts(prompts)
     members: list[list[int]] = [[] for _ in distinct]
     for r, o in enumerate(owner):
         members[o].append(r)
     length = [len(distinct[o]) + max(len(responses[r]) for r in members[o]) for o in range(len(distinct))]
-    chunks: list[list[int]] = [[]]
+    chunks: list[list[list[int]]] = [[]]
     for o in sorted(range(len(distinct)), key=length.__getitem__):
-        if chunks[-1] and len(chunks[-1]) + len(members[o]) > max_rows:
+        if chunks[-1] and sum(map(len, chunks[-1])) + len(members[o]) > max_rows:
             chunks.append([])
-        chunks[-1] += members[o]
+        chunks[-1].append(members[o])
     return [c for c in chunks if c]
 
 
@@ -176,10 +180,11 @@ def grouped_pass(model, prompts, responses, pad_id: int, device, width: int, wit
     zeros where there is no response token; differentiable when gradients are enabled. Rows that share a prompt
     (a question's group) encode it once."""
     parts, order = [], []
-    for rows in prompt_chunks(prompts, responses, max_rows):
-        distinct, owner = distinct_prompts([prompts[r] for r in rows])
-        out = shared_prompt_logprobs(model, distinct, [responses[r] for r in rows], owner, pad_id, device,
-                                     with_values)
+    for groups in prompt_chunks(prompts, responses, max_rows):
+        rows = [r for g in groups for r in g]
+        owner = [k for k, g in enumerate(groups) for _ in g]
+        out = shared_prompt_logprobs(model, [prompts[g[0]] for g in groups], [responses[r] for r in rows], owner,
+                                     pad_id, device, with_values)
         out = out if keep_logits else out[:2] + (None,)
         parts.append([None if t is None else _to_width(t, width) for t in out])
         order += rows
@@ -192,7 +197,6 @@ def rows_forward(model, batch: ScoredBatch, rows: torch.Tensor, with_values: boo
     Rows that share a prompt encode it once and each chunk of `SCORING_ROWS` rows (sorted by length) pads to its own
     widths (`grouped_pass`), where the model allows (`can_share_prompt_with_grad`; not FSDP-sharded, whose root
     parameters only its own forward unshards, and the shared pass calls the LM inside it); else one padded forward."""
-    from reftune.model.sharded import is_sharded
     if batch.prompt_ids is None or not can_share_prompt_with_grad(model) or is_sharded(model):
         return response_logprobs(model, batch.ids[rows], batch.attn[rows], batch.prompt_width, with_values)
     r = rows.tolist()
