@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()  # reftune shows its own bars; HF's (one per checkpoint save) interleave
         result = getattr(commands, args.command)(cfg, resume=args.resume)
+        from reftune.train.accel import shutdown
+        shutdown()
     except UserError as e:
         print(f"reftune {args.command}: error: {e}", file=sys.stderr)
         return 2
