@@ -7,7 +7,9 @@ Presets (scripts/presets.yaml): `estimators` = PPO-ReFT vs GRPO vs RLOO vs REINF
 placement); `precision` = fp32 vs bf16 vs fp16 (training / rollout precision), with the sampler-trainer
 log-prob mismatch; `reft` = PPO-ReFT with the paper table's settings (32 x 4 samples, 2 epochs x 4 minibatches,
 lr 3e-5) and with 64 questions x 8 samples, one pass in 2 minibatches, lr 1e-4 (fewer, less noisy updates);
-`r3` = R^3 mixed / staged vs ReFT on a long-chain task. `--variants` picks a subset.
+`r3` = R^3 mixed / staged / adaptive (AdaBack) vs ReFT on a long-chain task (the table adds each run's training
+accuracy per start state, first vs last iterations); `whitening` = group estimators with and without batch
+whitening. `--variants` picks a subset.
 
 For each seed S and variant V, one `reftune rl` run starts from the same warm-up checkpoint
 (WARMUPS/seed-S/sft/epoch-K, written by `make paper`; `--start RELPATH` picks another checkpoint of the seed's
@@ -66,6 +68,23 @@ def curve(run: Path) -> list[dict]:
     return out
 
 
+def by_start_state(run: Path, window: int) -> dict[str, list[float]]:
+    """Sampled (training) accuracy per start state over the run's first and last `window` iterations: k (steps of
+    the demonstration given) -> [first, last], each the mean over the iterations that drew k (`acc_k/<k>`; a run
+    without a curriculum starts every sample at k = 0: its `accuracy`). Also `start_k` (mean k drawn) and, for the
+    adaptive schedule, `adaptive_max_k` (mean upper end of the questions' ranges)."""
+    its = [r for r in read_jsonl(run / "metrics.jsonl") if "rollout_tokens" in r]
+    its = list({r["step"]: r for r in its}.values())  # a resumed run may repeat a step: its last record counts
+    first, last = its[:window], its[-window:]
+    keys = sorted({k for r in its for k in r if k.startswith("acc_k/")}, key=lambda k: int(k.split("/")[1])) or ["accuracy"]
+    out = {}
+    for key in keys + ["start_k", "adaptive_max_k"]:
+        pair = [[r[key] for r in part if key in r] for part in (first, last)]
+        if all(pair):
+            out[key.replace("acc_k/", "k=").replace("accuracy", "k=0")] = [statistics.mean(v) for v in pair]
+    return out
+
+
 def last_within(points: list[dict], key: str, budget: float) -> dict | None:
     """The last evaluated point whose cumulative `key` is within the budget (None: none is)."""
     inside = [p for p in points if p[key] <= budget * (1 + 1e-9)]
@@ -84,6 +103,8 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", help="a subset of the preset's variants (default: DEFAULT_VARIANTS)")
     p.add_argument("--out", default=None, help="default: runs/<preset>")
     p.add_argument("--parallel", type=int, default=1, help="jobs at once (each single-threaded when > 1)")
+    p.add_argument("--start-window", type=int, default=8, help="iterations at each end of a run for the "
+                   "sampled accuracy per start state (curriculum runs)")
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild the table from finished runs")
     p.add_argument("--make-warmups", metavar="BASE", help="train missing warm-ups: `reftune sft` from BASE "
                    "(snapshot_epoch=K, continued to the best validation epoch: the SFT baseline sft/best)")
@@ -230,6 +251,24 @@ def main() -> int:
         data["runs"][e] = {"seeds": [k[1] for k in keys], "at_tokens": col["tokens"], "at_seconds": col["seconds"],
                            "best_val_checkpoint_test": best,
                            "curves": {str(k[1]): curves[k] for k in keys}}
+    starts = {k: by_start_state(runs[k], args.start_window) for k in curves}
+    if any(len(v) > 1 for v in starts.values()):  # a curriculum: where its samples started and how they fared
+        rows += ["", "Training samples' accuracy (%) by start state k (demonstration steps "
+                 f"given), mean over the first → last {args.start_window} iterations, mean over seeds; start_k: mean k "
+                 "drawn; adaptive_max_k: mean upper end of the questions' ranges.", ""]
+        cols = sorted({c for v in starts.values() for c in v}, key=lambda c: (not c.startswith("k="), int(c[2:]) if c.startswith("k=") else 0, c))
+        rows += ["| variant | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for e in args.variants:
+            keys = [k for k in starts if k[0] == e]
+            cells = []
+            for c in cols:
+                pairs = [starts[k][c] for k in keys if c in starts[k]]
+                scale = 1 if c in ("start_k", "adaptive_max_k") else 100
+                cells.append(f"{statistics.mean(p[0] for p in pairs) * scale:.{0 if scale == 100 else 1}f} → "
+                             f"{statistics.mean(p[1] for p in pairs) * scale:.{0 if scale == 100 else 1}f}" if pairs else "")
+            if keys:
+                rows.append(f"| {variants[e][0]} | " + " | ".join(cells) + " |")
+                data["runs"][e]["by_start_state"] = {str(k[1]): starts[k] for k in keys}
     (out / "table.md").write_text("\n".join(rows) + "\n")
     (out / "table.json").write_text(json.dumps(data, indent=2))
     start = {}  # the warm-up's validation accuracy per seed: the curves' point at 0

@@ -151,3 +151,24 @@ def test_paper_long_reads_the_self_training_and_longer_rl_rows(tmp_path):
     assert "| 100 | (f) offline self-training from warm-up (best val epoch) | 30.0 ± 0.0 | 31.0 ± 0.0 | 4 |" in md
     assert "| 100 | (d) ReFT + answer-only questions, 60 iterations | 50.0 ± 0.0 | 55.0 ± 0.0 | 2 | 5 | 500 |" in md
     assert "| 100 | (f) offline self-training from warm-up (best val epoch) | 30.0 ± 0.0 | 31.0 ± 0.0 | 4 |" in md
+
+
+def test_start_state_accuracy_is_averaged_over_each_end_of_the_run(tmp_path):
+    import json
+    from compare_rl import by_start_state
+
+    it = lambda step, **m: {"step": step, "rollout_tokens": 10, **m}  # noqa: E731
+    recs = [it(1, **{"acc_k/0": 0.0, "acc_k/2": 1.0, "start_k": 1.0}), {"step": 1, "val_accuracy": 0.3},
+            it(2, **{"acc_k/0": 0.2, "start_k": 0.0}), it(3, **{"acc_k/0": 0.4, "acc_k/2": 0.5, "start_k": 1.0}),
+            it(4, **{"acc_k/0": 0.6, "acc_k/2": 0.0, "start_k": 1.0}),
+            it(4, **{"acc_k/0": 0.8, "acc_k/2": 0.0, "start_k": 2.0})]  # step 4 again (resumed): the last counts
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    got = by_start_state(tmp_path, window=2)
+    assert list(got) == ["k=0", "k=2", "start_k"]
+    assert got["k=0"] == pytest.approx([0.1, 0.6])      # steps 1-2, then 3-4
+    assert got["k=2"] == pytest.approx([1.0, 0.25])     # only the iterations that drew k = 2
+    assert got["start_k"] == pytest.approx([0.5, 1.5])
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "metrics.jsonl").write_text("\n".join(json.dumps(it(s, accuracy=a)) for s, a in [(1, 0.2), (2, 0.4)]))
+    assert by_start_state(plain, window=1) == {"k=0": pytest.approx([0.2, 0.4])}
