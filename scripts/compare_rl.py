@@ -70,7 +70,8 @@ def curve(run: Path) -> list[dict]:
 
 def by_start_state(run: Path, window: int) -> dict[str, list[float]]:
     """Sampled (training) accuracy per start state over the run's first and last `window` iterations: k (steps of
-    the demonstration given) -> [first, last], each the mean over the iterations that drew k (`acc_k/<k>`; a run
+    the demonstration given) -> [first, last], each the mean over the iterations that drew k (None: none did;
+    `acc_k/<k>`; a run
     without a curriculum starts every sample at k = 0: its `accuracy`). Also `start_k` (mean k drawn) and, for the
     adaptive schedule, `adaptive_max_k` (mean upper end of the questions' ranges)."""
     its = [r for r in read_jsonl(run / "metrics.jsonl") if "rollout_tokens" in r]
@@ -80,8 +81,8 @@ def by_start_state(run: Path, window: int) -> dict[str, list[float]]:
     out = {}
     for key in keys + ["start_k", "adaptive_max_k"]:
         pair = [[r[key] for r in part if key in r] for part in (first, last)]
-        if all(pair):
-            out[key.replace("acc_k/", "k=").replace("accuracy", "k=0")] = [statistics.mean(v) for v in pair]
+        if any(pair):  # None at an end where no iteration drew k (e.g. staged: near the answer first, the question last)
+            out[key.replace("acc_k/", "k=").replace("accuracy", "k=0")] = [statistics.mean(v) if v else None for v in pair]
     return out
 
 
@@ -162,6 +163,9 @@ def main() -> int:
         print(f"compare_rl: no warm-up checkpoint at {', '.join(missing)}; run `make paper` first", file=sys.stderr)
         return 2
 
+    # weights kept at every validation point, so each budget's point (a validated iteration) has a test checkpoint
+    eval_every = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("rl.eval_every=")), "10")
+
     def train(key) -> int:
         e, s = key
         run = runs[key]
@@ -170,7 +174,7 @@ def main() -> int:
         resume = ["--resume"] if (run / "last" / "config.json").is_file() else []
         opts = [f"{k}={v}" for k, v in variants[e][1].items()]
         cmd = ["rl", *resume, f"out_dir={run}", f"seed={s}", f"model.name_or_path={warmup(s)}",
-               "rl.snapshot_every=10", *opts, *for_command("rl", args.overrides)]
+               f"rl.snapshot_every={eval_every}", *opts, *for_command("rl", args.overrides)]
         run.mkdir(parents=True, exist_ok=True)
         rc = run_logged(cmd, out / f"{e}-seed-{s}.log", threads)
         if rc == 0:
@@ -264,8 +268,9 @@ def main() -> int:
             for c in cols:
                 pairs = [starts[k][c] for k in keys if c in starts[k]]
                 scale = 1 if c in ("start_k", "adaptive_max_k") else 100
-                cells.append(f"{statistics.mean(p[0] for p in pairs) * scale:.{0 if scale == 100 else 1}f} → "
-                             f"{statistics.mean(p[1] for p in pairs) * scale:.{0 if scale == 100 else 1}f}" if pairs else "")
+                ends = [[p[i] for p in pairs if p[i] is not None] for i in (0, 1)]
+                cells.append(" → ".join(f"{statistics.mean(v) * scale:.{0 if scale == 100 else 1}f}" if v else "–"
+                                        for v in ends) if pairs else "")
             if keys:
                 rows.append(f"| {variants[e][0]} | " + " | ".join(cells) + " |")
                 data["runs"][e]["by_start_state"] = {str(k[1]): starts[k] for k in keys}

@@ -172,3 +172,9 @@ def test_start_state_accuracy_is_averaged_over_each_end_of_the_run(tmp_path):
     plain.mkdir()
     (plain / "metrics.jsonl").write_text("\n".join(json.dumps(it(s, accuracy=a)) for s, a in [(1, 0.2), (2, 0.4)]))
     assert by_start_state(plain, window=1) == {"k=0": pytest.approx([0.2, 0.4])}
+    assert by_start_state(tmp_path, window=1)["k=2"] == [1.0, 0.0]
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "metrics.jsonl").write_text("\n".join(json.dumps(it(s, **{f"acc_k/{k}": a})) for s, k, a in
+                                                    [(1, 4, 0.9), (2, 4, 0.7), (3, 0, 0.1)]))
+    assert by_start_state(staged, window=2) == {"k=0": [None, 0.1], "k=4": [pytest.approx(0.8), 0.7]}
