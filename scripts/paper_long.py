@@ -11,6 +11,7 @@ RL stages also get their mean seconds per iteration (rollout + scoring + update;
 Also the self-training rows of `scripts/paper_selftrain.py` (OUT/n<N>/seed-S/selftrain-r<R>[-sftrun]), with the
 same columns (their samples per annotated question and sampled tokens are those of their sampling rounds), and the
 longer RL rows of `scripts/paper_reft_longer.py` (OUT/n<N>/seed-S/reft_extra_x<steps>), with their curves.
+A folder OUT/n<N>_<tag> (the same size, other settings) gets rows of its own, labelled "N, tag".
 Writes OUT/table.md and OUT/table.json; checkpoints were chosen on validation inside each run.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -156,13 +158,22 @@ def add_row(entry: dict, model: str, run_dir: Path, compute: dict) -> None:
         entry["compute"].setdefault(model, {}).setdefault(k, []).append(v)
 
 
+def sizes(root: Path) -> list[tuple[Path, int, str]]:
+    """The run folders OUT/n<N> and their variants OUT/n<N>_<tag> (the same size with other settings, e.g.
+    n100_warmup3e-5): (folder, N, tag or "")."""
+    found = []
+    for d in root.glob("n*"):
+        m = re.fullmatch(r"n(\d+)(?:_(.+))?", d.name)
+        if m and d.is_dir():
+            found.append((d, int(m.group(1)), m.group(2) or ""))
+    return found
+
+
 def collect(root: Path, seeds: list[int]) -> dict:
-    """{N: {"acc": {model: {split: [..]}}, "compute": {stage: {key: [..]}}, "curves": {stage: [per-seed lists]},
+    """{N or "N, tag": {"acc": {model: {split: [..]}}, "compute": {stage: {key: [..]}}, "curves": {stage: [per-seed lists]},
     "seeds": [...]}} for every OUT/n<N> with at least one finished seed."""
     found = {}
-    for d in sorted(root.glob("n*"), key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else 0):
-        if not d.name[1:].isdigit():
-            continue
+    for d, n, tag in sorted(sizes(root), key=lambda x: (x[1], x[2])):
         entry = {"acc": aggregate(d, seeds), "compute": {}, "curves": {}, "seeds": []}
         for s in seeds:
             run = d / f"seed-{s}"
@@ -189,7 +200,7 @@ def collect(root: Path, seeds: list[int]) -> dict:
             for model, st_dir in selftrain_runs(run).items():
                 add_row(entry, model, st_dir, selftrain_compute(st_dir, n_ann))
         if entry["seeds"]:
-            found[int(d.name[1:])] = entry
+            found[f"{n}, {tag}" if tag else n] = entry
     return found
 
 

@@ -86,6 +86,13 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
     assert found[100]["curves"]["reft/train"] == [[(64 * 8 / 100, 25.0), (2 * 64 * 8 / 100, 50.0)]]
     md = table(found)
     assert "| 100 | (c) ReFT from warm-up | 45.0 ± 0.0 | 40.0 ± 0.0 | 4 | 10 | 4000 | 2.2 | 0.0 |" in md
+    # the same size with other settings (OUT/n<N>_<tag>): rows of its own; folders of another name are not runs
+    import shutil
+    shutil.copytree(tmp_path / "n100", tmp_path / "n100_warmup3e-5")
+    (tmp_path / "notes").mkdir()
+    found = collect(tmp_path, [0])
+    assert list(found) == [100, "100, warmup3e-5"] and found["100, warmup3e-5"]["acc"] == found[100]["acc"]
+    assert "| 100, warmup3e-5 | (c) ReFT from warm-up | 45.0 ± 0.0 |" in table(found)
 
 
 def test_paper_long_reads_the_self_training_and_longer_rl_rows(tmp_path):
