@@ -215,7 +215,7 @@ r3_long: base
 # (pretrained on 2-4 steps) can do the early steps; 100 annotated questions (their demonstrations are the start
 # states), 300 val / 500 test. Per seed: a 2-epoch warm-up with its own decaying lr and the SFT baseline (both
 # `reftune sft` from the base), then 48 iterations of 32 questions x 8 samples, one PPO pass in 2 minibatches,
-# lr 1e-4 (as paper_long), validation every 6. 3 seeds, 2 jobs at a time (~1.5 h on 2 cores).
+# lr 1e-4 (as paper_long), validation every 6. 3 seeds, 2 jobs at a time (38 min on 2 cores).
 R3_46_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=4 data.max_steps=6 \
   data.n_annotated=100 data.n_val=300 data.n_test=500 rl.max_new_tokens=128 eval.max_new_tokens=128
 r3_4to6: base
