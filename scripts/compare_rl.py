@@ -106,6 +106,8 @@ def main() -> int:
     p.add_argument("--parallel", type=int, default=1, help="jobs at once (each single-threaded when > 1)")
     p.add_argument("--start-window", type=int, default=8, help="iterations at each end of a run for the "
                    "sampled accuracy per start state (curriculum runs)")
+    p.add_argument("--test-best-only", action="store_true", help="score only each run's best-validation checkpoint "
+                   "on test (the budget columns keep their validation accuracy)")
     p.add_argument("--aggregate-only", action="store_true", help="only rebuild the table from finished runs")
     p.add_argument("--make-warmups", metavar="BASE", help="train missing warm-ups: `reftune sft` from BASE "
                    "(snapshot_epoch=K, continued to the best validation epoch: the SFT baseline sft/best)")
@@ -213,7 +215,7 @@ def main() -> int:
         step = point["step"]
         return accuracy(run / f"step-{step}", "test", run / f"test-step-{step}" / "results.json", log, key[1])
 
-    jobs = [(k, b) for k in points for b in ("tokens", "seconds", "best")]
+    jobs = [(k, b) for k in points for b in (("best",) if args.test_best_only else ("tokens", "seconds", "best"))]
     accs = dict(zip(jobs, parallel_map(lambda kb: test_accuracy(*kb), jobs, args.parallel)))
     also = [a.split("=", 1) for a in args.also]
     also_jobs = [(label, rel, s, split) for label, rel in also for s in args.seeds for split in ("val", "test")]
