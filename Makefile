@@ -220,16 +220,17 @@ R3_46_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_ste
   data.n_annotated=100 data.n_val=300 data.n_test=500 rl.max_new_tokens=128 eval.max_new_tokens=128
 R3_46 := --preset r3 --variants reft r3_mixed r3_staged_4x10 r3_adaptive --seeds 0 1 2 --make-warmups $(BASE)/last \
   --warmup-schedule own --parallel 2 --also "base model=$(abspath $(BASE))/last" \
-  --also "warm-up (SFT 2 epochs, own schedule)=warmup/last" --also "SFT baseline (best val epoch)=sft/best" \
-  $(R3_46_DATA) rl.steps=48 rl.prompts_per_step=32 rl.num_generations=8 rl.ppo_epochs=1 rl.minibatches=2 rl.eval_every=6
+  --also "warm-up (SFT 2 epochs, own schedule)=warmup/last" --also "SFT baseline (best val epoch)=sft/best"
+R3_46_RL := $(R3_46_DATA) rl.steps=48 rl.prompts_per_step=32 rl.num_generations=8 rl.ppo_epochs=1 rl.minibatches=2 \
+  rl.eval_every=6
 r3_4to6: base
-	$(BIN)/python scripts/compare_rl.py $(R3_46) --warmups runs/r3_4to6 --out runs/r3_4to6/rl rl.lr=1e-4
+	$(BIN)/python scripts/compare_rl.py $(R3_46) --warmups runs/r3_4to6 --out runs/r3_4to6/rl $(R3_46_RL) rl.lr=1e-4
 
 # The same with the learning rates `make sft_lr` chose on validation (3e-5 for the warm-up and the SFT baseline), RL
 # at lr 3e-5; only the best-validation checkpoints are scored on test.
 r3_4to6_lr: base
 	$(BIN)/python scripts/compare_rl.py $(R3_46) --warmups runs/r3_4to6_lr3e-5 --out runs/r3_4to6_lr3e-5/rl \
-	  --test-best-only sft.lr=3e-5 rl.lr=3e-5
+	  --test-best-only $(R3_46_RL) sft.lr=3e-5 rl.lr=3e-5
 
 # docs/experiments.md: the R1-style recipe (r1_compact: <think>/<answer> format after the reft prompt) from the
 # base: an 8-epoch SFT warm-up on R1-format targets, then 30 GRPO iterations with format + accuracy rewards,
