@@ -116,11 +116,15 @@ paper_long: base
 	$(MAKE) sft_lr
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n100_warmup3e-5 --parallel 2 $(LONG_N100) \
 	  warmup.lr=3e-5 sft_baseline=false rl_online_self_training=false
+	$(BIN)/python scripts/compare_rl.py --preset reft --variants big_lr3e-5_extra big_lr1e-5_extra \
+	  --warmups runs/sft_lr/warmup_n100/lr3e-5 --start last --seeds 0 1 2 --out runs/rl_lr_n100 --parallel 2 \
+	  --test-best-only --also "warm-up (2 epochs, lr 3e-5)=last" $(N100_DATA) rl.steps=20 rl.eval_every=2
 	$(BIN)/python scripts/paper_long.py runs/paper_long --seeds 0 1 2
 
 # Issue 15: the SFT learning rate on 100 annotated questions, chosen on validation: the 2-epoch warm-up's (own
 # schedule; validation only) at 1e-5 ... 3e-4, and the SFT baseline's (30 epochs, patience 4) at 3e-5 and 1e-4 (3e-4:
-# the paper_long runs' SFT row). paper_long then trains ReFT from the warm-up the probe chose (3e-5).
+# the paper_long runs' SFT row). paper_long then trains ReFT from the warm-up the probe chose (3e-5), with `reftune run`
+# at RL lr 1e-4 and with the answer-only questions at RL lr 3e-5 and 1e-5.
 N100_DATA = $(PAPER_DATA) data.n_annotated=100
 sft_lr: base
 	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out runs/sft_lr/warmup_n100 --lrs 1e-5 3e-5 1e-4 3e-4 \
