@@ -255,7 +255,9 @@ def plot(found: dict, path: Path) -> None:
             vals = e["acc"].get(model, {}).get("val", [])
             if vals:
                 ax.axhline(statistics.mean(vals), color="k", linestyle=style, label=f"{LABELS[model]} (val)")
-        ax.set_title(f"{n} annotated questions ({len(e['seeds'])} seed{'s' if len(e['seeds']) > 1 else ''})")
+        size, _, tag = str(n).partition(", ")
+        ax.set_title(f"{size} annotated questions{', ' + tag if tag else ''} ({len(e['seeds'])} seed"
+                     f"{'s' if len(e['seeds']) > 1 else ''})")
         ax.set_xlabel("RL epochs (samples per annotated question)")
         ax.set_ylabel("accuracy % (validation: greedy)")
         ax.grid(alpha=0.3)
