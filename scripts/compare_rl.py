@@ -37,7 +37,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from jobs import for_command, load_presets, mean_sd, parallel_map, run_logged
+from jobs import for_command, load_presets, mean_sd, parallel_map, run_logged, write_table
 
 PRESETS, DEFAULT_VARIANTS = load_presets()
 
@@ -276,8 +276,7 @@ def main() -> int:
             if keys:
                 rows.append(f"| {variants[e][0]} | " + " | ".join(cells) + " |")
                 data["runs"][e]["by_start_state"] = {str(k[1]): starts[k] for k in keys}
-    (out / "table.md").write_text("\n".join(rows) + "\n")
-    (out / "table.json").write_text(json.dumps(data, indent=2))
+    write_table(out, "\n".join(rows), data)
     start = {}  # the warm-up's validation accuracy per seed: the curves' point at 0
     for s in args.seeds:
         res = warmups / f"seed-{s}" / "results.json"

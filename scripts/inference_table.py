@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from jobs import mean_sd, parallel_map, run_logged
+from jobs import mean_sd, parallel_map, run_logged, write_table
 
 
 def main() -> int:
@@ -119,9 +119,7 @@ def main() -> int:
             lines.append(f"| {labels[row]} | {mean_sd(c['greedy'])} | {mean_sd(c.get('voting', []))} | "
                          f"{mean_sd(c.get('rerank', []))} | {mean_sd(c.get('pass', []))} | {n[row]} |")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "table.json").write_text(json.dumps({"k": args.k, "limit": args.limit, "seeds": args.seeds,
-                                                 "accuracy": result}, indent=2))
+    write_table(out, "\n".join(lines), {"k": args.k, "limit": args.limit, "seeds": args.seeds, "accuracy": result})
     print("\n".join(lines))
     return 1 if any(codes) else 0
 

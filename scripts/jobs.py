@@ -3,6 +3,7 @@ and mean ± sd."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -47,6 +48,12 @@ def parallel_map(fn, items: list, parallel: int) -> list:
     """fn over items, `parallel` at a time (threads: each item's work is a subprocess), results in order."""
     with ThreadPoolExecutor(max(1, parallel)) as pool:
         return list(pool.map(fn, items))
+
+
+def write_table(out: Path, markdown: str, data) -> None:
+    """OUT/table.md (the markdown) and OUT/table.json (the data behind it): every script's results."""
+    (out / "table.md").write_text(markdown.rstrip("\n") + "\n")
+    (out / "table.json").write_text(json.dumps(data, indent=2))
 
 
 def mean_sd(xs: list[float], digits: int = 1) -> str:

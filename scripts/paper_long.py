@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from jobs import mean_sd
+from jobs import mean_sd, write_table
 from paper_table import aggregate
 from reftune.train.logger import read_metrics
 from reftune.train.report import LABELS
@@ -278,8 +278,7 @@ def main() -> int:
         print(f"no finished run under {args.root}/n*/seed-*")
         return 1
     md = table(found)
-    (args.root / "table.md").write_text(md + "\n")
-    (args.root / "table.json").write_text(json.dumps(found, indent=2))
+    write_table(args.root, md, found)
     plot(found, args.plot)
     print(md)
     return 0

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from jobs import mean_sd, parallel_map, run_logged
+from jobs import mean_sd, parallel_map, run_logged, write_table
 from reftune.train.report import LABELS
 
 
@@ -67,8 +67,7 @@ def main() -> int:
             return 1
     per_model = aggregate(out, args.seeds)
     md = table(per_model)
-    (out / "table.md").write_text(md + "\n")
-    (out / "table.json").write_text(json.dumps(per_model, indent=2))
+    write_table(out, md, per_model)
     print(md)
     return 0
 

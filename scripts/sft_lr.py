@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from jobs import for_command, mean_sd, parallel_map, run_logged
+from jobs import for_command, mean_sd, parallel_map, run_logged, write_table
 
 
 def val_by_epoch(run: Path) -> dict[int, float]:
@@ -96,8 +96,7 @@ def main() -> int:
         test = mean_sd([100 * r["test"] for r in runs.values() if r["test"] is not None])
         rows.append(f"| {lr} | " + " | ".join(cells) + f" | {best} ({at}) | {test} |")
         table["lrs"][lr] = {str(s): r for s, r in runs.items()}
-    (out / "table.md").write_text("\n".join(rows) + "\n")
-    (out / "table.json").write_text(json.dumps(table, indent=2))
+    write_table(out, "\n".join(rows), table)
     print("\n".join(rows))
     return 0
 

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs import cpu_name, run_logged
+from jobs import cpu_name, run_logged, write_table
 
 
 def pooled(parts: list[dict]) -> dict:
@@ -80,8 +80,7 @@ def main() -> int:
                   f"{100 * s['answered']:.1f} |",
                   f"| pass@1 (one sample) | {100 * s['pass@1']:.1f} | |",
                   f"| pass@{k} | {100 * s[f'pass@{k}']:.1f} | |"]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "table.json").write_text(json.dumps(res, indent=2))
+    write_table(out, "\n".join(lines), res)
     print("\n".join(lines))
     return 0
 
