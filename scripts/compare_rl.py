@@ -69,11 +69,10 @@ def curve(run: Path) -> list[dict]:
 
 
 def by_start_state(run: Path, window: int) -> dict[str, list[float]]:
-    """Sampled (training) accuracy per start state over the run's first and last `window` iterations: k (steps of
-    the demonstration given) -> [first, last], each the mean over the iterations that drew k (None: none did;
-    `acc_k/<k>`; a run
-    without a curriculum starts every sample at k = 0: its `accuracy`). Also `start_k` (mean k drawn) and, for the
-    adaptive schedule, `adaptive_max_k` (mean upper end of the questions' ranges)."""
+    """Sampled (training) accuracy per start state over the run's first and last `window` iterations: "k=<k>" (steps
+    of the demonstration given) -> [first, last], each the mean of `acc_k/<k>` over the iterations that drew k
+    (None: none did; a run without a curriculum starts every sample at k = 0: its `accuracy`). Also `start_k` (mean
+    k drawn) and, for the adaptive schedule, `adaptive_max_k` (mean upper end of the questions' ranges)."""
     its = [r for r in read_jsonl(run / "metrics.jsonl") if "rollout_tokens" in r]
     its = list({r["step"]: r for r in its}.values())  # a resumed run may repeat a step: its last record counts
     first, last = its[:window], its[-window:]
