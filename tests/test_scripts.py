@@ -185,3 +185,17 @@ def test_start_state_accuracy_is_averaged_over_each_end_of_the_run(tmp_path):
     (staged / "metrics.jsonl").write_text("\n".join(json.dumps(it(s, **{f"acc_k/{k}": a})) for s, k, a in
                                                     [(1, 4, 0.9), (2, 4, 0.7), (3, 0, 0.1)]))
     assert by_start_state(staged, window=2) == {"k=0": [None, 0.1], "k=4": [pytest.approx(0.8), 0.7]}
+
+
+def test_lr_sweep_reads_each_runs_best_validation_epoch_and_its_test(tmp_path):
+    import json
+    from sft_lr import run_summary
+
+    recs = [{"stage": "sft", "step": 3, "loss": 1.0}, {"stage": "sft", "step": 3, "epoch": 2.0, "val_accuracy": 0.5},
+            {"stage": "sft", "step": 6, "epoch": 4.0, "val_accuracy": 0.4},
+            {"stage": "sft", "step": 9, "epoch": 6.0, "val_accuracy": 0.5}]  # a tie: the first best is kept
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    got = run_summary(tmp_path)
+    assert got == {"val": {2: 0.5, 4: 0.4, 6: 0.5}, "best_val": 0.5, "best_epoch": 2, "test": None}
+    (tmp_path / "results.json").write_text(json.dumps({"sft/val": {"accuracy": 0.5}, "sft/test": {"accuracy": 0.55}}))
+    assert run_summary(tmp_path)["test"] == 0.55
