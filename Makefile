@@ -123,7 +123,7 @@ paper_long: base
 
 # Issue 15: the SFT learning rate on 100 annotated questions, chosen on validation: the 2-epoch warm-up's (own
 # schedule; validation only) at 1e-5 ... 3e-4, and the SFT baseline's (30 epochs, patience 4) at 3e-5 and 1e-4 (3e-4:
-# the paper_long runs' SFT row). paper_long then trains ReFT from the warm-up the probe chose (3e-5), with `reftune run`
+# the paper_long runs' SFT row); and the warm-up's with all 500. paper_long then trains ReFT from the warm-up the probe chose (3e-5), with `reftune run`
 # at RL lr 1e-4 and with the answer-only questions at RL lr 3e-5 and 1e-5.
 N100_DATA = $(PAPER_DATA) data.n_annotated=100
 sft_lr: base
@@ -131,6 +131,8 @@ sft_lr: base
 	  --epochs 2 --seeds 0 1 2 --parallel 2 $(N100_DATA)
 	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out runs/sft_lr/sft_n100 --lrs 3e-5 1e-4 --epochs 30 \
 	  --patience 4 --eval-every 2 --test --seeds 0 1 2 --parallel 2 $(N100_DATA)
+	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out runs/sft_lr/warmup_n500 --lrs 1e-5 3e-5 1e-4 3e-4 \
+	  --epochs 2 --seeds 0 1 2 --parallel 2 $(PAPER_DATA)
 
 # The task of the paper runs; the experiments below start from their checkpoints (`make paper` first).
 PAPER_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=3 data.max_steps=5
