@@ -98,8 +98,9 @@ paper: base
 # added to RL at the same compute, and online self-training (ReFT's baseline) at the same RL settings. 3 seeds
 # each. Offline self-training from each warm-up at ReFT's sampling budget (~100 samples per annotated question) for
 # 100 and 500 questions, for 100 also with the SFT baseline's schedule and as expert iteration (3 rounds), and
-# ReFT + answer-only for 60 iterations (~300 RL epochs, the ReFT release's budget). Then the table and the
-# validation curves against RL epochs.
+# ReFT + answer-only for 60 iterations (~300 RL epochs, the ReFT release's budget). Then the learning rates chosen on
+# validation (`make sft_lr`) and, for 100 questions, ReFT from the warm-up they chose (RL lr 1e-4, and with the
+# answer-only questions at 3e-5 and 1e-5). Then the table and the validation curves against RL epochs.
 LONG_RL = $(PAPER_DATA) model.name_or_path=$(BASE)/last warmup.schedule=own rl.prompts_per_step=64 \
   rl.num_generations=8 rl.ppo_epochs=1 rl.minibatches=2 rl.lr=1e-4
 LONG_N500 = $(LONG_RL) rl.steps=98 rl.eval_every=7
