@@ -100,7 +100,7 @@ paper: base
 # 100 and 500 questions, for 100 also with the SFT baseline's schedule and as expert iteration (3 rounds), and
 # ReFT + answer-only for 60 iterations (~300 RL epochs, the ReFT release's budget). Then the learning rates chosen on
 # validation (`make sft_lr`) and ReFT from the warm-ups they chose: for 100 questions (RL lr 1e-4, and with the
-# answer-only questions at 3e-5 and 1e-5), and for 500 (2 seeds, 49 iterations). Then the table and the validation curves against RL epochs.
+# answer-only questions at 3e-5 and 1e-5), and for 500 (49 iterations). Then the table and the validation curves against RL epochs.
 LONG_RL = $(PAPER_DATA) model.name_or_path=$(BASE)/last warmup.schedule=own rl.prompts_per_step=64 \
   rl.num_generations=8 rl.ppo_epochs=1 rl.minibatches=2 rl.lr=1e-4
 LONG_N500 = $(LONG_RL) rl.steps=98 rl.eval_every=7
@@ -121,7 +121,7 @@ paper_long: base
 	  --warmups runs/sft_lr/warmup_n100/lr3e-5 --start last --seeds 0 1 2 --out runs/rl_lr_n100 --parallel 2 \
 	  --test-best-only --also "warm-up (2 epochs, lr 3e-5)=last" $(N100_DATA) rl.steps=20 rl.eval_every=2
 	$(BIN)/python scripts/compare_rl.py --preset reft --variants big_lr1e-4 --warmups runs/sft_lr/warmup_n500/lr1e-5 \
-	  --start last --seeds 0 1 --out runs/reft_n500_warmup1e-5 --parallel 2 --test-best-only \
+	  --start last --seeds 0 1 2 --out runs/reft_n500_warmup1e-5 --parallel 2 --test-best-only \
 	  --also "warm-up (2 epochs, lr 1e-5)=last" $(PAPER_DATA) rl.steps=49 rl.eval_every=7
 	$(BIN)/python scripts/paper_long.py runs/paper_long --seeds 0 1 2
 
