@@ -94,8 +94,8 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
 def selftrain_runs(run: Path) -> dict[str, Path]:
     """{"offline_st": run/selftrain-r1, "expert_iter": run/selftrain-r<R>} for the finished ones (R > 1: the most rounds)."""
     done = {}
-    for d in sorted((p for p in run.glob("selftrain-r*") if p.is_dir()), key=lambda p: p.name):
-        rounds, _, tag = d.name[len("selftrain-r"):].partition("-")
+    named = [(d, *d.name[len("selftrain-r"):].partition("-")[::2]) for d in run.glob("selftrain-r*") if d.is_dir()]
+    for d, rounds, tag in sorted(named, key=lambda x: (x[2], int(x[1]))):  # per tag, the most rounds last
         res = d / "results.json"
         if res.is_file() and "selftrain/test" in json.loads(res.read_text()):
             done[("offline_st" if rounds == "1" else "expert_iter") + (f"_{tag}" if tag else "")] = d

@@ -22,13 +22,12 @@ import sys
 from pathlib import Path
 
 from jobs import for_command, mean_sd, parallel_map, run_logged, write_table
+from reftune.train.logger import read_metrics
 
 
 def val_by_epoch(run: Path) -> dict[int, float]:
     """epoch -> validation accuracy, from the run's metrics.jsonl (the last record of an epoch counts)."""
-    path = run / "metrics.jsonl"
-    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-    return {int(r["epoch"]): r["val_accuracy"] for r in recs if "val_accuracy" in r and "epoch" in r}
+    return {int(r["epoch"]): r["val_accuracy"] for r in read_metrics(run) if "val_accuracy" in r and "epoch" in r}
 
 
 def run_summary(run: Path) -> dict:

@@ -199,3 +199,16 @@ def test_lr_sweep_reads_each_runs_best_validation_epoch_and_its_test(tmp_path):
     assert got == {"val": {2: 0.5, 4: 0.4, 6: 0.5}, "best_val": 0.5, "best_epoch": 2, "test": None}
     (tmp_path / "results.json").write_text(json.dumps({"sft/val": {"accuracy": 0.5}, "sft/test": {"accuracy": 0.55}}))
     assert run_summary(tmp_path)["test"] == 0.55
+
+
+def test_self_training_rows_take_the_run_with_the_most_rounds_per_schedule(tmp_path):
+    import json
+    from paper_long import selftrain_runs
+
+    for name in ("selftrain-r1", "selftrain-r3", "selftrain-r10", "selftrain-r1-sftrun", "selftrain-r2-sftrun"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"selftrain/test": {"accuracy": 0.5}}))
+    (tmp_path / "selftrain-r20").mkdir()  # unfinished: no results
+    assert selftrain_runs(tmp_path) == {"offline_st": tmp_path / "selftrain-r1", "expert_iter": tmp_path / "selftrain-r10",
+                                        "offline_st_sftrun": tmp_path / "selftrain-r1-sftrun",
+                                        "expert_iter_sftrun": tmp_path / "selftrain-r2-sftrun"}
