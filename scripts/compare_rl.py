@@ -72,13 +72,14 @@ def by_start_state(run: Path, window: int) -> dict[str, list[float]]:
     """Sampled (training) accuracy per start state over the run's first and last `window` iterations: "k=<k>" (steps
     of the demonstration given) -> [first, last], each the mean of `acc_k/<k>` over the iterations that drew k
     (None: none did; a run without a curriculum starts every sample at k = 0: its `accuracy`). Also `start_k` (mean
-    k drawn) and, for the adaptive schedule, `adaptive_max_k` (mean upper end of the questions' ranges)."""
+    k drawn), for the adaptive schedule `adaptive_max_k` (mean upper end of the questions' ranges), and `kl` (the
+    KL to the reference per sequence)."""
     its = [r for r in read_jsonl(run / "metrics.jsonl") if "rollout_tokens" in r]
     its = list({r["step"]: r for r in its}.values())  # a resumed run may repeat a step: its last record counts
     first, last = its[:window], its[-window:]
     keys = sorted({k for r in its for k in r if k.startswith("acc_k/")}, key=lambda k: int(k.split("/")[1])) or ["accuracy"]
     out = {}
-    for key in keys + ["start_k", "adaptive_max_k"]:
+    for key in keys + ["start_k", "adaptive_max_k", "kl"]:
         pair = [[r[key] for r in part if key in r] for part in (first, last)]
         if any(pair):  # None at an end where no iteration drew k (e.g. staged: near the answer first, the question last)
             out[key.replace("acc_k/", "k=").replace("accuracy", "k=0")] = [statistics.mean(v) if v else None for v in pair]
@@ -225,7 +226,7 @@ def main() -> int:
     rows, data = [], {"tokens_budget": T, "seconds_budget": W, "runs": {}}
     rows.append(f"Budgets: T = {T:,.0f} rollout tokens, W = {W:,.0f} s of training (rollout + update) per run. "
                 f"Mean ± sd over seeds {', '.join(map(str, args.seeds))}; accuracy in %.\n")
-    rows.append("| variant | settings | val @T | test @T | val @W | test @W | test, best-val checkpoint (val) "
+    rows.append("| variant | settings | val @T | test @T | val @W | test @W | test, best-val checkpoint (val; iteration) "
                 "| iterations @T ; @W | tokens per iteration | s per iteration "
                 "| mean / max \\|Δ log p\\| sampler vs trainer |")
     rows.append("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -249,18 +250,20 @@ def main() -> int:
         steps = f"{'/'.join(map(str, col['tokens']['step']))} ; {'/'.join(map(str, col['seconds']['step']))}"
         best = [100 * accs[(k, "best")] for k in keys if accs.get((k, "best")) is not None]
         best_val = [100 * max(p["val"] for p in curves[k]) for k in keys]
+        best_step = [max(curves[k], key=lambda p: (p["val"], -p["step"]))["step"] for k in keys]  # the first best
         rows.append(f"| {variants[e][0]} | {settings} | {mean_sd(col['tokens']['val'])} | {mean_sd(col['tokens']['test'])} | "
                     f"{mean_sd(col['seconds']['val'])} | {mean_sd(col['seconds']['test'])} | "
-                    f"{mean_sd(best)} ({mean_sd(best_val)}) | {steps} | "
+                    f"{mean_sd(best)} ({mean_sd(best_val)}; it. {'/'.join(map(str, best_step))}) | {steps} | "
                     f"{per_it_tokens:,.0f} | {per_it_s:.1f} | {mismatch} |")
         data["runs"][e] = {"seeds": [k[1] for k in keys], "at_tokens": col["tokens"], "at_seconds": col["seconds"],
-                           "best_val_checkpoint_test": best,
+                           "best_val_checkpoint_test": best, "best_val_step": best_step,
                            "curves": {str(k[1]): curves[k] for k in keys}}
     starts = {k: by_start_state(runs[k], args.start_window) for k in curves}
-    if any(len(v) > 1 for v in starts.values()):  # a curriculum: where its samples started and how they fared
-        rows += ["", "Training samples' accuracy (%) by start state k (demonstration steps "
-                 f"given), mean over the first → last {args.start_window} iterations, mean over seeds; start_k: mean k "
-                 "drawn; adaptive_max_k: mean upper end of the questions' ranges.", ""]
+    if starts:  # how the training samples fared, by start state (a curriculum's), and how far the policy moved
+        rows += ["", f"Training samples, mean over the first → last {args.start_window} iterations, mean over seeds: "
+                 "accuracy (%) by start state k (demonstration steps given; without a curriculum k = 0); start_k: mean k "
+                 "drawn; adaptive_max_k: mean upper end of the questions' ranges; kl: KL to the reference per "
+                 "sequence (nats).", ""]
         cols = sorted({c for v in starts.values() for c in v}, key=lambda c: (not c.startswith("k="), int(c[2:]) if c.startswith("k=") else 0, c))
         rows += ["| variant | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for e in args.variants:
@@ -268,7 +271,7 @@ def main() -> int:
             cells = []
             for c in cols:
                 pairs = [starts[k][c] for k in keys if c in starts[k]]
-                scale = 1 if c in ("start_k", "adaptive_max_k") else 100
+                scale = 1 if c in ("start_k", "adaptive_max_k", "kl") else 100
                 ends = [[p[i] for p in pairs if p[i] is not None] for i in (0, 1)]
                 cells.append(" → ".join(f"{statistics.mean(v) * scale:.{0 if scale == 100 else 1}f}" if v else "–"
                                         for v in ends) if pairs else "")

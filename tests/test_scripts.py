@@ -177,8 +177,9 @@ def test_start_state_accuracy_is_averaged_over_each_end_of_the_run(tmp_path):
     assert got["start_k"] == pytest.approx([0.5, 1.5])
     plain = tmp_path / "plain"
     plain.mkdir()
-    (plain / "metrics.jsonl").write_text("\n".join(json.dumps(it(s, accuracy=a)) for s, a in [(1, 0.2), (2, 0.4)]))
-    assert by_start_state(plain, window=1) == {"k=0": pytest.approx([0.2, 0.4])}
+    (plain / "metrics.jsonl").write_text("\n".join(json.dumps(it(s, accuracy=a, kl=k)) for s, a, k in
+                                                  [(1, 0.2, 0.5), (2, 0.4, 1.5)]))
+    assert by_start_state(plain, window=1) == {"k=0": pytest.approx([0.2, 0.4]), "kl": [0.5, 1.5]}
     assert by_start_state(tmp_path, window=1)["k=2"] == [1.0, 0.0]
     staged = tmp_path / "staged"
     staged.mkdir()
