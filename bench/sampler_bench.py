@@ -40,7 +40,9 @@ from jobs import matmul_gflops, matmul_peak  # noqa: E402  (the scripts' and ben
 
 RESULTS = Path(__file__).parent / "results" / "sampler_bench.json"
 GSM8K = "/work/shared/data/gsm8k/test.jsonl"
-BACKENDS = ["hf", "hf-bf16", "vllm-bf16", "vllm-fp32"]
+# hf*: shared-prefix decoding where a prompt has several samples (the default); hf*-repeat: the prompt's cache
+# repeated per sample (HFSampler(shared_prefix=False)), the path before it
+BACKENDS = ["hf", "hf-bf16", "hf-repeat", "hf-bf16-repeat", "vllm-bf16", "vllm-fp32"]
 SETTINGS = {  # per model: prompt template, rollout length, (prompts, samples per prompt) shapes, timed calls
     "tiny": {"template": "reft", "max_new_tokens": 64, "rollouts": [(32, 1), (8, 4), (16, 8)], "iters": 3},
     "smollm2": {"template": "chat", "max_new_tokens": 32, "rollouts": [(32, 1), (8, 4)], "iters": 1},
@@ -69,7 +71,8 @@ def make(backend: str, model, tok, rows: int):
     from reftune.model.sampler import make_sampler
 
     if backend.startswith("hf"):
-        return make_sampler("hf", model, tok, batch_size=rows, dtype=torch.bfloat16 if backend == "hf-bf16" else None)
+        return make_sampler("hf", model, tok, batch_size=rows, dtype=torch.bfloat16 if "bf16" in backend else None,
+                            shared_prefix=not backend.endswith("-repeat"))
     return make_sampler("vllm", model, tok, batch_size=rows, dtype=backend.removeprefix("vllm-"),
                         kv_cache_memory_bytes=1 << 30)
 
@@ -96,7 +99,7 @@ def worker(name: str, backend: str, iters: int | None) -> dict:
     iters = iters or s["iters"]
     load_start = round(os.getloadavg()[0], 2)
     # measured first: once the vLLM engine exists, torch.set_num_threads is a no-op
-    dtype = torch.float32 if backend in ("hf", "vllm-fp32") else torch.bfloat16
+    dtype = torch.bfloat16 if "bf16" in backend else torch.float32
     peak = matmul_peak(dtype, n=1024)
     torch.manual_seed(0)
     model, tok, questions = load(name)

@@ -95,14 +95,17 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
         lm, tokenizer = load_pretrained(path, cfg.model.gguf_file)
         lm.to(get_accelerator().device, DTYPES[ev.precision])  # no training here: generation in eval.precision
         ro = cfg.rollout
-        sampler = None if ro.backend == "hf" else make_sampler(
-            ro.backend, lm, tokenizer, device=lm.device, batch_size=ev.batch_size, seed=cfg.seed,
-            dtype=DTYPES[ev.precision], gpu_memory_utilization=ro.gpu_memory_utilization,
-            tensor_parallel_size=ro.tensor_parallel_size)
+        if ro.backend == "hf":  # None: the evaluators' own HFSampler (shared prefixes on)
+            sampler = None if ro.shared_prefix else make_sampler(
+                "hf", lm, tokenizer, device=lm.device, batch_size=ev.batch_size, shared_prefix=False)
+        else:
+            sampler = make_sampler(ro.backend, lm, tokenizer, device=lm.device, batch_size=ev.batch_size, seed=cfg.seed,
+                                   dtype=DTYPES[ev.precision], gpu_memory_utilization=ro.gpu_memory_utilization,
+                                   tensor_parallel_size=ro.tensor_parallel_size)
         try:
             res = _evaluate(cfg, run, lm, tokenizer, examples, sampler)
         finally:
-            if sampler is not None:
+            if hasattr(sampler, "close"):
                 sampler.close()
         (out / "results.json").write_text(json.dumps(res, indent=2))
         title = f"{path or cfg.model.gguf_file} on {ev.split}"

@@ -221,6 +221,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = doc(0.3, "vllm on GPU: share of the GPU's memory the engine may take (weights + KV cache)")
     tensor_parallel_size: int = doc(1, "vllm: GPUs the engine shards the model over")
     sleep: bool = doc(False, "vllm on GPU: free the engine's memory during each update (sleep, then wake before the next rollout)")
+    shared_prefix: bool = doc(True, "hf: a prompt's samples read its keys/values once per prompt at each decode step (reftune.model.shared_prefix), where the model allows it; false: the prompt's cache repeated per sample")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Rollout generation behind a small interface: `HFSampler` (built in) or `VLLMSampler` (vllm installed).
 
 `HFSampler` is the dependency-free backend: batched, with a KV cache; each prompt is encoded once and its
-cache is shared (repeated) across the group's samples; finished rows are dropped from the batch as they end.
+keys/values are shared by the group's samples — read once per prompt at every decode step where the model
+allows it (`reftune.model.shared_prefix`), else repeated per sample; finished rows are dropped as they end.
 Both record the log-probability the sampler gave to each sampled token, so the trainer can measure the
 sampler/trainer mismatch. `make_sampler` picks one by name (`rollout.backend`).
 """
@@ -17,6 +18,7 @@ import torch
 from reftune.errors import UserError
 from reftune.model.batching import left_pad, positions
 from reftune.model.kv_cache import preallocated_cache
+from reftune.model import shared_prefix
 from reftune.model.lm_head import contiguous_lm_head_input
 from reftune.model.samples import Sampler, Samples
 
@@ -71,12 +73,16 @@ class HFSampler:
     `dtype` (e.g. torch.bfloat16) samples from a copy of the weights in that precision, refreshed from the
     model at every `generate`, so the weights are cast once per rollout instead of at every matmul as under
     autocast; None samples from the model as it is (under whatever autocast the caller set).
+    `shared_prefix`: with several samples per prompt, decode through `reftune.model.shared_prefix` (the prompt's
+    keys/values read once per prompt, not once per sample) when the model supports it; False: always repeat the
+    prompt's cache per sample.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 64, device: torch.device | str = "cpu",
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, shared_prefix: bool = True):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.device, self.dtype = batch_size, torch.device(device), dtype
+        self.shared_prefix = shared_prefix
         self._copy = None  # the model in `dtype`, when that differs from the model's own
         self._cache_kw = cache_keyword(model)
         contiguous_lm_head_input(model)  # the prefill's last-position slice: see its docstring
@@ -136,13 +142,33 @@ class HFSampler:
     def _generate_chunk(self, model, prompts, G, temperature, top_p, max_new_tokens, generator, uniform=None):
         eos, pad_id, dev = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id, self.device
         ids, attn = (t.to(dev) for t in left_pad(prompts, pad_id))
-        cache = preallocated_cache(model.config, ids.shape[1] + max_new_tokens)  # written in place, no cat per step
+        shared = G > 1 and self.shared_prefix and shared_prefix.supported(model)
+        # written in place, no cat per step; with shared prefixes it holds the prompts only
+        cache = preallocated_cache(model.config, ids.shape[1] + (0 if shared else max_new_tokens))
         logits = self._forward(model, cache, ids, attn, positions(attn))
-        if G > 1:  # encode once, share the prompt's cache across the group's samples
-            cache.batch_repeat_interleave(G)
-            attn, logits = attn.repeat_interleave(G, 0), logits.repeat_interleave(G, 0)
+        next_pos = attn.sum(-1, keepdim=True)  # [prompts, 1]
+        if shared:  # each prompt's keys/values once; each row's own tokens in buffers of their own
+            state = shared_prefix.SharedPrefixState.from_prefill(cache, attn, G, max_new_tokens)
+            n_layers = len(cache.layers)
+            del cache
+
+            def decode(tok, attn, next_pos):
+                with shared_prefix.decoding(model):
+                    out = model(input_ids=tok[:, None], position_ids=next_pos, use_cache=False, logits_to_keep=1,
+                                shared_prefix=state)
+                state.check_step(n_layers)
+                return out.logits[:, -1]
+            select = state.select_rows
+        else:
+            if G > 1:  # encode once, repeat the prompt's cache across the group's samples
+                cache.batch_repeat_interleave(G)
+
+            def decode(tok, attn, next_pos):
+                return self._forward(model, cache, tok[:, None], attn, next_pos)
+            select = cache.batch_select_indices
+        if G > 1:
+            attn, logits, next_pos = (t.repeat_interleave(G, 0) for t in (attn, logits, next_pos))
         n = attn.shape[0]
-        next_pos = attn.sum(-1, keepdim=True)  # [n, 1]
         rows = torch.arange(n, device=dev)  # which output row each live batch row is
         tokens = torch.full((n, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         logprobs = torch.zeros(n, max_new_tokens, device=dev)
@@ -162,10 +188,11 @@ class HFSampler:
                 break
             if n_alive < len(rows):  # drop finished rows from the batch and the cache
                 keep = (~ended).nonzero().squeeze(-1)
-                cache.batch_select_indices(keep)
+                select(keep)
                 rows, tok, attn, next_pos = rows[keep], tok[keep], attn[keep], next_pos[keep]
-            attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
-            logits = self._forward(model, cache, tok[:, None], attn, next_pos)
+            if not shared:
+                attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
+            logits = decode(tok, attn, next_pos)
             next_pos = next_pos + 1
         lengths_l = lengths.tolist()
         return ([t[:k] for t, k in zip(tokens.tolist(), lengths_l)],

@@ -77,7 +77,7 @@ def rollout_setup(core, tokenizer, train: list[Example], cfg: RLConfig, ctx: Run
         scorer = load_reward_scorer(cfg.reward_model, template=ctx.template, sigmoid=cfg.reward_model_sigmoid,
                                     batch_size=ctx.eval_batch_size, device=device)
     backend = ctx.rollout.backend if ctx.rollout is not None else "hf"
-    options = {} if backend == "hf" else {
+    options = {"shared_prefix": ctx.rollout is None or ctx.rollout.shared_prefix} if backend == "hf" else {
         "dtype": cfg.rollout_precision, "seed": ctx.seed, "gpu_memory_utilization": ctx.rollout.gpu_memory_utilization,
         "tensor_parallel_size": ctx.rollout.tensor_parallel_size, "enable_sleep_mode": ctx.rollout.sleep}
     sampler = make_sampler(backend, core.lm, tokenizer, device=device,
