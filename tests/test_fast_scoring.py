@@ -21,6 +21,7 @@ import torch
 from reftune.config import RLConfig
 from reftune.grading.grade import Grade
 from reftune.model.batching import join_prompt_response, positions
+from reftune.model.modeling import enable_activation_checkpointing
 from reftune.model.modeling import PolicyWithValue
 from reftune.model.sampler import Samples
 from reftune.rl import scoring
@@ -215,6 +216,63 @@ def test_a_shared_prompt_forward_gives_the_padded_forwards_gradients():
     assert max((a - b).abs().max().item() for a, b in zip(*grads)) <= TOL
     assert min(g.abs().max().item() for g in grads[1]) > 0  # every parameter got a gradient
 
+
+
+@pytest.mark.parametrize("rows_per_chunk", [64, G, 1])
+def test_a_packed_forward_gives_the_padded_forwards_logprobs_values_and_gradients(rows_per_chunk):
+    """Each prompt and its rows' responses in one sequence with a block mask (`packed_logprobs`; rows of one token
+    included): the padded forward's log-probs and values, and the gradients of a loss on them, within 1e-5."""
+    rollout = make_rollout()
+    s = rollout.samples
+    results = []
+    for packed in (False, True):
+        policy = tiny_policy().train()
+        if packed:
+            logp, values, logits = grouped_pass(policy, s.prompt_ids, s.response_ids, PAD, "cpu", max(map(len, s.response_ids)),
+                                                True, rows_per_chunk, keep_logits=True, packed=True)
+            mask = (logp != 0).float()
+            assert logits.shape[:2] == logp.shape
+        else:
+            logp, values, mask, *_ = plain_pass(policy, rollout, True)
+        loss = ((logp * mask).sum() + (values * mask).pow(2).sum()) / mask.sum()
+        loss.backward()
+        results.append((logp.detach(), values.detach(), mask, [p.grad.clone() for p in policy.parameters()]))
+    (lp0, v0, m0, g0), (lp1, v1, m1, g1) = results
+    assert torch.equal(m0, m1)
+    assert (lp0 - lp1).mul(m0).abs().max() <= TOL and (v0 - v1).mul(m0).abs().max() <= TOL
+    assert max((a - b).abs().max().item() for a, b in zip(g0, g1)) <= TOL
+    assert min(g.abs().max().item() for g in g1) > 0
+    with torch.no_grad():  # the reference's pass packs too
+        ref_logp, ref_values, _ = grouped_pass(ReferenceLM(tiny_policy().lm).eval(), s.prompt_ids, s.response_ids, PAD,
+                                               "cpu", lp0.shape[1], False, rows_per_chunk, packed=True)
+    assert ref_values is None and (ref_logp - lp0).mul(m0).abs().max() <= TOL
+
+
+def test_under_gradient_checkpointing_the_update_packs_prompts_and_gives_the_padded_update():
+    """Checkpointing turns the KV cache off, so the update's forward packs each prompt with its rows
+    (`update_forward_kind` "packed"): two epochs of two shuffled minibatches give the padded update's numbers."""
+    cfg = RLConfig(ppo_epochs=2, minibatches=2, kl_in="loss", kl_coef=0.1)
+    ref = ReferenceLM(tiny_policy(seed=3).lm).eval()
+    results = []
+    for packed in (False, True):
+        policy, rollout = tiny_policy(), make_rollout()
+        enable_activation_checkpointing(policy.lm)
+        assert scoring.update_forward_kind(policy) == "packed"
+        batch = score(policy, ref, rollout, pad_id=PAD, device="cpu", autocast=no_autocast, chunks=2,
+                      with_values=True)
+        if not packed:
+            batch.prompt_ids = batch.response_ids = None
+        adv, returns = advantages(batch, rollout.scores, cfg)
+        opt = RecordingSGD(policy.parameters(), lr=0.1)
+        torch.manual_seed(7)
+        stats = ppo_update(policy, opt, get_accelerator("fp32"), batch, adv, returns, cfg, True, "test")
+        results.append((stats, opt.grads, list(policy.parameters())))
+    (plain, plain_grads, plain_params), (fast, fast_grads, fast_params) = results
+    for k in plain:
+        assert plain[k] == pytest.approx(fast[k], abs=TOL), k
+    assert max((g1 - g2).abs().max().item() for g1, g2 in zip(plain_grads, fast_grads)) <= TOL
+    assert max((p1 - p2).abs().max().item() for p1, p2 in zip(plain_params, fast_params)) <= TOL
+    assert scoring.update_forward_kind(tiny_policy()) == "cache"
 
 
 def test_the_lm_head_reads_a_contiguous_input_in_every_pass():

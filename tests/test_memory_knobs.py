@@ -12,6 +12,7 @@ import torch
 from reftune.cli import main
 from reftune.data.synthetic import generate_splits
 from reftune.model.batching import collate_sft, encode_sft
+from reftune.model.modeling import enable_activation_checkpointing
 from reftune.model.modeling import build_tiny_model, train_tokenizer
 from reftune.model.prompts import build_prompt, build_target
 from reftune.train.accel import get_accelerator
@@ -31,7 +32,7 @@ def batch_and_model():
 def one_step(model, rows, pad_id, k: int, checkpointing: bool = False):
     model = copy.deepcopy(model).train()
     if checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     micro = [collate_sft(rows[m::k], pad_id) for m in range(k)]
     loss, _ = accumulated_step(model, get_accelerator("fp32"), micro, opt, None, 1e9, "test")

@@ -54,8 +54,11 @@ class PreallocatedLayer(DynamicLayer):
             self._views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self._len:
-            self._k, self._v = self._k[indices, ...], self._v[indices, ...]
+        if self._len:  # copies the filled positions only, into buffers that keep their capacity
+            n = self._len
+            k, v = self._k.new_empty(len(indices), *self._k.shape[1:]), self._v.new_empty(len(indices), *self._v.shape[1:])
+            k[..., :n, :], v[..., :n, :] = self._k[indices, ..., :n, :], self._v[indices, ..., :n, :]
+            self._k, self._v = k, v
             self._views()
 
     def reset(self) -> None:

@@ -56,6 +56,17 @@ def build_tiny_model(tokenizer, hidden_size: int, num_layers: int, num_heads: in
     return contiguous_lm_head_input(LlamaForCausalLM(config))
 
 
+def enable_activation_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing of `model`'s decoder layers (a HF model or a PEFT model around one),
+    through `activation_checkpointing_enable` where transformers has it (5.2x; `gradient_checkpointing_enable`
+    is its deprecated alias there, warning on every call) and `gradient_checkpointing_enable` before."""
+    kw = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+
 def is_tiny_default(model_cfg) -> bool:
     """Whether a `ModelConfig` asks for the tiny default: neither `name_or_path` nor `gguf_file` is set. Every
     command decides with this one test, so `model.gguf_file=smollm2` alone loads SmolLM2 everywhere."""

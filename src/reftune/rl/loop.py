@@ -36,6 +36,7 @@ from reftune.config import RLConfig
 from reftune.example import Example
 from reftune.errors import UserError
 from reftune.model.batching import encode_target
+from reftune.model.modeling import enable_activation_checkpointing
 from reftune.model.prompts import build_target
 from reftune.model.sampler import make_sampler
 from reftune.rewards.scorer import load_reward_scorer
@@ -118,7 +119,7 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     if not use_values:  # out of DDP's graph: it would wait for the unused head's gradients (and no step moves it)
         policy.value_head.requires_grad_(False)
     if cfg.gradient_checkpointing:  # only in train mode: rollouts and scoring keep their KV cache / speed
-        policy.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(policy.lm)
     policy, opt = prepare(acc, policy, lambda: torch.optim.AdamW(policy.parameters(), lr=cfg.lr,
                                                                   weight_decay=cfg.weight_decay), cfg.grad_clip)
     sched = torch.optim.lr_scheduler.LambdaLR(getattr(opt, "optimizer", opt),

@@ -10,7 +10,9 @@ padded pass and states the tolerance):
 - every pass — the gradient-free ones (the reference's, and the policy's when it is not reused) and the update's
   forward of each minibatch (`rows_forward`) — encodes each distinct prompt once and reuses its KV cache for the
   rows that continue it (a question's group), as the sampler does, in chunks of rows sorted by length, each padded
-  to its own widths rather than to the batch's.
+  to its own widths rather than to the batch's. Under gradient checkpointing, which turns the KV cache off, the
+  update's forward packs each prompt and its rows' responses into one sequence with a block mask instead
+  (`packed_logprobs`): the prompt is still computed once per prompt.
 """
 
 from __future__ import annotations
@@ -131,6 +133,66 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
     return logp, values, logits
 
 
+def packed_logprobs(model, prompts: list[list[int]], responses: list[list[int]], owner: list[int],
+                    pad_id: int, device, with_values: bool):
+    """What `shared_prompt_logprobs` returns, in one forward without a KV cache, so it also runs under gradient
+    checkpointing (which turns the cache off): each prompt and its rows' responses packed into one sequence.
+
+    Sequence k is prompts[k] followed by each of its rows' response tokens but the last (the inputs that predict
+    tokens 1..n-1), one block per row; position ids restart after the prompt in every block, and a 4-D mask lets a
+    block attend to the prompt and causally to itself only (padding attends to itself). So every token sees what
+    it sees in the row's own padded sequence, and the prompt's tokens are computed once per prompt instead of once
+    per row. Response token 0 of every row is predicted at the prompt's last position; token j > 0 at the block's
+    position j - 1. Needs a model that takes a 4-D boolean mask (`supports_packing`)."""
+    head = _lm_parts(model)[1]
+    n, k = len(responses), len(prompts)
+    R = max(1, max(map(len, responses)))
+    blocks = [[] for _ in range(k)]
+    for i, o in enumerate(owner):
+        blocks[o].append(i)
+    length = [len(prompts[o]) + sum(max(len(responses[i]) - 1, 0) for i in blocks[o]) for o in range(k)]
+    L = max(length)
+    ids = torch.full((k, L), pad_id, dtype=torch.long)
+    pos = torch.zeros(k, L, dtype=torch.long)
+    mask = torch.zeros(k, 1, L, L, dtype=torch.bool)
+    where = torch.zeros(n, R, dtype=torch.long)  # absolute position of the logits that predict token j of row i
+    for o in range(k):
+        P = len(prompts[o])
+        ids[o, :P], pos[o, :P] = torch.tensor(prompts[o]), torch.arange(P)
+        mask[o, 0, :P, :P] = torch.ones(P, P, dtype=torch.bool).tril()
+        start = P
+        for i in blocks[o]:
+            m = max(len(responses[i]) - 1, 0)
+            ids[o, start:start + m] = torch.tensor(responses[i][:m], dtype=torch.long)
+            pos[o, start:start + m] = torch.arange(P, P + m)
+            mask[o, 0, start:start + m, :P] = True
+            mask[o, 0, start:start + m, start:start + m] = torch.ones(m, m, dtype=torch.bool).tril()
+            where[i, 0], where[i, 1:m + 1] = P - 1, torch.arange(start, start + m)
+            where[i, m + 1:] = P - 1  # past the row's end: any valid position (masked out below)
+            start += m
+        pad_rows = torch.arange(start, L)
+        mask[o, 0, pad_rows, pad_rows] = True
+    first = min(len(p) for p in prompts) - 1  # the LM head runs from the first position any row needs
+    r_ids = pad([r + [pad_id] * (R - len(r)) for r in responses], pad_id).to(device)
+    r_attn = pad([[1] * len(r) + [0] * (R - len(r)) for r in responses], 0).to(device)
+    own = torch.tensor(owner, dtype=torch.long, device=device)[:, None]
+    # the root forward (PolicyWithValue / ReferenceLM, or their DDP/FSDP wrapper), as the padded pass calls it
+    logits, values = model(ids.to(device), mask.to(device), pos.to(device), with_values=with_values and head is not None,
+                           logits_to_keep=L - first)
+    where = where.to(device)
+    logits = logits.float()[own, where - first]  # [n, R, V]
+    logp = algos.gather_logprobs(logits, r_ids) * r_attn
+    values = values.float()[own, where] * r_attn if values is not None else None
+    return logp, values, logits
+
+
+def supports_packing(model) -> bool:
+    """Whether `packed_logprobs` can run `model`: its attention takes a 4-D boolean mask as given (sdpa)."""
+    lm = _lm_parts(model)[0]
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    return getattr(getattr(base, "config", None), "_attn_implementation", None) == "sdpa"
+
+
 def distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
     """(each distinct prompt once, in order of first appearance; owner[i] = the index of row i's prompt)."""
     index: dict[tuple[int, ...], int] = {}
@@ -174,17 +236,18 @@ def _to_width(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def grouped_pass(model, prompts, responses, pad_id: int, device, width: int, with_values: bool, max_rows: int,
-                 keep_logits: bool = False):
-    """`shared_prompt_logprobs` over `prompt_chunks` of at most `max_rows` rows, back in row order: log-probs
-    [B, width], values [B, width] (None unless `with_values`) and logits [B, width, V] (None unless `keep_logits`),
-    zeros where there is no response token; differentiable when gradients are enabled. Rows that share a prompt
-    (a question's group) encode it once."""
+                 keep_logits: bool = False, packed: bool = False):
+    """`shared_prompt_logprobs` (or with `packed`, `packed_logprobs`) over `prompt_chunks` of at most `max_rows`
+    rows, back in row order: log-probs [B, width], values [B, width] (None unless `with_values`) and logits
+    [B, width, V] (None unless `keep_logits`), zeros where there is no response token; differentiable when
+    gradients are enabled. Rows that share a prompt (a question's group) encode it once."""
     parts, order = [], []
+    one_chunk = packed_logprobs if packed else shared_prompt_logprobs
     for groups in prompt_chunks(prompts, responses, max_rows):
         rows = [r for g in groups for r in g]
         owner = [k for k, g in enumerate(groups) for _ in g]
-        out = shared_prompt_logprobs(model, [prompts[g[0]] for g in groups], [responses[r] for r in rows], owner,
-                                     pad_id, device, with_values)
+        out = one_chunk(model, [prompts[g[0]] for g in groups], [responses[r] for r in rows], owner,
+                        pad_id, device, with_values)
         out = out if keep_logits else out[:2] + (None,)
         parts.append([None if t is None else _to_width(t, width) for t in out])
         order += rows
@@ -192,16 +255,30 @@ def grouped_pass(model, prompts, responses, pad_id: int, device, width: int, wit
     return tuple(None if part[0] is None else torch.cat(part)[back] for part in zip(*parts))
 
 
+def update_forward_kind(model) -> str:
+    """How the update's forward shares prompts: "cache" (`shared_prompt_logprobs`), "packed" (`packed_logprobs`:
+    under gradient checkpointing, which turns the KV cache off) or "padded" (one padded forward: a model whose
+    attention takes no 4-D mask)."""
+    if can_share_prompt_with_grad(model):
+        return "cache"
+    return "packed" if supports_packing(model) else "padded"
+
+
 def rows_forward(model, batch: ScoredBatch, rows: torch.Tensor, with_values: bool):
     """The update's forward of `rows` of the batch: (log-probs [n, R], values [n, R] or None, logits [n, R, V]).
     Rows that share a prompt encode it once and each chunk of `SCORING_ROWS` rows (sorted by length) pads to its own
-    widths (`grouped_pass`), where the model allows (`can_share_prompt_with_grad`; not FSDP-sharded, whose root
-    parameters only its own forward unshards, and the shared pass calls the LM inside it); else one padded forward."""
-    if batch.prompt_ids is None or not can_share_prompt_with_grad(model) or is_sharded(model):
+    widths (`grouped_pass`), as `update_forward_kind` allows; else one padded forward. An FSDP-sharded model's
+    root parameters are unsharded by its own forward only, which the cache path bypasses (it calls the LM inside):
+    there the padded forward."""
+    kind = update_forward_kind(model)
+    if kind == "cache" and is_sharded(model):
+        kind = "padded"
+    if batch.prompt_ids is None or kind == "padded":
         return response_logprobs(model, batch.ids[rows], batch.attn[rows], batch.prompt_width, with_values)
     r = rows.tolist()
     return grouped_pass(model, [batch.prompt_ids[i] for i in r], [batch.response_ids[i] for i in r], batch.pad_id,
-                        batch.ids.device, batch.mask.shape[1], with_values, SCORING_ROWS, keep_logits=True)
+                        batch.ids.device, batch.mask.shape[1], with_values, SCORING_ROWS, keep_logits=True,
+                        packed=kind == "packed")
 
 
 @torch.no_grad()
@@ -225,11 +302,12 @@ def score(policy, ref, rollout: Rollout, *, pad_id: int, device, autocast, chunk
         if update_forward and not has_dropout(policy):
             policy.train()
             with torch.enable_grad():
-                if can_share_prompt_with_grad(policy):
-                    live = grouped_pass(policy, s.prompt_ids, s.response_ids, pad_id, device, R, with_values,
-                                        SCORING_ROWS, keep_logits=True)
-                else:
+                kind = update_forward_kind(policy)
+                if kind == "padded":
                     live = response_logprobs(policy, ids, attn, P, with_values)
+                else:
+                    live = grouped_pass(policy, s.prompt_ids, s.response_ids, pad_id, device, R, with_values,
+                                        SCORING_ROWS, keep_logits=True, packed=kind == "packed")
             old_logp = live[0].detach()
             old_values = live[1].detach() if with_values else torch.zeros_like(old_logp)
         else:

@@ -21,6 +21,7 @@ from reftune.config import SFTConfig
 from reftune.example import Example
 from reftune.errors import UserError
 from reftune.model.batching import collate_sft, encode_sft
+from reftune.model.modeling import enable_activation_checkpointing
 from reftune.model.prompts import build_prompt, build_target
 from reftune.train.accel import (all_sum, backward, check_finite, get_accelerator, is_main, no_sync, num_processes,
                                  optimizer_step, prepare, shard, unwrap, whole_weights)
@@ -99,7 +100,7 @@ def train_sft(model, tokenizer, train: list[Example], val: list[Example], cfg: S
                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
 
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model, opt = prepare(acc, model, adamw, cfg.grad_clip)
     sched = get_linear_schedule_with_warmup(getattr(opt, "optimizer", opt), math.ceil(cfg.warmup_ratio * total), total)
     state = TrainState(ctx.out_dir, unwrap(model), tokenizer, opt, sched, unit="epoch")
