@@ -22,7 +22,8 @@ dataset is laid out in that order, unshuffled) with the same prompt token ids, a
 
 Each (model, system) runs in its own subprocess on `--threads` torch threads; a round runs every system of
 `--systems`, the order reversed every other round. `reftune_plain` is reftune with its trainer side as before issue
-16's shortcuts (`use_plain_trainer_side`), the before/after row. Per iteration: seconds (rollout + scoring + update,
+16's shortcuts (`use_plain_trainer_side`), the before/after row; `reftune_repeat` is reftune with each prompt's KV
+cache repeated per sample in the rollout (`rollout.shared_prefix=false`), the row before shared-prefix decoding. Per iteration: seconds (rollout + scoring + update,
 i.e. without validation or checkpoints), completion tokens, rollout seconds (reftune: `rollout_s`, which includes
 grading; TRL: time in `_generate_single_turn` plus its reward call), and reftune's `scoring_s` / `update_s` (with
 one epoch of one minibatch the update's forward runs inside scoring); the first iteration of each worker
@@ -51,7 +52,7 @@ GROUP, MAX_NEW, LR, SEED = 8, 96, 1e-6, 0
 # SmolLM2's update on 128 rows x ~200 tokens keeps ~29 GB of fp32 activations: more than this machine has, so both
 # systems recompute them (gradient checkpointing; TRL's default, which the tiny model turns off in both)
 CHECKPOINTING = {"tiny": False, "smollm2": True}
-SYSTEMS = ["reftune", "trl", "reftune_plain"]
+SYSTEMS = ["reftune", "trl", "reftune_plain", "reftune_repeat"]
 # iterations per worker (the first is dropped when there are more), rounds of every system, questions per iteration
 PER_MODEL = {"tiny": {"iters": 4, "rounds": 2, "prompts": 16}, "smollm2": {"iters": 2, "rounds": 1, "prompts": 4}}
 DATA = ["data.n_train=256", "data.n_val=2", "data.n_test=2", "data.n_extra=0", "data.n_pretrain=0"]
@@ -101,11 +102,12 @@ def use_plain_trainer_side() -> None:
     scoring.grouped_pass, update.rows_forward = grouped_pass, rows_forward
 
 
-def run_reftune(model: str, warmup: str, iters: int, prompts: int, out: Path, plain: bool = False) -> dict:
+def run_reftune(model: str, warmup: str, iters: int, prompts: int, out: Path, plain: bool = False,
+                extra: tuple[str, ...] = ()) -> dict:
     from reftune.cli import main
     if plain:
         use_plain_trainer_side()
-    rc = main(["rl", f"out_dir={out}", *overrides(model, warmup, iters, prompts)])
+    rc = main(["rl", f"out_dir={out}", *overrides(model, warmup, iters, prompts), *extra])
     if rc:
         raise SystemExit(f"reftune rl exited with {rc}")
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"rollout_s"' in line]
@@ -193,7 +195,8 @@ def worker(system: str, model: str, warmup: str, iters: int, prompts: int, threa
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         res = (run_trl(model, warmup, iters, prompts, run) if system == "trl" else
-               run_reftune(model, warmup, iters, prompts, run, plain=system == "reftune_plain"))
+               run_reftune(model, warmup, iters, prompts, run, plain=system == "reftune_plain",
+                           extra=("rollout.shared_prefix=false",) if system == "reftune_repeat" else ()))
     load.append(round(os.getloadavg()[0], 2))
     timed = res["iterations"][1:] or res["iterations"]
     med = {k: statistics.median(it[k] for it in timed) for k in ("seconds", "rollout_s", "completion_tokens")}
@@ -281,7 +284,8 @@ def main() -> int:
     for model, s in report["summary"].items():
         print(f"{model}: reftune is {s['reftune_speedup']:.2f}x TRL's speed "
               f"({s['reftune_s']:.2f} vs {s['trl_s']:.2f} s per iteration, medians over rounds)"
-              + (f"; before the shortcuts {s['reftune_plain_s']:.2f} s" if "reftune_plain_s" in s else ""))
+              + (f"; before the shortcuts {s['reftune_plain_s']:.2f} s" if "reftune_plain_s" in s else "")
+              + (f"; prompt cache repeated per sample {s['reftune_repeat_s']:.2f} s" if "reftune_repeat_s" in s else ""))
     print(f"written: {args.out}")
     return 0
 
@@ -301,8 +305,9 @@ def summary(runs: list[dict]) -> dict:
         if secs["reftune"] and secs["trl"]:
             ref, trl = statistics.median(secs["reftune"]), statistics.median(secs["trl"])
             out[model] = {"reftune_s": round(ref, 3), "trl_s": round(trl, 3), "reftune_speedup": round(trl / ref, 3)}
-            if secs["reftune_plain"]:
-                out[model]["reftune_plain_s"] = round(statistics.median(secs["reftune_plain"]), 3)
+            for other in ("reftune_plain", "reftune_repeat"):
+                if secs[other]:
+                    out[model][f"{other}_s"] = round(statistics.median(secs[other]), 3)
     return out
 
 
