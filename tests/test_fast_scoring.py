@@ -84,21 +84,23 @@ def test_the_lm_head_on_response_positions_only_gives_the_same_logprobs():
     assert (fast_values - values).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("rows_per_chunk", [64, G, 2 * G, 1])
 @torch.no_grad()
-def test_a_shared_prompt_cache_gives_the_padded_forwards_logprobs_and_values(rows_per_chunk):
-    # one chunk; one question each; two questions; one question each (a chunk never splits a prompt's rows)
+def test_a_shared_prompt_pass_gives_the_padded_forwards_logprobs_and_values(rows_per_chunk, packed):
+    # one chunk; one question each; two questions; one question each (a chunk never splits a prompt's rows);
+    # through the prompt's KV cache gathered per row, and packed with its rows
     policy, rollout = tiny_policy().eval(), make_rollout()
     s = rollout.samples
     logp, values, mask, *_ = plain_pass(policy, rollout, True)
     fast_logp, fast_values, logits = grouped_pass(policy, s.prompt_ids, s.response_ids, PAD, "cpu", mask.shape[1],
-                                                  True, rows_per_chunk)
+                                                  True, rows_per_chunk, packed=packed)
     assert logits is None  # not kept unless asked: a [B, R, V] tensor
     assert (fast_logp - logp).mul(mask).abs().max() <= TOL
     assert (fast_values - values).mul(mask).abs().max() <= TOL
     assert (fast_logp * (1 - mask)).abs().max() == 0  # nothing written outside the responses
     ref_logp, ref_values, _ = grouped_pass(ReferenceLM(policy.lm), s.prompt_ids, s.response_ids, PAD, "cpu",
-                                           mask.shape[1], False, rows_per_chunk)
+                                           mask.shape[1], False, rows_per_chunk, packed=packed)
     assert ref_values is None and (ref_logp - logp).mul(mask).abs().max() <= TOL
 
 
@@ -142,9 +144,12 @@ def one_iteration(policy, ref, cfg: RLConfig, update_forward: bool):
     return batch, old, adv, stats, opt.grads
 
 
-@pytest.mark.parametrize("kl_in,rows_per_chunk", [("reward", 64), ("loss", 64), ("reward", 2 * G)])
-def test_reusing_the_scoring_forward_gives_the_same_update(monkeypatch, kl_in, rows_per_chunk):
+@pytest.mark.parametrize("kl_in,rows_per_chunk,packing", [("reward", 64, True), ("loss", 64, True),
+                                                         ("reward", 2 * G, True), ("reward", 2 * G, False)])
+def test_reusing_the_scoring_forward_gives_the_same_update(monkeypatch, kl_in, rows_per_chunk, packing):
     monkeypatch.setattr(scoring, "SCORING_ROWS", rows_per_chunk)
+    if not packing:  # the KV-cache path
+        monkeypatch.setattr(scoring, "supports_packing", lambda model: False)
     cfg = RLConfig(ppo_epochs=1, minibatches=1, kl_in=kl_in, kl_coef=0.1)
     plain_policy = tiny_policy()
     fast_policy = copy.deepcopy(plain_policy)
@@ -167,11 +172,17 @@ def test_reusing_the_scoring_forward_gives_the_same_update(monkeypatch, kl_in, r
         assert (p1 - p2).abs().max() <= TOL
 
 
+@pytest.mark.parametrize("packing", [True, False])
 @pytest.mark.parametrize("rows_per_chunk", [64, 2 * G])
-def test_an_update_of_shuffled_minibatches_through_shared_prompts_gives_the_padded_update(monkeypatch, rows_per_chunk):
+def test_an_update_of_shuffled_minibatches_through_shared_prompts_gives_the_padded_update(monkeypatch, rows_per_chunk,
+                                                                                         packing):
     """Two PPO epochs of two minibatches: each minibatch holds some rows of a question, not all; its forward encodes
-    each of their prompts once (`rows_forward`) against one padded forward of the rows (prompt_ids=None)."""
+    each of their prompts once (`rows_forward`: packed, or through the KV cache where the model cannot pack) against
+    one padded forward of the rows (prompt_ids=None)."""
     monkeypatch.setattr(scoring, "SCORING_ROWS", rows_per_chunk)
+    if not packing:
+        monkeypatch.setattr(scoring, "supports_packing", lambda model: False)
+    assert scoring.update_forward_kind(tiny_policy()) == ("packed" if packing else "cache")
     cfg = RLConfig(ppo_epochs=2, minibatches=2, kl_in="loss", kl_coef=0.1)
     ref = ReferenceLM(tiny_policy(seed=3).lm).eval()
     results = []
@@ -218,10 +229,13 @@ def test_a_shared_prompt_forward_gives_the_padded_forwards_gradients():
 
 
 
-@pytest.mark.parametrize("rows_per_chunk", [64, G, 1])
-def test_a_packed_forward_gives_the_padded_forwards_logprobs_values_and_gradients(rows_per_chunk):
+@pytest.mark.parametrize("rows_per_chunk,pack_tokens", [(64, 1024), (G, 1024), (1, 1024), (64, 9)])
+def test_a_packed_forward_gives_the_padded_forwards_logprobs_values_and_gradients(monkeypatch, rows_per_chunk,
+                                                                                  pack_tokens):
     """Each prompt and its rows' responses in one sequence with a block mask (`packed_logprobs`; rows of one token
-    included): the padded forward's log-probs and values, and the gradients of a loss on them, within 1e-5."""
+    included; pack_tokens 9: a prompt's rows split over several packs): the padded forward's log-probs and values,
+    and the gradients of a loss on them, within 1e-5."""
+    monkeypatch.setattr(scoring, "PACK_TOKENS", pack_tokens)
     rollout = make_rollout()
     s = rollout.samples
     results = []
@@ -248,7 +262,7 @@ def test_a_packed_forward_gives_the_padded_forwards_logprobs_values_and_gradient
     assert ref_values is None and (ref_logp - lp0).mul(m0).abs().max() <= TOL
 
 
-def test_under_gradient_checkpointing_the_update_packs_prompts_and_gives_the_padded_update():
+def test_under_gradient_checkpointing_the_update_packs_prompts_and_gives_the_padded_update(monkeypatch):
     """Checkpointing turns the KV cache off, so the update's forward packs each prompt with its rows
     (`update_forward_kind` "packed"): two epochs of two shuffled minibatches give the padded update's numbers."""
     cfg = RLConfig(ppo_epochs=2, minibatches=2, kl_in="loss", kl_coef=0.1)
@@ -272,7 +286,9 @@ def test_under_gradient_checkpointing_the_update_packs_prompts_and_gives_the_pad
         assert plain[k] == pytest.approx(fast[k], abs=TOL), k
     assert max((g1 - g2).abs().max().item() for g1, g2 in zip(plain_grads, fast_grads)) <= TOL
     assert max((p1 - p2).abs().max().item() for p1, p2 in zip(plain_params, fast_params)) <= TOL
+    monkeypatch.setattr(scoring, "supports_packing", lambda model: False)  # a model without 4-D masks
     assert scoring.update_forward_kind(tiny_policy()) == "cache"
+    assert scoring.update_forward_kind(policy) == "padded"  # ... under checkpointing
 
 
 def test_the_lm_head_reads_a_contiguous_input_in_every_pass():

@@ -8,11 +8,10 @@ padded pass and states the tolerance):
   pass: it runs here with gradients, its detached log-probs and values are the "old" ones (no optimizer step has
   happened yet, and there is no dropout), and `ppo_update` backpropagates through it instead of running its own;
 - every pass — the gradient-free ones (the reference's, and the policy's when it is not reused) and the update's
-  forward of each minibatch (`rows_forward`) — encodes each distinct prompt once and reuses its KV cache for the
-  rows that continue it (a question's group), as the sampler does, in chunks of rows sorted by length, each padded
-  to its own widths rather than to the batch's. Under gradient checkpointing, which turns the KV cache off, the
-  update's forward packs each prompt and its rows' responses into one sequence with a block mask instead
-  (`packed_logprobs`): the prompt is still computed once per prompt.
+  forward of each minibatch (`rows_forward`) — computes each distinct prompt once for the rows that continue it
+  (a question's group), in chunks of rows sorted by length: packed (`packed_logprobs`: the prompt and its rows'
+  responses as one sequence with a block mask, one forward, also under gradient checkpointing) where the model's
+  attention takes a 4-D mask, else through the prompt's KV cache gathered for its rows (`shared_prompt_logprobs`).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from reftune.model.sharded import is_sharded
 from reftune.rl.batch import Rollout, ScoredBatch
 
 SCORING_ROWS = 64  # rows per gradient-free chunk at most: length buckets pad less, and memory stays bounded
+PACK_TOKENS = 1024  # tokens per packed sequence at most (`packed_logprobs`), unless one row alone is longer
 
 
 def response_logprobs(model, input_ids, attention_mask, prompt_width: int, with_values: bool):
@@ -135,54 +135,63 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
 
 def packed_logprobs(model, prompts: list[list[int]], responses: list[list[int]], owner: list[int],
                     pad_id: int, device, with_values: bool):
-    """What `shared_prompt_logprobs` returns, in one forward without a KV cache, so it also runs under gradient
-    checkpointing (which turns the cache off): each prompt and its rows' responses packed into one sequence.
+    """What `shared_prompt_logprobs` returns, in one forward without a KV cache (so it also runs under gradient
+    checkpointing, which turns the cache off): each prompt packed with its rows' responses into one sequence.
 
-    Sequence k is prompts[k] followed by each of its rows' response tokens but the last (the inputs that predict
-    tokens 1..n-1), one block per row; position ids restart after the prompt in every block, and a 4-D mask lets a
-    block attend to the prompt and causally to itself only (padding attends to itself). So every token sees what
-    it sees in the row's own padded sequence, and the prompt's tokens are computed once per prompt instead of once
-    per row. Response token 0 of every row is predicted at the prompt's last position; token j > 0 at the block's
-    position j - 1. Needs a model that takes a 4-D boolean mask (`supports_packing`)."""
+    A pack is a prompt followed by some of its rows' response tokens but the last (the inputs that predict tokens
+    1..n-1), one block per row; position ids restart after the prompt in every block, and a 4-D mask lets a block
+    attend to the prompt and causally to itself only (padding attends to itself). So every token sees what it sees
+    in the row's own padded sequence, and the prompt is computed once per pack instead of once per row. Response
+    token 0 of every row is predicted at the prompt's last position; token j > 0 at the block's position j - 1.
+    Attention runs over the whole pack (masked), so a prompt's rows are split into packs of at most `PACK_TOKENS`
+    tokens (a row longer than that gets a pack of its own): long responses do not make it quadratic in the group.
+    Needs a model that takes a 4-D boolean mask (`supports_packing`)."""
     head = _lm_parts(model)[1]
-    n, k = len(responses), len(prompts)
+    n = len(responses)
     R = max(1, max(map(len, responses)))
-    blocks = [[] for _ in range(k)]
-    for i, o in enumerate(owner):
-        blocks[o].append(i)
-    length = [len(prompts[o]) + sum(max(len(responses[i]) - 1, 0) for i in blocks[o]) for o in range(k)]
-    L = max(length)
-    ids = torch.full((k, L), pad_id, dtype=torch.long)
-    pos = torch.zeros(k, L, dtype=torch.long)
-    mask = torch.zeros(k, 1, L, L, dtype=torch.bool)
-    where = torch.zeros(n, R, dtype=torch.long)  # absolute position of the logits that predict token j of row i
-    for o in range(k):
-        P = len(prompts[o])
-        ids[o, :P], pos[o, :P] = torch.tensor(prompts[o]), torch.arange(P)
-        mask[o, 0, :P, :P] = torch.ones(P, P, dtype=torch.bool).tril()
-        start = P
-        for i in blocks[o]:
+    packs: list[tuple[int, list[int]]] = []  # (prompt, its rows in this pack)
+    for o in range(len(prompts)):
+        length = len(prompts[o])
+        for i in (i for i, w in enumerate(owner) if w == o):
             m = max(len(responses[i]) - 1, 0)
-            ids[o, start:start + m] = torch.tensor(responses[i][:m], dtype=torch.long)
-            pos[o, start:start + m] = torch.arange(P, P + m)
-            mask[o, 0, start:start + m, :P] = True
-            mask[o, 0, start:start + m, start:start + m] = torch.ones(m, m, dtype=torch.bool).tril()
+            if not packs or packs[-1][0] != o or (length + m > PACK_TOKENS and packs[-1][1]):
+                packs.append((o, []))
+                length = len(prompts[o])
+            packs[-1][1].append(i)
+            length += m
+    L = max(len(prompts[o]) + sum(max(len(responses[i]) - 1, 0) for i in rows) for o, rows in packs)
+    ids = torch.full((len(packs), L), pad_id, dtype=torch.long)
+    pos = torch.zeros(len(packs), L, dtype=torch.long)
+    mask = torch.zeros(len(packs), 1, L, L, dtype=torch.bool)
+    where = torch.zeros(n, R, dtype=torch.long)  # position in its pack of the logits that predict token j of row i
+    pack_of = torch.zeros(n, dtype=torch.long)
+    for k, (o, rows) in enumerate(packs):
+        P = len(prompts[o])
+        ids[k, :P], pos[k, :P] = torch.tensor(prompts[o]), torch.arange(P)
+        mask[k, 0, :P, :P] = torch.ones(P, P, dtype=torch.bool).tril()
+        start = P
+        for i in rows:
+            m = max(len(responses[i]) - 1, 0)
+            ids[k, start:start + m] = torch.tensor(responses[i][:m], dtype=torch.long)
+            pos[k, start:start + m] = torch.arange(P, P + m)
+            mask[k, 0, start:start + m, :P] = True
+            mask[k, 0, start:start + m, start:start + m] = torch.ones(m, m, dtype=torch.bool).tril()
             where[i, 0], where[i, 1:m + 1] = P - 1, torch.arange(start, start + m)
             where[i, m + 1:] = P - 1  # past the row's end: any valid position (masked out below)
+            pack_of[i] = k
             start += m
         pad_rows = torch.arange(start, L)
-        mask[o, 0, pad_rows, pad_rows] = True
+        mask[k, 0, pad_rows, pad_rows] = True
     first = min(len(p) for p in prompts) - 1  # the LM head runs from the first position any row needs
     r_ids = pad([r + [pad_id] * (R - len(r)) for r in responses], pad_id).to(device)
     r_attn = pad([[1] * len(r) + [0] * (R - len(r)) for r in responses], 0).to(device)
-    own = torch.tensor(owner, dtype=torch.long, device=device)[:, None]
-    # the root forward (PolicyWithValue / ReferenceLM, or their DDP/FSDP wrapper), as the padded pass calls it
+    # the root forward (PolicyWithValue / ReferenceLM, or a DDP wrapper), as the padded pass calls it
     logits, values = model(ids.to(device), mask.to(device), pos.to(device), with_values=with_values and head is not None,
                            logits_to_keep=L - first)
-    where = where.to(device)
-    logits = logits.float()[own, where - first]  # [n, R, V]
+    where, pack_of = where.to(device), pack_of.to(device)[:, None]
+    logits = logits.float()[pack_of, where - first]  # [n, R, V]
     logp = algos.gather_logprobs(logits, r_ids) * r_attn
-    values = values.float()[own, where] * r_attn if values is not None else None
+    values = values.float()[pack_of, where] * r_attn if values is not None else None
     return logp, values, logits
 
 
@@ -191,6 +200,12 @@ def supports_packing(model) -> bool:
     lm = _lm_parts(model)[0]
     base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
     return getattr(getattr(base, "config", None), "_attn_implementation", None) == "sdpa"
+
+
+def packs(model) -> bool:
+    """Whether the passes that share prompts pack them (`packed_logprobs`) rather than gather a KV cache
+    (`shared_prompt_logprobs`): where the model supports it and is not FSDP-sharded (those keep the paths they had)."""
+    return supports_packing(model) and not is_sharded(model)
 
 
 def distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -236,13 +251,13 @@ def _to_width(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def grouped_pass(model, prompts, responses, pad_id: int, device, width: int, with_values: bool, max_rows: int,
-                 keep_logits: bool = False, packed: bool = False):
-    """`shared_prompt_logprobs` (or with `packed`, `packed_logprobs`) over `prompt_chunks` of at most `max_rows`
-    rows, back in row order: log-probs [B, width], values [B, width] (None unless `with_values`) and logits
-    [B, width, V] (None unless `keep_logits`), zeros where there is no response token; differentiable when
-    gradients are enabled. Rows that share a prompt (a question's group) encode it once."""
+                 keep_logits: bool = False, packed: bool | None = None):
+    """`packed_logprobs` (or `shared_prompt_logprobs`: `packed` False, or None where `packs(model)` says no) over
+    `prompt_chunks` of at most `max_rows` rows, back in row order: log-probs [B, width], values [B, width] (None
+    unless `with_values`) and logits [B, width, V] (None unless `keep_logits`), zeros where there is no response
+    token; differentiable when gradients are enabled. Rows that share a prompt (a question's group) encode it once."""
     parts, order = [], []
-    one_chunk = packed_logprobs if packed else shared_prompt_logprobs
+    one_chunk = packed_logprobs if (packs(model) if packed is None else packed) else shared_prompt_logprobs
     for groups in prompt_chunks(prompts, responses, max_rows):
         rows = [r for g in groups for r in g]
         owner = [k for k, g in enumerate(groups) for _ in g]
@@ -256,12 +271,11 @@ def grouped_pass(model, prompts, responses, pad_id: int, device, width: int, wit
 
 
 def update_forward_kind(model) -> str:
-    """How the update's forward shares prompts: "cache" (`shared_prompt_logprobs`), "packed" (`packed_logprobs`:
-    under gradient checkpointing, which turns the KV cache off) or "padded" (one padded forward: a model whose
-    attention takes no 4-D mask)."""
-    if can_share_prompt_with_grad(model):
-        return "cache"
-    return "packed" if supports_packing(model) else "padded"
+    """How the update's forward shares prompts: "packed" (`packed_logprobs`, where `packs`), else "cache"
+    (`shared_prompt_logprobs`, not under gradient checkpointing, which turns the KV cache off), else "padded"."""
+    if packs(model):
+        return "packed"
+    return "cache" if can_share_prompt_with_grad(model) else "padded"
 
 
 def rows_forward(model, batch: ScoredBatch, rows: torch.Tensor, with_values: bool):
@@ -270,9 +284,7 @@ def rows_forward(model, batch: ScoredBatch, rows: torch.Tensor, with_values: boo
     widths (`grouped_pass`), as `update_forward_kind` allows; else one padded forward. An FSDP-sharded model's
     root parameters are unsharded by its own forward only, which the cache path bypasses (it calls the LM inside):
     there the padded forward."""
-    kind = update_forward_kind(model)
-    if kind == "cache" and is_sharded(model):
-        kind = "padded"
+    kind = "padded" if is_sharded(model) else update_forward_kind(model)
     if batch.prompt_ids is None or kind == "padded":
         return response_logprobs(model, batch.ids[rows], batch.attn[rows], batch.prompt_width, with_values)
     r = rows.tolist()
