@@ -57,15 +57,17 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
             prev_time = r.get("time", prev_time)
             continue
         c = out.setdefault(st, {"start": prev_time, "end": None, "optimizer_steps": 0, "tokens_by_step": {},
-                                "secs_by_step": {}, "rl_steps": 0, "paused": 0.0})
-        if "rollout_s" in r and None not in (c["start"], r.get("time")):
-            secs = sum(r.get(k, 0.0) for k in ("rollout_s", "scoring_s", "update_s"))  # this iteration's
-            if "first" not in c:
-                c["first"] = True
-                if r["time"] - c["start"] > 2 * secs + 120:  # a stage added on a later resume: not the gap before
-                    c["start"] = r["time"] - secs
-            elif c["end"] is not None and r["time"] - c["end"] > 2 * secs + 120:  # stopped, later resumed
+                                "secs_by_step": {}, "rl_steps": 0, "paused": 0.0, "last_secs": 0.0})
+        secs = sum(r.get(k, 0.0) for k in ("rollout_s", "scoring_s", "update_s"))  # this iteration's (0: not one)
+        if "rollout_s" in r and "first" not in c and None not in (c["start"], r.get("time")):
+            c["first"] = True
+            if r["time"] - c["start"] > 2 * secs + 120:  # a stage added on a later resume: not the gap before
+                c["start"] = r["time"] - secs
+        elif "first" in c and None not in (c["end"], r.get("time")):
+            # stopped, later resumed (a validation record can be the first after the restart): not counted
+            if r["time"] - c["end"] > 2 * max(secs, c["last_secs"]) + 120:
                 c["paused"] += r["time"] - c["end"] - secs
+        c["last_secs"] = secs or c["last_secs"]
         c["end"] = r.get("time", c["end"])
         if "rollout_tokens" in r:  # an iteration redone after a resume counts once (its last record)
             c["tokens_by_step"][r["step"]] = r["rollout_tokens"]
@@ -86,7 +88,7 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
             c["iteration_s"] = statistics.mean(map(sum, secs))
         c["minutes"] = ((c["end"] - c["start"] - c["paused"]) / 60 if None not in (c["start"], c["end"])
                         else math.nan)
-        for k in ("start", "end", "rl_steps", "first", "paused", "tokens_by_step", "secs_by_step"):
+        for k in ("start", "end", "rl_steps", "first", "paused", "last_secs", "tokens_by_step", "secs_by_step"):
             c.pop(k, None)
     return out
 

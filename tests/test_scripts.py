@@ -68,6 +68,10 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
              "rollout_s": 20.0, "scoring_s": 5.0, "update_s": 15.0},
             # stopped after step 2, resumed from step 1's checkpoint an hour later: step 2 redone, the pause not counted
             {"stage": "online_st", "step": 2, "time": 8640.0, "rollout_tokens": 700.0, "accuracy": 0.4,
+             "rollout_s": 20.0, "scoring_s": 5.0, "update_s": 15.0},
+            # stopped again, restarted two hours later, where a validation record comes first: not counted either
+            {"stage": "online_st", "step": 0, "time": 15840.0, "val_accuracy": 0.4},
+            {"stage": "online_st", "step": 3, "time": 15880.0, "rollout_tokens": 600.0, "accuracy": 0.4,
              "rollout_s": 20.0, "scoring_s": 5.0, "update_s": 15.0}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (run / "results.json").write_text(json.dumps({"sft/val": {"accuracy": 0.5}, "reft/val": {"accuracy": 0.45},
@@ -80,7 +84,7 @@ def test_paper_long_counts_each_stages_compute_and_rl_epochs(tmp_path):
     assert c["reft"] == {"optimizer_steps": [4], "rollout_tokens": [4000.0], "minutes": [130 / 60],
                          "rl_epochs": [2 * 64 * 8 / 100], "rollout_s": [0.0], "scoring_s": [0.0], "update_s": [0.0],
                          "iteration_s": [0.0]}
-    assert c["online_st"]["minutes"] == [120 / 60] and c["online_st"]["rollout_tokens"] == [1600.0]
+    assert c["online_st"]["minutes"] == [160 / 60] and c["online_st"]["rollout_tokens"] == [2200.0]
     assert c["online_st"]["iteration_s"] == [40.0] and c["online_st"]["update_s"] == [15.0]  # step 2 counted once
     assert found[100]["curves"]["reft"] == [[(0.0, 40.0), (2 * 64 * 8 / 100, 45.0)]]
     assert found[100]["curves"]["reft/train"] == [[(64 * 8 / 100, 25.0), (2 * 64 * 8 / 100, 50.0)]]
