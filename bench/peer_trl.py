@@ -23,8 +23,8 @@ dataset is laid out in that order, unshuffled) with the same prompt token ids, a
 Each (model, system) runs in its own subprocess on `--threads` torch threads; a round runs every system of
 `--systems`, the order reversed every other round. `reftune_plain` is reftune with its trainer side as before issue
 16's shortcuts (`use_plain_trainer_side`), the before/after row; `reftune_repeat` is reftune with each prompt's KV
-cache repeated per sample in the rollout (`rollout.shared_prefix=false`), the row before shared-prefix decoding. Per iteration: seconds (rollout + scoring + update,
-i.e. without validation or checkpoints), completion tokens, rollout seconds (reftune: `rollout_s`, which includes
+cache repeated per sample in the rollout (`rollout.shared_prefix=false`), the row before shared-prefix decoding.
+Per iteration: seconds (rollout + scoring + update, i.e. without validation or checkpoints), completion tokens, rollout seconds (reftune: `rollout_s`, which includes
 grading; TRL: time in `_generate_single_turn` plus its reward call), and reftune's `scoring_s` / `update_s` (with
 one epoch of one minibatch the update's forward runs inside scoring); the first iteration of each worker
 (allocations) is dropped and the median of the rest reported (a worker of one iteration reports that one). Peak RSS
@@ -285,7 +285,8 @@ def main() -> int:
         print(f"{model}: reftune is {s['reftune_speedup']:.2f}x TRL's speed "
               f"({s['reftune_s']:.2f} vs {s['trl_s']:.2f} s per iteration, medians over rounds)"
               + (f"; before the shortcuts {s['reftune_plain_s']:.2f} s" if "reftune_plain_s" in s else "")
-              + (f"; prompt cache repeated per sample {s['reftune_repeat_s']:.2f} s" if "reftune_repeat_s" in s else ""))
+              + (f"; prompt cache repeated per sample {s['reftune_repeat_s']:.2f} s"
+                 if "reftune_repeat_s" in s else ""))
     print(f"written: {args.out}")
     return 0
 

@@ -220,7 +220,6 @@ def test_a_shared_prompt_forward_gives_the_padded_forwards_gradients():
     assert min(g.abs().max().item() for g in grads[1]) > 0  # every parameter got a gradient
 
 
-
 @pytest.mark.parametrize("rows_per_chunk,pack_tokens", [(64, 1024), (G, 1024), (1, 1024), (64, 9)])
 def test_a_packed_forward_gives_the_padded_forwards_logprobs_values_and_gradients(monkeypatch, rows_per_chunk,
                                                                                   pack_tokens):
@@ -234,8 +233,9 @@ def test_a_packed_forward_gives_the_padded_forwards_logprobs_values_and_gradient
     for packed in (False, True):
         policy = tiny_policy().train()
         if packed:
-            logp, values, logits = grouped_pass(policy, s.prompt_ids, s.response_ids, PAD, "cpu", max(map(len, s.response_ids)),
-                                                True, rows_per_chunk, keep_logits=True, packed=True)
+            logp, values, logits = grouped_pass(policy, s.prompt_ids, s.response_ids, PAD, "cpu",
+                                                max(map(len, s.response_ids)), True, rows_per_chunk, keep_logits=True,
+                                                packed=True)
             mask = (logp != 0).float()
             assert logits.shape[:2] == logp.shape
         else:

@@ -187,8 +187,8 @@ def packed_logprobs(model, prompts: list[list[int]], responses: list[list[int]],
     r_ids = pad([r + [pad_id] * (R - len(r)) for r in responses], pad_id).to(device)
     r_attn = pad([[1] * len(r) + [0] * (R - len(r)) for r in responses], 0).to(device)
     # the root forward (PolicyWithValue / ReferenceLM, or a DDP wrapper), as the padded pass calls it
-    logits, values = model(ids.to(device), mask.to(device), pos.to(device), with_values=with_values and head is not None,
-                           logits_to_keep=L - first)
+    logits, values = model(ids.to(device), mask.to(device), pos.to(device),
+                           with_values=with_values and head is not None, logits_to_keep=L - first)
     where, pack_of = where.to(device), pack_of.to(device)[:, None]
     logits = logits.float()[pack_of, where - first]  # [n, R, V]
     logp = algos.gather_logprobs(logits, r_ids) * r_attn
