@@ -97,7 +97,7 @@ paper: base
 # validation and test unchanged), where SFT is data-limited, those two also with the 4,000 answer-only questions
 # added to RL at the same compute, and online self-training (ReFT's baseline) at the same RL settings (all three
 # sizes). 3 seeds each. Offline self-training from each warm-up at ReFT's sampling budget (~100 samples per annotated
-# question) for 100, 250 and 500 questions, for 100 and 250 also as expert iteration (3 rounds), for 100 also with
+# question) for 100, 250 and 500 questions, also as expert iteration (3 rounds), for 100 also with
 # the SFT baseline's schedule, and
 # ReFT + answer-only for 60 iterations (~300 RL epochs, the ReFT release's budget). Then the learning rates chosen on
 # validation (`make sft_lr`) and ReFT from the warm-ups they chose: for 100 questions (RL lr 1e-4, and with the
@@ -113,7 +113,7 @@ paper_long: base
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n100 --parallel 2 $(LONG_N100)
 	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 100 250 --seeds 0 1 2 --parallel 2
 	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 100 --seeds 0 1 2 --rounds 1 --sft-epochs 0 --parallel 2
-	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 500 --seeds 0 1 2 --rounds 1 --parallel 2
+	$(BIN)/python scripts/paper_selftrain.py runs/paper_long --sizes 500 --seeds 0 1 2 --rounds 3 --parallel 2
 	$(BIN)/python scripts/paper_reft_longer.py runs/paper_long --sizes 100 --seeds 0 1 2 --steps 60 --eval-every 4 --parallel 2
 	$(MAKE) sft_lr
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_long/n100_warmup3e-5 --parallel 2 $(LONG_N100) \
