@@ -16,6 +16,14 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 
+def select_rows(buf: torch.Tensor, indices: torch.Tensor, filled: int) -> torch.Tensor:
+    """Rows `indices` of a [rows, heads, capacity, head dim] buffer whose first `filled` positions hold keys or
+    values: a buffer of the same capacity, only the filled positions copied."""
+    out = buf.new_empty(len(indices), *buf.shape[1:])
+    out[..., :filled, :] = buf[indices, ..., :filled, :]
+    return out
+
+
 class PreallocatedLayer(DynamicLayer):
     """A `DynamicLayer` whose keys/values are the first `length` positions of buffers of `capacity` positions
     (grown, by copying once, if a call ever needs more)."""
@@ -54,11 +62,8 @@ class PreallocatedLayer(DynamicLayer):
             self._views()
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self._len:  # copies the filled positions only, into buffers that keep their capacity
-            n = self._len
-            k, v = self._k.new_empty(len(indices), *self._k.shape[1:]), self._v.new_empty(len(indices), *self._v.shape[1:])
-            k[..., :n, :], v[..., :n, :] = self._k[indices, ..., :n, :], self._v[indices, ..., :n, :]
-            self._k, self._v = k, v
+        if self._len:
+            self._k, self._v = select_rows(self._k, indices, self._len), select_rows(self._v, indices, self._len)
             self._views()
 
     def reset(self) -> None:

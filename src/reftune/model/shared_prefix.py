@@ -33,6 +33,8 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
 
+from reftune.model.kv_cache import select_rows
+
 NAME = "reftune_shared_prefix"
 
 
@@ -46,7 +48,7 @@ class SharedPrefixState:
 
     def __init__(self, prompt_keys: list[torch.Tensor], prompt_values: list[torch.Tensor],
                  prompt_mask: torch.Tensor, G: int, capacity: int):
-        self.prompt_keys, self.prompt_values, self.G, self.capacity = prompt_keys, prompt_values, G, capacity
+        self.prompt_keys, self.prompt_values, self.G = prompt_keys, prompt_values, G
         n_prompts = prompt_mask.shape[0]
         self.prompt_bias = torch.zeros(n_prompts, 1, 1, prompt_mask.shape[1], device=prompt_mask.device).masked_fill(
             prompt_mask[:, None, None, :] == 0, float("-inf"))  # [prompts, 1, 1, P], added to fp32 scores
@@ -65,19 +67,11 @@ class SharedPrefixState:
         return cls([layer.keys.contiguous() for layer in cache.layers],
                    [layer.values.contiguous() for layer in cache.layers], prompt_mask, G, capacity)
 
-    @property
-    def rows(self) -> int:
-        return self.prompt_of_row.shape[0]
-
     def select_rows(self, keep: torch.Tensor) -> None:
         """Keep only rows `keep` (sorted indices), e.g. when the others have finished."""
         self.prompt_of_row, self.slot_of_row = self.prompt_of_row[keep], self.slot_of_row[keep]
-        n = self.length
-        for cache in (self.keys, self.values):
-            for i, buf in enumerate(cache):
-                new = buf.new_empty(len(keep), *buf.shape[1:])
-                new[:, :, :n] = buf[keep, :, :n]
-                cache[i] = new
+        self.keys = [select_rows(buf, keep, self.length) for buf in self.keys]
+        self.values = [select_rows(buf, keep, self.length) for buf in self.values]
 
     def check_step(self, n_layers: int) -> None:
         """After a decode step: every layer must have attended through this state (else the model ignored it)."""

@@ -203,8 +203,6 @@ def supports_packing(model) -> bool:
     return getattr(getattr(base, "config", None), "_attn_implementation", None) == "sdpa"
 
 
-
-
 def distinct_prompts(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
     """(each distinct prompt once, in order of first appearance; owner[i] = the index of row i's prompt)."""
     index: dict[tuple[int, ...], int] = {}
