@@ -130,6 +130,16 @@ def test_online_self_training_in_two_processes_equals_one(warmup, tmp_path):
 
 
 @pytest.mark.slow
+def test_ppo_with_the_gold_cots_nll_in_two_processes_equals_one(warmup, tmp_path):
+    """rl.sft_coef: each epoch deals all processes' questions into the minibatches in one order, each process adds
+    its gold CoTs' share of the minibatch's token-mean NLL, so the steps are the one-process ones."""
+    cli(*rl_args(tmp_path / "one", warmup, "gae", 2), "rl.sft_coef=0.5")
+    torchrun(*rl_args(tmp_path / "two", warmup, "gae", 2), "rl.sft_coef=0.5")
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert all(r["sft_loss"] > 0 for r in records(tmp_path / "two") if "reward" in r)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["staged", "adaptive"])
 def test_r3_curriculum_in_two_processes_equals_one(warmup, tmp_path, schedule):
     """R^3: start states drawn for the whole batch (each process keeps its shard's), and every process's schedule

@@ -88,7 +88,7 @@ def test_fp16_training_on_cpu_is_refused_with_a_reason():
 @pytest.mark.parametrize("override, message", [
     ("rl.overlong_penalty=0", "rl.overlong_penalty"), ("rl.overlong_penalty=200", "rl.overlong_penalty"),
     ("rl.tis_cap=0", "rl.tis_cap"), ("rl.rollout_precision=fp8", "rl.rollout_precision"),
-    ("rl.max_refill_rounds=-1", "rl.max_refill_rounds"),
+    ("rl.max_refill_rounds=-1", "rl.max_refill_rounds"), ("rl.sft_coef=-0.5", "rl.sft_coef"),
 ])
 def test_option_ranges_are_checked(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -100,6 +100,8 @@ def test_options_that_need_other_settings_say_which():
         load_config(RLJob, None, ["rl.dynamic_sampling=true", "rl.num_generations=1", "rl.minibatches=1"])
     with pytest.raises(ConfigError, match="rl.tis_cap: needs rl.temperature=1"):
         load_config(RLJob, None, ["rl.tis_cap=2", "rl.temperature=0.7"])
+    with pytest.raises(ConfigError, match="rl.sft_coef: adds an NLL term to PPO"):
+        load_config(RLJob, None, ["rl.sft_coef=1", "rl.objective=online_self_training"])
 
 
 # --- smoke runs --------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from reftune.model.modeling import PolicyWithValue, build_tiny_model, train_toke
 from reftune.model.sampler import Samples
 from reftune.rl.batch import Rollout, ScoredBatch
 from reftune.rl.scoring import ReferenceLM, score
-from reftune.rl.update import advantages, ppo_update
+from reftune.rl.update import advantages, gold_minibatches, ppo_update
 from reftune.train.accel import get_accelerator
 
 # two questions, two samples each: rows 0-1 answer question 0, rows 2-3 question 1
@@ -135,3 +135,44 @@ def test_one_ppo_minibatch_raises_the_logprobs_of_positive_advantage_tokens(poli
     assert len(stats["policy_loss"]) == 1
     assert change[0] > 0 and change[2] > 0, change
     assert change[1] < 0 and change[3] < 0, change
+
+
+def test_gold_cots_are_dealt_to_the_minibatches_in_the_epochs_question_order():
+    """Four questions (q1 answer-only) in the order 2, 0, 3, 1, two minibatches: the first takes questions 2 and 0,
+    the second 3 and 1; a process holding questions 2-3 keeps its own gold rows of each minibatch."""
+    A, C, D = ([1], [10]), ([3], [30]), ([4], [40])
+    order = torch.tensor([2, 0, 3, 1])
+    assert gold_minibatches(order, 2, 0, [A, None, C, D]) == [[C, A], [D]]
+    assert gold_minibatches(order, 2, 2, [C, D]) == [[C], [D]]
+    assert gold_minibatches(order, 2, 0, [A, None]) == [[A], []]
+    assert gold_minibatches(torch.tensor([0, 1, 2]), 2, 0, [A, C, D]) == [[A, C], [D]]
+
+
+def test_sft_coef_adds_the_token_mean_nll_of_the_gold_cots_to_the_ppo_loss(policy_and_tokenizer):
+    """With zero advantages the policy loss has no gradient, so one SGD step of PPO with rl.sft_coef=0.5 is one
+    SGD step on 0.5 x the token-mean NLL of the gold CoTs (question 1 answer-only: none), worked out here on the
+    unpadded sequence."""
+    policy, tok = policy_and_tokenizer
+    gold_prompt, gold_target = [5, 6, 7], [20, 21, 22, 23]
+    saved = {k: v.clone() for k, v in policy.state_dict().items()}
+    batch = score_batch(policy, tok)
+    cfg = RLConfig(ppo_epochs=1, minibatches=1, kl_in="none", num_generations=2, sft_coef=0.5, grad_clip=100.0)
+    stats = ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), get_accelerator("fp32"), batch,
+                       torch.zeros_like(batch.mask), torch.zeros_like(batch.mask), cfg, use_values=False,
+                       where="test", gold=[(gold_prompt, gold_target), None])
+    ours = {k: v.clone() for k, v in policy.state_dict().items()}
+    policy.load_state_dict(saved)
+    policy.train()
+    nll = -direct_logprobs(policy.lm, gold_prompt, gold_target).mean()
+    policy.zero_grad()
+    (0.5 * nll).backward()
+    with torch.no_grad():
+        expected = {n: p - 0.1 * p.grad if p.grad is not None else p.clone() for n, p in policy.named_parameters()}
+    policy.zero_grad()
+    policy.load_state_dict(saved)  # leave the module fixture as it was
+    assert stats["sft_loss"] == [pytest.approx(nll.item(), abs=1e-5)]
+    moved = 0
+    for name, value in expected.items():
+        assert torch.allclose(ours[name], value, atol=1e-6), name
+        moved += not torch.equal(value, saved[name])
+    assert moved > 0

@@ -11,7 +11,8 @@ function that reads as a table of contents. Each iteration is
   4. advantages — `update.advantages`: ReFT's per-token KL penalty inside the reward, then GAE (or the group
                   estimator of `rl.advantage`), whitened with `rl.whiten_advantages`;
   5. update     — `update.ppo_update`: `ppo_epochs` passes of `minibatches` with the clipped policy and value
-                  losses (`tis_cap`: truncated importance weights p_trainer / p_sampler); or, with
+                  losses (`tis_cap`: truncated importance weights p_trainer / p_sampler; `sft_coef`: plus the NLL
+                  of the minibatch's questions' gold CoTs); or, with
                   `rl.objective=online_self_training` (ReFT's baseline), `update.nll_update` on the batch's
                   correct finished samples plus its gold CoTs — no KL, reference, value loss or advantages;
   6. record     — `metrics.iteration_record`; validation every `eval_every`, `best/` kept, `last/` resumable
@@ -128,7 +129,7 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     ref = ReferenceLM(ref_lm).eval() if ref_lm is not None and needs_reference(cfg) else None
     setup = rollout_setup(core, tokenizer, train, cfg, ctx, acc.device, curriculum)
     gold = ([encode_target(tokenizer, build_target(e.cot, ctx.template, e.answer)) if e.cot else None for e in train]
-            if cfg.objective == "online_self_training" else [])
+            if cfg.objective == "online_self_training" or cfg.sft_coef > 0 else [])
     state = TrainState(ctx.out_dir, core.lm, tokenizer, opt, sched, value_head=core.value_head, unit="step",
                        extras={"curriculum": curriculum})
     state.resume(lr=cfg.lr)
@@ -156,7 +157,9 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
         release_engine(setup)  # vllm on GPU with rollout.sleep: its memory is the update's until the next rollout
         if cfg.objective == "ppo":
             adv, returns = advantages(batch, rollout.scores, cfg)
-            stats = ppo_update(policy, opt, acc, batch, adv, returns, cfg, use_values, where)
+            stats = ppo_update(policy, opt, acc, batch, adv, returns, cfg, use_values, where,
+                               gold=[(setup.prompt_ids[i], gold[i]) if gold[i] else None for i in rollout.idx]
+                               if gold else None)
         else:
             stats = self_training_update(policy, opt, acc, rollout, setup.prompt_ids, gold, pad_id, cfg, where)
         sync_engine(setup, core.lm)  # a separate engine (vllm) samples the next rollout from the new weights

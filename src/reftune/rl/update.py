@@ -70,10 +70,13 @@ def reduce_stats(stats: dict[str, torch.Tensor], tokens: torch.Tensor, count: to
 
 
 def ppo_update(policy, opt, acc, batch: ScoredBatch, adv: torch.Tensor, returns: torch.Tensor, cfg: RLConfig,
-               use_values: bool, where: str) -> dict[str, list[float]]:
+               use_values: bool, where: str, gold: list | None = None) -> dict[str, list[float]]:
     """`rl.ppo_epochs` passes of `rl.minibatches` shuffled minibatches (global torch RNG) with the clipped policy
-    loss, plus the clipped value loss (with `use_values`) and the KL loss (rl.kl_in="loss"); one optimizer step
-    per minibatch. Returns each statistic's value per minibatch.
+    loss, plus the clipped value loss (with `use_values`), the KL loss (rl.kl_in="loss") and, with rl.sft_coef > 0,
+    `sft_coef` x the token-mean NLL of gold CoTs (`gold`: one (prompt ids, target ids) or None per question of this
+    process's batch, in row order): each epoch deals the step's questions into the minibatches at random, and a
+    minibatch's loss takes its questions' gold CoTs (InstructGPT's PPO-ptx, with the SFT data ReFT warmed up on).
+    One optimizer step per minibatch. Returns each statistic's value per minibatch.
 
     With several processes, `batch` is this process's shard: the minibatches are drawn from the rows of all
     shards (the same permutation everywhere), each process computes its rows' share of the minibatch's loss
@@ -81,27 +84,51 @@ def ppo_update(policy, opt, acc, batch: ScoredBatch, adv: torch.Tensor, returns:
     process with no row in a minibatch backpropagates zero times one row's loss: DDP needs its gradients."""
     first, B = row_span(len(batch))
     mask, size = batch.mask, -(-B // cfg.minibatches)
+    G, with_gold = cfg.num_generations, cfg.sft_coef > 0 and gold is not None
     stats: dict[str, list[float]] = {}
     policy.train()
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(B)
-        for s in range(0, B, size):
+        deal = gold_minibatches(torch.randperm(B // G), -(-B // size), first // G, gold) if with_gold else None
+        for m, s in enumerate(range(0, B, size)):
             j = minibatch_rows(perm[s:s + size], first, len(batch)).to(mask.device)
             here = float(len(j) > 0)  # 0: a stand-in row, masked out and weighted 0
             j = j if len(j) else torch.zeros(1, dtype=torch.long, device=mask.device)
             row_mask = mask[j] * here
             tokens, count = (algos.aggregation_count(row_mask, agg) * here for agg in ("token_mean", cfg.loss_agg))
             minibatch_stats = _minibatch_step(policy, opt, acc, batch, adv, returns, j, row_mask, count, cfg,
-                                              use_values, where)
+                                              use_values, where, deal[m] if deal else None)
             for k, v in reduce_stats(minibatch_stats, tokens, count).items():
                 stats.setdefault(k, []).append(v)
     return stats
 
 
+def gold_minibatches(order: torch.Tensor, minibatches: int, first: int, gold: list) -> list[list[tuple]]:
+    """The gold (prompt, target) rows of each minibatch held by this process: the step's questions in `order` (a
+    permutation of all processes' questions) dealt into `minibatches` consecutive parts; this process holds
+    questions first .. first + len(gold) - 1, those with a gold CoT count."""
+    size = -(-len(order) // minibatches)
+    return [[gold[q - first] for q in order[s:s + size].tolist()
+             if first <= q < first + len(gold) and gold[q - first] is not None]
+            for s in range(0, size * minibatches, size)]
+
+
+def gold_nll(policy, rows: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token-mean NLL of the targets of `rows` (prompt ids, target ids) under `policy`, their token count); a
+    process without rows gets a masked stand-in row: (0 with a graph through every weight, 0)."""
+    held = rows or [([pad_id], [pad_id])]
+    ids, attn, mask, P = join_prompt_response([p for p, _ in held], [t for _, t in held], pad_id)
+    ids, attn, mask = ids.to(device), attn.to(device), mask.to(device).float() * float(bool(rows))
+    logp = response_logprobs(policy, ids, attn, P, False)[0]
+    return -(logp * mask).sum() / mask.sum().clamp(min=1), mask.sum()
+
+
 def _minibatch_step(policy, opt, acc, batch: ScoredBatch, adv, returns, j: torch.Tensor, mask: torch.Tensor,
-                    count: torch.Tensor, cfg: RLConfig, use_values: bool, where: str) -> dict[str, torch.Tensor]:
+                    count: torch.Tensor, cfg: RLConfig, use_values: bool, where: str,
+                    gold_rows: list | None = None) -> dict[str, torch.Tensor]:
     """One optimizer step on the rows j of this process's batch; mask: their response mask (zeros: none of the
-    minibatch's rows is here); count: its loss aggregation's count. Returns the step's statistics (0-dim)."""
+    minibatch's rows is here); count: its loss aggregation's count; gold_rows: the minibatch's gold CoTs held here
+    (rl.sft_coef > 0; None: no SFT term). Returns the step's statistics (0-dim)."""
     with acc.autocast():
         # with one epoch of one minibatch, scoring already ran this forward (scoring.reuses_update_forward)
         logp, values, logits = batch.take_update_forward(j) or rows_forward(policy, batch, j, use_values)
@@ -121,6 +148,12 @@ def _minibatch_step(policy, opt, acc, batch: ScoredBatch, adv, returns, j: torch
             pg_stats["kl_loss"] = kl_term.detach()
         if num_processes() > 1:
             loss = loss * data_parallel_scale(count)
+        if gold_rows is not None:
+            sft_loss, gold_tokens = gold_nll(policy, gold_rows, batch.pad_id, mask.device)
+            scale = data_parallel_scale(gold_tokens) if num_processes() > 1 else 1.0
+            loss = loss + cfg.sft_coef * sft_loss * scale
+            pg_stats["sft_loss"] = (sft_loss.detach() if num_processes() == 1 else  # the whole minibatch's mean
+                                    all_weighted_means({"s": sft_loss.detach()}, {"s": gold_tokens})["s"])
     optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip, where=where)
     with torch.no_grad():
         pg_stats["entropy"] = algos.masked_mean(algos.entropy_from_logits(logits.detach()), mask)
