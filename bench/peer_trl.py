@@ -24,6 +24,9 @@ Each (model, system) runs in its own subprocess on `--threads` torch threads; a 
 `--systems`, the order reversed every other round. `reftune_plain` is reftune with its trainer side as before issue
 16's shortcuts (`use_plain_trainer_side`), the before/after row; `reftune_repeat` is reftune with each prompt's KV
 cache repeated per sample in the rollout (`rollout.shared_prefix=false`), the row before shared-prefix decoding.
+`reftune_vllm` (`rollout.backend=vllm`) and `trl_vllm` (TRL's `use_vllm=True, vllm_mode="colocate"`) roll out
+through a vLLM engine in the training process, both sampling in bfloat16 (`VLLM_ROLLOUT_PRECISION`: the dtype TRL's
+engine picks for an fp32 checkpoint) with fp32 trainers; they need vllm next to TRL (`make bench-trl-vllm`).
 Per iteration: seconds (rollout + scoring + update, i.e. without validation or checkpoints), completion tokens, rollout seconds (reftune: `rollout_s`, which includes
 grading; TRL: time in `_generate_single_turn` plus its reward call), and reftune's `scoring_s` / `update_s` (with
 one epoch of one minibatch the update's forward runs inside scoring); the first iteration of each worker
@@ -52,7 +55,10 @@ GROUP, MAX_NEW, LR, SEED = 8, 96, 1e-6, 0
 # SmolLM2's update on 128 rows x ~200 tokens keeps ~29 GB of fp32 activations: more than this machine has, so both
 # systems recompute them (gradient checkpointing; TRL's default, which the tiny model turns off in both)
 CHECKPOINTING = {"tiny": False, "smollm2": True}
-SYSTEMS = ["reftune", "trl", "reftune_plain", "reftune_repeat"]
+SYSTEMS = ["reftune", "trl", "reftune_plain", "reftune_repeat", "reftune_vllm", "trl_vllm"]
+# the vLLM pair (needs vllm in this venv: `make bench-trl-vllm`): both sample in the dtype TRL's colocated engine
+# picks for an fp32 checkpoint (vLLM's "auto": bfloat16 on this CPU), both trainers stay fp32
+VLLM_ROLLOUT_PRECISION = "bf16"
 # iterations per worker (the first is dropped when there are more), rounds of every system, questions per iteration
 PER_MODEL = {"tiny": {"iters": 4, "rounds": 2, "prompts": 16}, "smollm2": {"iters": 2, "rounds": 1, "prompts": 4}}
 DATA = ["data.n_train=256", "data.n_val=2", "data.n_test=2", "data.n_extra=0", "data.n_pretrain=0"]
@@ -135,7 +141,10 @@ def trl_inputs(model: str, warmup: str, iters: int, prompts: int):
     return lm, tok, [{"prompt": texts[i], "idx": i} for i in order], train, same_ids
 
 
-def run_trl(model: str, warmup: str, iters: int, prompts: int, out: Path) -> dict:
+def run_trl(model: str, warmup: str, iters: int, prompts: int, out: Path, use_vllm: bool = False) -> dict:
+    """TRL's GRPOTrainer; use_vllm: generation through its colocated vLLM engine (vllm_mode="colocate", in this
+    process: VLLM_ENABLE_V1_MULTIPROCESSING=0 so that TRL reaches the engine's model to push weights; 1 GiB or so of
+    KV cache: vllm_gpu_memory_utilization is a share of RAM on CPU)."""
     from datasets import Dataset
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -154,7 +163,9 @@ def run_trl(model: str, warmup: str, iters: int, prompts: int, out: Path) -> dic
                       scale_rewards="group", learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0,
                       weight_decay=0.0, max_grad_norm=1.0, shuffle_dataset=False, disable_dropout=True,
                       logging_steps=1, save_strategy="no", report_to="none", dataloader_num_workers=0,
-                      gradient_checkpointing=CHECKPOINTING[model])
+                      gradient_checkpointing=CHECKPOINTING[model],
+                      **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.05}
+                         if use_vllm else {}))
     times: dict[str, list[float]] = {"step": [], "generate": [], "tokens": [], "reward": []}
 
     class StepTimer(TrainerCallback):
@@ -192,11 +203,15 @@ def worker(system: str, model: str, warmup: str, iters: int, prompts: int, threa
     import torch
     torch.set_num_threads(threads)
     load = [round(os.getloadavg()[0], 2)]
+    extra = {"reftune_repeat": ("rollout.shared_prefix=false",),
+             "reftune_vllm": ("rollout.backend=vllm", f"rl.rollout_precision={VLLM_ROLLOUT_PRECISION}")}
+    if system.endswith("vllm"):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        res = (run_trl(model, warmup, iters, prompts, run) if system == "trl" else
-               run_reftune(model, warmup, iters, prompts, run, plain=system == "reftune_plain",
-                           extra=("rollout.shared_prefix=false",) if system == "reftune_repeat" else ()))
+        res = (run_trl(model, warmup, iters, prompts, run, use_vllm=system == "trl_vllm") if system.startswith("trl")
+               else run_reftune(model, warmup, iters, prompts, run, plain=system == "reftune_plain",
+                                extra=extra.get(system, ())))
     load.append(round(os.getloadavg()[0], 2))
     timed = res["iterations"][1:] or res["iterations"]
     med = {k: statistics.median(it[k] for it in timed) for k in ("seconds", "rollout_s", "completion_tokens")}
@@ -282,11 +297,15 @@ def main() -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table(report["runs"]))
     for model, s in report["summary"].items():
-        print(f"{model}: reftune is {s['reftune_speedup']:.2f}x TRL's speed "
-              f"({s['reftune_s']:.2f} vs {s['trl_s']:.2f} s per iteration, medians over rounds)"
-              + (f"; before the shortcuts {s['reftune_plain_s']:.2f} s" if "reftune_plain_s" in s else "")
-              + (f"; prompt cache repeated per sample {s['reftune_repeat_s']:.2f} s"
-                 if "reftune_repeat_s" in s else ""))
+        if "reftune_speedup" in s:
+            print(f"{model}: reftune is {s['reftune_speedup']:.2f}x TRL's speed "
+                  f"({s['reftune_s']:.2f} vs {s['trl_s']:.2f} s per iteration, medians over rounds)"
+                  + (f"; before the shortcuts {s['reftune_plain_s']:.2f} s" if "reftune_plain_s" in s else "")
+                  + (f"; prompt cache repeated per sample {s['reftune_repeat_s']:.2f} s"
+                     if "reftune_repeat_s" in s else ""))
+        if "reftune_vllm_speedup" in s:
+            print(f"{model}: with vLLM rollouts in both, reftune is {s['reftune_vllm_speedup']:.2f}x TRL's speed "
+                  f"({s['reftune_vllm_s']:.2f} vs {s['trl_vllm_s']:.2f} s per iteration)")
     print(f"written: {args.out}")
     return 0
 
@@ -303,12 +322,14 @@ def summary(runs: list[dict]) -> dict:
     for model in dict.fromkeys(r["model"] for r in runs):
         secs = {s: [r["median"]["seconds"] for r in runs if r["model"] == model and r["system"] == s and "median" in r]
                 for s in SYSTEMS}
-        if secs["reftune"] and secs["trl"]:
-            ref, trl = statistics.median(secs["reftune"]), statistics.median(secs["trl"])
-            out[model] = {"reftune_s": round(ref, 3), "trl_s": round(trl, 3), "reftune_speedup": round(trl / ref, 3)}
-            for other in ("reftune_plain", "reftune_repeat"):
-                if secs[other]:
-                    out[model][f"{other}_s"] = round(statistics.median(secs[other]), 3)
+        med = {s: statistics.median(v) for s, v in secs.items() if v}
+        row = {f"{s}_s": round(v, 3) for s, v in med.items()}
+        if "reftune" in med and "trl" in med:
+            row["reftune_speedup"] = round(med["trl"] / med["reftune"], 3)
+        if "reftune_vllm" in med and "trl_vllm" in med:  # the vLLM pair: each system with its vLLM engine
+            row["reftune_vllm_speedup"] = round(med["trl_vllm"] / med["reftune_vllm"], 3)
+        if row:
+            out[model] = row
     return out
 
 
