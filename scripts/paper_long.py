@@ -31,7 +31,7 @@ from paper_table import aggregate
 from reftune.train.logger import read_metrics
 from reftune.train.report import LABELS
 
-RL_STAGES = ("reft", "reft_extra", "online_st")
+RL_STAGES = ("reft", "reft_extra", "online_st", "reft_sft")
 STAGE_OF = {"warmup": "warmup", "sft": "sft", **{st: st for st in RL_STAGES}}  # model -> its stage
 # `scripts/paper_selftrain.py`'s runs, in OUT/n<N>/seed-S/selftrain-r<R>: R = 1 offline self-training, R > 1 expert
 # iteration
@@ -234,7 +234,7 @@ def plot(found: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(found), figsize=(5 * len(found), 3.8), squeeze=False)
     for ax, (n, e) in zip(axes[0], found.items()):
         longer = sorted(k for k in e["curves"] if k.startswith("reft_extra_x") and "/" not in k)
-        for st, color in zip([*RL_STAGES, *longer], ("C0", "C2", "C3", "C1", "C4")):
+        for st, color in zip([*RL_STAGES, *longer], ("C0", "C2", "C3", "C5", "C1", "C4")):
             runs = e["curves"].get(st, [])
             label = LABELS.get(st) or f"(d) ReFT + answer-only, {st[12:]} iterations"
             if not runs:

@@ -235,3 +235,23 @@ def test_online_self_training_is_a_stage_a_finished_run_can_add(finished, tmp_pa
     assert set(resumed) == set(results) | {"online_st/val", "online_st/test"}
     assert all(resumed[k] == v for k, v in results.items())
     assert "(e) online self-training" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_reft_with_the_gold_cots_nll_is_a_stage_a_finished_run_can_add(finished, tmp_path):
+    """rl_sft_coef=0.5 on resume: only the new stage (reft_sft) trains, PPO with the gold CoTs' NLL (sft_loss logged,
+    the reference's KL and the value loss still there); the reft stage's records and results stay as they were."""
+    src, cfg, results = finished
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    before = read_metrics(out)
+    resumed = run(load_config(RunConfig, None, [f"out_dir={out}", *TINY, "rl_sft_coef=0.5"]), resume=True)
+    new = read_metrics(out)[len(before):]
+    assert {r["stage"] for r in new} == {"reft_sft", "eval"}
+    steps = [r for r in new if r["stage"] == "reft_sft" and "reward" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    assert all(r["sft_loss"] > 0 and "value_loss" in r for r in steps)
+    assert not any("sft_loss" in r for r in before)
+    assert set(resumed) == set(results) | {"reft_sft/val", "reft_sft/test"}
+    assert all(resumed[k] == v for k, v in results.items())
+    assert "(h) ReFT + NLL on the gold CoTs" in (out / "report.md").read_text()

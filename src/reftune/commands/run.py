@@ -17,6 +17,7 @@ one from its `last/` checkpoint):
   reft_extra — the same with the answer-only `extra` questions added (when `rl_extra`);
   online_st — online self-training from the warm-up model at the same RL settings (when
            `rl_online_self_training`): ReFT's baseline, NLL on each batch's correct samples and gold CoTs;
+  reft_sft — ReFT with `rl.sft_coef=rl_sft_coef` (when that is > 0): PPO plus the NLL of the gold CoTs;
   eval   — greedy accuracy of every model on val and test → `results.json`, `eval/*.jsonl`;
   report — `report.md` with the results table and curves.
 """
@@ -141,11 +142,12 @@ def warmup_and_sft(run: Run, stages: Stages, base: Path) -> Path:
     return run.dir / "sft" / f"epoch-{cfg.warmup_epochs}"
 
 
-def rl_stage(run: Run, stages: Stages, name: str, train, warmup: Path, objective: str | None = None) -> None:
-    """PPO (or `objective`) from the warm-up model (or from `<name>/last` when resuming); reference = warm-up
-    model. A finished stage is continued when a resume raised rl.steps."""
+def rl_stage(run: Run, stages: Stages, name: str, train, warmup: Path, objective: str | None = None,
+             **rl_changes) -> None:
+    """PPO (or `objective`) from the warm-up model (or from `<name>/last` when resuming), with `rl_changes` to the
+    rl section; reference = warm-up model. A finished stage is continued when a resume raised rl.steps."""
     cfg = run.cfg
-    rl_cfg = cfg.rl if objective is None else replace(cfg.rl, objective=objective)
+    rl_cfg = replace(cfg.rl, **rl_changes, **({"objective": objective} if objective else {}))
     if name in stages.done:
         st = load_progress(run.dir / name / "last")
         if st is None or st["step"] >= cfg.rl.steps:
@@ -204,12 +206,14 @@ def run(cfg: RunConfig, resume: bool = False) -> dict:
         if cfg.rl_extra and splits["extra"]:
             rl_stage(r, stages, "reft_extra", splits["train"] + splits["extra"], warmup)
         if cfg.rl_online_self_training:
-            rl_stage(r, stages, "online_st", splits["train"], warmup, objective="online_self_training")
+            rl_stage(r, stages, "online_st", splits["train"], warmup, objective="online_self_training", sft_coef=0.0)
+        if cfg.rl_sft_coef > 0:
+            rl_stage(r, stages, "reft_sft", splits["train"], warmup, sft_coef=cfg.rl_sft_coef)
         models = {"base": base, "warmup": warmup}
         if cfg.sft_baseline:
             models["sft"] = r.dir / "sft" / "best"
         models["reft"] = r.dir / "reft" / "best"
-        for extra in ("reft_extra", "online_st"):
+        for extra in ("reft_extra", "online_st", "reft_sft"):
             if extra in stages.done:
                 models[extra] = r.dir / extra / "best"
         results = on_main(evaluate_models, r, models)  # the others wait (and return None)

@@ -269,6 +269,7 @@ class RunConfig:
     sft_baseline: bool = doc(True, "also train the SFT baseline: continue SFT, best validation checkpoint")
     rl_extra: bool = doc(False, "also run ReFT with the extra answer-only questions")
     rl_online_self_training: bool = doc(False, "also run online self-training (ReFT's baseline) from the warm-up with the RL stage's settings and budget: rl.objective=online_self_training (NLL on the correct samples and the gold CoTs, no KL)")
+    rl_sft_coef: float = doc(0.0, "> 0: also run ReFT with rl.sft_coef set to this (PPO plus the NLL of each minibatch's gold CoTs) from the warm-up, same settings and budget (stage reft_sft)")
     data: DataConfig = section(DataConfig, "dataset and splits")
     model: ModelConfig = section(ModelConfig, "model and tokenizer")
     pretrain: PretrainConfig = section(PretrainConfig, "base-model pretraining (tiny default only; skipped with --model or data.n_pretrain=0)")

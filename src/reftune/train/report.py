@@ -11,6 +11,7 @@ from reftune.train.logger import read_metrics
 LABELS = {"base": "base model (before SFT)", "warmup": "(a) warm-up (SFT, few epochs)", "sft": "(b) SFT baseline (best val epoch)",
           "reft": "(c) ReFT from warm-up", "reft_extra": "(d) ReFT + answer-only questions",
           "online_st": "(e) online self-training from warm-up (best val step)",
+          "reft_sft": "(h) ReFT + NLL on the gold CoTs (rl.sft_coef)",
           "rl": "RL (best val step)", "selftrain": "offline self-training / expert iteration (best val round)"}
 
 
