@@ -248,3 +248,24 @@ def test_online_self_training_through_reftune_rl(tiny, tmp_path, monkeypatch):
                 absent={"policy_loss", "value_loss", "kl_loss", "clipfrac", "explained_variance"})
     for r in records:
         assert (r["self_train_samples"], r["self_train_gold"], r["kl"]) == (0, 4, 0)
+
+
+def test_bf16_on_a_cpu_without_bf16_matmuls_warns(tmp_path, monkeypatch):
+    """The flag test reads /proc/cpuinfo's flags; a CPU without avx512_bf16/amx_bf16 gets a warning naming the
+    field (bf16 matmuls are emulated there, ~10x slower than fp32 at the tiny model's sizes); one with them, none."""
+    from reftune.train import accel
+    (tmp_path / "avx2").write_text("processor : 0\nflags\t\t: fpu sse2 avx2 fma\n")
+    (tmp_path / "amx").write_text("processor : 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert accel.cpu_has_bf16_matmul(str(tmp_path / "avx2")) is False
+    assert accel.cpu_has_bf16_matmul(str(tmp_path / "amx")) is True
+    assert accel.cpu_has_bf16_matmul(str(tmp_path / "missing")) is None
+    monkeypatch.setattr(accel, "cpu_has_bf16_matmul", lambda: False)
+    with pytest.warns(UserWarning, match="rl.rollout_precision=bf16 on a CPU without bf16 matrix"):
+        accel.warn_if_bf16_is_emulated("rl.rollout_precision", "bf16", "cpu")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        accel.warn_if_bf16_is_emulated("rl.rollout_precision", "fp32", "cpu")
+        accel.warn_if_bf16_is_emulated("precision", "bf16", "cuda")
+        monkeypatch.setattr(accel, "cpu_has_bf16_matmul", lambda: True)
+        accel.warn_if_bf16_is_emulated("precision", "bf16", "cpu")

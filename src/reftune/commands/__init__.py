@@ -76,7 +76,7 @@ def rl(cfg: RLJob, resume: bool = False) -> dict:
 def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the command's name
     from reftune.eval.sampling import results_table
     from reftune.model.sampler import make_sampler
-    from reftune.train.accel import DTYPES, get_accelerator
+    from reftune.train.accel import DTYPES, get_accelerator, warn_if_bf16_is_emulated
     path, ev = require_model(cfg), cfg.eval
     if ev.verifier and ev.num_samples < 1:
         raise UserError("eval.verifier: reranking needs samples; set eval.num_samples=k (k >= 1)")
@@ -94,6 +94,7 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
             raise UserError(f"eval.offset: {ev.offset} skips all {len(splits[ev.split])} questions of '{ev.split}'")
         lm, tokenizer = load_pretrained(path, cfg.model.gguf_file)
         lm.to(get_accelerator().device, DTYPES[ev.precision])  # no training here: generation in eval.precision
+        warn_if_bf16_is_emulated("eval.precision", ev.precision, lm.device.type)
         ro = cfg.rollout
         if ro.backend == "hf":  # None: the evaluators' own HFSampler (shared prefixes on)
             sampler = None if ro.shared_prefix else make_sampler(

@@ -47,7 +47,7 @@ from reftune.rl.rollout import RolloutSetup, batch_indices, collect, dynamic_sam
 from reftune.rl.scoring import ReferenceLM, needs_reference, reuses_update_forward, score
 from reftune.rl.update import advantages, ppo_update, self_training_update
 from reftune.train.accel import (gather_lists, get_accelerator, is_main, num_processes, prepare, shard, unwrap,
-                                 whole_weights)
+                                 warn_if_bf16_is_emulated, whole_weights)
 from reftune.train.context import RunContext
 from reftune.train.state import TrainState
 
@@ -73,6 +73,7 @@ def check_data_parallel(cfg: RLConfig) -> None:
 def rollout_setup(core, tokenizer, train: list[Example], cfg: RLConfig, ctx: RunContext, device,
                   curriculum) -> RolloutSetup:
     """The sampler on the policy's LM, the prompts, the reward functions and the reward model (if used)."""
+    warn_if_bf16_is_emulated("rl.rollout_precision", cfg.rollout_precision, device.type)
     reward_fns = resolve_rewards(cfg.rewards)
     scorer = None
     if cfg.reward_model and any(name == "reward_model" for name, _, _ in reward_fns):
