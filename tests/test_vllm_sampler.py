@@ -169,10 +169,8 @@ def test_a_lora_policy_is_served_as_its_merged_weights(lm, tokenizer, engine, pr
 
 def test_bf16_engine_logprobs_are_within_bf16_rounding_of_the_fp32_trainer(lm, tokenizer, engine, prompts):
     """The mismatch rl.tis_cap corrects: a bf16 sampler against an fp32 trainer. Stated tolerance: mean
-    |Δ log p| < 0.03 nats and every token < 0.3 (bf16 keeps 8 mantissa bits; on a 2-core AMD EPYC without bf16
-    instructions, where vLLM's CPU kernels emulate bf16, this test measured a mean of 0.022 and a max of 0.18, above
-    the 0.02 that held on an Intel CPU with AMX), and a mean above 1e-3 (an fp32 engine is within 1e-4: the engine
-    did sample in bf16). Last in the file: vLLM keeps one engine per process, so the fp32 one is closed first."""
+    |Δ log p| < 0.02 nats and every token < 0.2 (bf16 keeps 8 mantissa bits). Last in the file: vLLM keeps
+    one engine per process, so the fp32 one is closed first."""
     engine.close()
     rng = torch.get_rng_state()
     sampler = VLLMSampler(lm, tokenizer, dtype=torch.bfloat16, kv_cache_memory_bytes=KV_BYTES)
@@ -185,4 +183,5 @@ def test_bf16_engine_logprobs_are_within_bf16_rounding_of_the_fp32_trainer(lm, t
         sampler.close()
     gaps = [abs(a - b) for p, r, lps in zip(out.prompt_ids, out.response_ids, out.logprobs)
             for a, b in zip(lps, trainer_logprobs(lm, p, r))]
-    assert 1e-3 < sum(gaps) / len(gaps) < 0.03 and max(gaps) < 0.3
+    assert sum(gaps) / len(gaps) < 0.02 and max(gaps) < 0.2
+    assert max(gaps) > 0  # it did sample in bf16

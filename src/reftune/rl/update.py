@@ -119,8 +119,7 @@ def gold_nll(policy, rows: list[tuple[list[int], list[int]]], pad_id: int, devic
     held = rows or [([pad_id], [pad_id])]
     ids, attn, mask, P = join_prompt_response([p for p, _ in held], [t for _, t in held], pad_id)
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device).float() * float(bool(rows))
-    logp = response_logprobs(policy, ids, attn, P, False)[0]
-    return -(logp * mask).sum() / mask.sum().clamp(min=1), mask.sum()
+    return -algos.masked_mean(response_logprobs(policy, ids, attn, P, False)[0], mask), mask.sum()
 
 
 def _minibatch_step(policy, opt, acc, batch: ScoredBatch, adv, returns, j: torch.Tensor, mask: torch.Tensor,

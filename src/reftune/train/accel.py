@@ -55,13 +55,13 @@ def get_accelerator(precision: str = "fp32") -> Accelerator:
     global _ACCELERATOR
     if precision not in MIXED:
         raise ConfigError(f"precision: '{precision}' is not one of fp32, bf16, fp16")
-    if not torch.cuda.is_available():
-        warn_if_bf16_is_emulated("precision", precision)
     if precision == "fp16" and not torch.cuda.is_available():
         # On CPU, accelerate accepts fp16 but neither autocasts nor scales the loss: the run would silently be fp32.
         raise ConfigError("precision: fp16 training needs a GPU (no fp16 autocast or loss scaling on CPU); "
                           "use bf16 or fp32 (rl.rollout_precision=fp16 works on CPU)")
     if _ACCELERATOR is None:
+        if not torch.cuda.is_available():
+            warn_if_bf16_is_emulated("precision", precision)
         # buffers (RoPE frequencies) are not trained: no broadcast at every forward, which would also make
         # a forward a collective (scoring does a rank-dependent number of them)
         ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
