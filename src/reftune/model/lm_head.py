@@ -1,6 +1,13 @@
-"""The LM head of a Hugging Face causal LM fed a contiguous input (see `contiguous_lm_head_input`)."""
+"""The LM head of a Hugging Face causal LM: fed a contiguous input (`contiguous_lm_head_input`), computed in
+fp32 while sampling in a lower precision (`fp32_lm_head`)."""
 
 from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+import torch.nn.functional as F
 
 
 def _contiguous_input(module, args):
@@ -21,3 +28,35 @@ def contiguous_lm_head_input(model):
         head.register_forward_pre_hook(_contiguous_input)
         head._reftune_contiguous = True
     return model
+
+
+@contextlib.contextmanager
+def fp32_lm_head(model, enabled: bool = True):
+    """Within the block, `model`'s LM head computes the logits in fp32: its input and weight are upcast and
+    autocast is off for the product (the weight's bf16/fp16 rounding, if it is stored so, stays).
+
+    What `rollout.fp32_lm_head` does for the hf sampler (vLLM: its `head_dtype`). A bf16 sampler's log-probs
+    differ from an fp32 trainer's mostly by the rounding of the logits themselves: a logit of 8-16 rounded to
+    bf16's 8-bit mantissa moves by up to 1/32 nat (MiniMax-M1, 2025, traced its RL's training/inference
+    mismatch to the head). A head that is not a plain `nn.Linear` (a LoRA-adapted head) is left as it is, with
+    a warning."""
+    head = model.get_output_embeddings() if enabled and hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield model
+        return
+    if not isinstance(head, torch.nn.Linear):
+        warnings.warn(f"rollout.fp32_lm_head: the LM head is a {type(head).__name__}, not a plain Linear; "
+                      "it keeps the sampling precision", stacklevel=3)
+        yield model
+        return
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            bias = None if head.bias is None else head.bias.float()
+            return F.linear(x.float(), head.weight.float(), bias)
+
+    head.forward = forward  # an instance attribute: hooks still run, `del` restores the class's forward
+    try:
+        yield model
+    finally:
+        del head.forward

@@ -19,7 +19,7 @@ from reftune.errors import UserError
 from reftune.model.batching import left_pad, positions
 from reftune.model.kv_cache import preallocated_cache
 from reftune.model import shared_prefix
-from reftune.model.lm_head import contiguous_lm_head_input
+from reftune.model.lm_head import contiguous_lm_head_input, fp32_lm_head
 from reftune.model.samples import Sampler, Samples
 
 __all__ = ["HFSampler", "Sampler", "Samples", "make_sampler", "prompt_uniforms", "sample_next"]
@@ -76,13 +76,15 @@ class HFSampler:
     `shared_prefix`: with several samples per prompt, decode through `reftune.model.shared_prefix` (the prompt's
     keys/values read once per prompt, not once per sample) when the model supports it; False: always repeat the
     prompt's cache per sample.
+    `fp32_head`: compute the logits in fp32 (`reftune.model.lm_head.fp32_lm_head`), whatever the sampling
+    precision or autocast; the default keeps the head in the sampling precision.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 64, device: torch.device | str = "cpu",
-                 dtype: torch.dtype | None = None, shared_prefix: bool = True):
+                 dtype: torch.dtype | None = None, shared_prefix: bool = True, fp32_head: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.device, self.dtype = batch_size, torch.device(device), dtype
-        self.shared_prefix = shared_prefix
+        self.shared_prefix, self.fp32_head = shared_prefix, fp32_head
         self._copy = None  # the model in `dtype`, when that differs from the model's own
         self._cache_kw = cache_keyword(model)
         contiguous_lm_head_input(model)  # the prefill's last-position slice: see its docstring
@@ -97,17 +99,17 @@ class HFSampler:
         out = Samples([], [], [], [])
         was_training = self.model.training
         self.model.eval()
-        model = self._sampling_model()
-        for start in range(0, len(prompt_ids), per_chunk):
-            chunk = prompt_ids[start:start + per_chunk]
-            uniform = (None if seeds is None else
-                       prompt_uniforms(seeds[start:start + per_chunk], num_samples, max_new_tokens).to(self.device))
-            resp, lps, fin = self._generate_chunk(model, chunk, num_samples, temperature, top_p, max_new_tokens,
-                                                  generator, uniform)
-            out.prompt_ids += [p for p in chunk for _ in range(num_samples)]
-            out.response_ids += resp
-            out.logprobs += lps
-            out.finished += fin
+        with fp32_lm_head(self._sampling_model(), self.fp32_head) as model:
+            for start in range(0, len(prompt_ids), per_chunk):
+                chunk = prompt_ids[start:start + per_chunk]
+                uniform = (None if seeds is None else
+                           prompt_uniforms(seeds[start:start + per_chunk], num_samples, max_new_tokens).to(self.device))
+                resp, lps, fin = self._generate_chunk(model, chunk, num_samples, temperature, top_p, max_new_tokens,
+                                                      generator, uniform)
+                out.prompt_ids += [p for p in chunk for _ in range(num_samples)]
+                out.response_ids += resp
+                out.logprobs += lps
+                out.finished += fin
         self.model.train(was_training)
         out.texts = self.tokenizer.batch_decode(
             [[t for t in r if t != self.tokenizer.eos_token_id] for r in out.response_ids], skip_special_tokens=True)
@@ -202,7 +204,8 @@ class HFSampler:
 def make_sampler(backend: str, model, tokenizer, device: torch.device | str = "cpu", **kw) -> Sampler:
     """The rollout backend named by `rollout.backend`: "hf" (HFSampler) or "vllm" (VLLMSampler).
 
-    `kw` goes to the backend's constructor (HFSampler: batch_size, dtype; VLLMSampler: see its docstring).
+    `kw` goes to the backend's constructor (HFSampler: batch_size, dtype, shared_prefix, fp32_head; VLLMSampler:
+    see its docstring).
     """
     if backend == "hf":
         return HFSampler(model, tokenizer, device=device, **kw)

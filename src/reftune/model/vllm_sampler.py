@@ -62,12 +62,14 @@ class VLLMSampler:
     gpu_memory_utilization, kv_cache_memory_bytes, tensor_parallel_size, enable_sleep_mode, enforce_eager
     (None: eager on CPU, CUDA graphs on GPU), max_model_len (None: the model's max positions): passed to
     `vllm.LLM`, as are `engine_kwargs`.
+    fp32_head: compute the logits in fp32 (vLLM's `head_dtype`, set through `hf_overrides`) when the engine runs
+    in bf16/fp16; see `reftune.model.lm_head.fp32_lm_head`.
     """
 
     def __init__(self, model, tokenizer, device: torch.device | str = "cpu", dtype=None, batch_size: int = 256,
                  gpu_memory_utilization: float = 0.3, kv_cache_memory_bytes: int | None = None,
                  tensor_parallel_size: int = 1, enable_sleep_mode: bool = False, enforce_eager: bool | None = None,
-                 max_model_len: int | None = None, seed: int = 0, **engine_kwargs):
+                 max_model_len: int | None = None, seed: int = 0, fp32_head: bool = False, **engine_kwargs):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in this process: weights pushed by reference
         from vllm import LLM
 
@@ -78,6 +80,8 @@ class VLLMSampler:
             # vLLM rewinds a seeded request's generator when it drops the token sampled after a partial
             # (chunked) prefill; CPU generators cannot rewind (0.32 raises), so on CPU prompts are not chunked.
             engine_kwargs.setdefault("enable_chunked_prefill", False)
+        if fp32_head:
+            engine_kwargs["hf_overrides"] = {**engine_kwargs.get("hf_overrides", {}), "head_dtype": "float32"}
         self.tokenizer, self.tensor_parallel_size = tokenizer, tensor_parallel_size
         self._dir = tempfile.TemporaryDirectory(prefix="reftune-vllm-")
         save_for_vllm(model, tokenizer, Path(self._dir.name))

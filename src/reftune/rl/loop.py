@@ -80,10 +80,12 @@ def rollout_setup(core, tokenizer, train: list[Example], cfg: RLConfig, ctx: Run
         scorer = load_reward_scorer(cfg.reward_model, template=ctx.template, sigmoid=cfg.reward_model_sigmoid,
                                     batch_size=ctx.eval_batch_size, device=device)
     backend = ctx.rollout.backend if ctx.rollout is not None else "hf"
+    fp32_head = ((ctx.rollout is None or ctx.rollout.fp32_lm_head) and ctx.precision == "fp32"
+                 and cfg.rollout_precision != "fp32")  # the trainer's logits are fp32: so are the sampler's
     options = {"shared_prefix": ctx.rollout is None or ctx.rollout.shared_prefix} if backend == "hf" else {
         "dtype": cfg.rollout_precision, "seed": ctx.seed, "gpu_memory_utilization": ctx.rollout.gpu_memory_utilization,
         "tensor_parallel_size": ctx.rollout.tensor_parallel_size, "enable_sleep_mode": ctx.rollout.sleep}
-    sampler = make_sampler(backend, core.lm, tokenizer, device=device,
+    sampler = make_sampler(backend, core.lm, tokenizer, device=device, fp32_head=fp32_head,
                            batch_size=max(cfg.prompts_per_step * cfg.num_generations, 64), **options)
     return RolloutSetup.build(sampler, tokenizer, train, cfg, ctx, reward_fns=reward_fns, reward_scorer=scorer,
                               curriculum=curriculum, device_type=device.type)
