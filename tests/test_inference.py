@@ -288,8 +288,11 @@ def test_eval_precision_casts_the_generating_model(lm, tokenizer, tmp_path, monk
     args = [f"model.name_or_path={policy_dir}", *TINY_DATA, "eval.max_new_tokens=8"]
     res = commands.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'bf16'}", *args, "eval.precision=bf16"]))
     assert res["n"] == 4 and 0 <= res["accuracy"] <= 1                        # bf16 generation end to end
-    seen = []
-    monkeypatch.setattr(commands, "_evaluate", lambda cfg, run, lm, *a: seen.append(lm.dtype) or {"n": 0, "accuracy": 0.0, "answered": 0.0})
+    seen = []  # (dtype, logits in fp32: the head's forward replaced by rollout.fp32_lm_head)
+    monkeypatch.setattr(commands, "_evaluate", lambda cfg, run, lm, *a: seen.append(
+        (lm.dtype, "forward" in vars(lm.lm_head))) or {"n": 0, "accuracy": 0.0, "answered": 0.0})
     commands.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'fp16'}", *args, "eval.precision=fp16"]))
+    commands.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'fp16h'}", *args, "eval.precision=fp16",
+                                              "rollout.fp32_lm_head=false"]))
     commands.eval(load_config(EvalJob, None, [f"out_dir={tmp_path / 'fp32'}", *args]))
-    assert seen == [torch.float16, torch.float32]
+    assert seen == [(torch.float16, True), (torch.float16, False), (torch.float32, False)]
