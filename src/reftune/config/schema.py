@@ -222,7 +222,7 @@ class RolloutConfig:
     gpu_memory_utilization: float = doc(0.3, "vllm on GPU: share of the GPU's memory the engine may take (weights + KV cache)")
     tensor_parallel_size: int = doc(1, "vllm: GPUs the engine shards the model over")
     sleep: bool = doc(False, "vllm on GPU: free the engine's memory during each update (sleep, then wake before the next rollout)")
-    fp32_lm_head: bool = doc(True, "with rl.rollout_precision (or eval.precision) bf16/fp16 under an fp32 trainer: the sampler computes the logits in fp32, as the trainer does (MiniMax-M1; vLLM's head_dtype); most of a bf16 sampler's log-prob mismatch is the logits' rounding. false: the head in the sampling precision. No effect with precision=bf16 (the trainer's head is in bf16 too)")
+    fp32_lm_head: bool = doc(True, "with rl.rollout_precision (or eval.precision) bf16/fp16 under an fp32 trainer: the sampler computes the logits in fp32, as the trainer does (MiniMax-M1; vLLM's head_dtype): the logits' own rounding leaves the sampler/trainer log-prob mismatch (14-37 % of its mean on trained models: bench/mismatch_bench.py). false: the head in the sampling precision. No effect with precision=bf16 (the trainer's head is in bf16 too)")
     shared_prefix: bool = doc(True, "hf: a prompt's samples read its keys/values once per prompt at each decode step (reftune.model.shared_prefix), where the model allows it; false: the prompt's cache repeated per sample")
 
 

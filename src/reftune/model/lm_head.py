@@ -35,11 +35,11 @@ def fp32_lm_head(model, enabled: bool = True):
     """Within the block, `model`'s LM head computes the logits in fp32: its input and weight are upcast and
     autocast is off for the product (the weight's bf16/fp16 rounding, if it is stored so, stays).
 
-    What `rollout.fp32_lm_head` does for the hf sampler (vLLM: its `head_dtype`). A bf16 sampler's log-probs
-    differ from an fp32 trainer's mostly by the rounding of the logits themselves: a logit of 8-16 rounded to
-    bf16's 8-bit mantissa moves by up to 1/32 nat (MiniMax-M1, 2025, traced its RL's training/inference
-    mismatch to the head). A head that is not a plain `nn.Linear` (a LoRA-adapted head) is left as it is, with
-    a warning."""
+    What `rollout.fp32_lm_head` does for the hf sampler (vLLM: its `head_dtype`). Part of a bf16 sampler's
+    log-prob mismatch with an fp32 trainer is the rounding of the logits themselves: a logit of 8-16 rounded to
+    bf16's 8-bit mantissa moves by up to 1/32 nat (MiniMax-M1, 2025, traced its RL's training/inference mismatch
+    to the head; bench/mismatch_bench.py measures the share). A head that is not a plain `nn.Linear` (a
+    LoRA-adapted head) is left as it is, with a warning."""
     head = model.get_output_embeddings() if enabled and hasattr(model, "get_output_embeddings") else None
     if head is None:
         yield model
