@@ -178,7 +178,7 @@ def test_a_low_precision_sampler_shows_in_the_mismatch(tiny, tmp_path, precision
     records = rl_records(tiny, tmp_path, advantage="grpo", rollout_precision=precision, tis_cap=2)
     assert_keys(records, COMMON | {"tis_weight_mean"})
     assert all(r["logp_mismatch_mean"] > 0 for r in records)
-    head = rl_records(tiny, tmp_path / "bf16_head", advantage="grpo", rollout_precision=precision, tis_cap=2,
+    head = rl_records(tiny, tmp_path / "low_precision_head", advantage="grpo", rollout_precision=precision, tis_cap=2,
                       rollout=RolloutConfig(fp32_lm_head=False))
     # rollout.fp32_lm_head (on by default) under this fp32 trainer: the same first rollout with the head in the
     # sampler's precision is further off (measured 4.7x for bf16, 5.8x for fp16)
