@@ -130,11 +130,13 @@ def test_online_self_training_in_two_processes_equals_one(warmup, tmp_path):
 
 
 @pytest.mark.slow
-def test_ppo_with_the_gold_cots_nll_in_two_processes_equals_one(warmup, tmp_path):
-    """rl.sft_coef: each epoch deals all processes' questions into the minibatches in one order, each process adds
-    its gold CoTs' share of the minibatch's token-mean NLL, so the steps are the one-process ones."""
-    cli(*rl_args(tmp_path / "one", warmup, "gae", 2), "rl.sft_coef=0.5")
-    torchrun(*rl_args(tmp_path / "two", warmup, "gae", 2), "rl.sft_coef=0.5")
+@pytest.mark.parametrize("rows", [[], ["rl.sft_rows=3"]], ids=["minibatch", "pool"])
+def test_ppo_with_the_gold_cots_nll_in_two_processes_equals_one(warmup, tmp_path, rows):
+    """rl.sft_coef: each epoch deals all processes' questions into the minibatches in one order (or, rl.sft_rows,
+    draws the minibatch's gold CoTs from all annotated questions in one order), each process adds its gold CoTs'
+    share of the minibatch's token-mean NLL, so the steps are the one-process ones."""
+    cli(*rl_args(tmp_path / "one", warmup, "gae", 2), "rl.sft_coef=0.5", *rows)
+    torchrun(*rl_args(tmp_path / "two", warmup, "gae", 2), "rl.sft_coef=0.5", *rows)
     assert_same_run(tmp_path / "one", tmp_path / "two")
     assert all(r["sft_loss"] > 0 for r in records(tmp_path / "two") if "reward" in r)
 

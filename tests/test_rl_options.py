@@ -92,6 +92,7 @@ def test_fp16_training_on_cpu_is_refused_with_a_reason():
     ("rl.overlong_penalty=0", "rl.overlong_penalty"), ("rl.overlong_penalty=200", "rl.overlong_penalty"),
     ("rl.tis_cap=0", "rl.tis_cap"), ("rl.rollout_precision=fp8", "rl.rollout_precision"),
     ("rl.max_refill_rounds=-1", "rl.max_refill_rounds"), ("rl.sft_coef=-0.5", "rl.sft_coef"),
+    ("rl.sft_rows=-1", "rl.sft_rows"),
 ])
 def test_option_ranges_are_checked(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -105,6 +106,8 @@ def test_options_that_need_other_settings_say_which():
         load_config(RLJob, None, ["rl.tis_cap=2", "rl.temperature=0.7"])
     with pytest.raises(ConfigError, match="rl.sft_coef: adds an NLL term to PPO"):
         load_config(RLJob, None, ["rl.sft_coef=1", "rl.objective=online_self_training"])
+    with pytest.raises(ConfigError, match="rl.sft_rows: .* needs rl.sft_coef > 0"):
+        load_config(RLJob, None, ["rl.sft_rows=8"])
 
 
 # --- smoke runs --------------------------------------------------------------------------------------

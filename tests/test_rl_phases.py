@@ -14,7 +14,7 @@ from reftune.model.modeling import PolicyWithValue, build_tiny_model, train_toke
 from reftune.model.sampler import Samples
 from reftune.rl.batch import Rollout, ScoredBatch
 from reftune.rl.scoring import ReferenceLM, score
-from reftune.rl.update import advantages, gold_minibatches, ppo_update
+from reftune.rl.update import advantages, gold_minibatches, pool_minibatches, ppo_update
 from reftune.train.accel import get_accelerator
 
 # two questions, two samples each: rows 0-1 answer question 0, rows 2-3 question 1
@@ -148,18 +148,42 @@ def test_gold_cots_are_dealt_to_the_minibatches_in_the_epochs_question_order():
     assert gold_minibatches(torch.tensor([0, 1, 2]), 2, 0, [A, C, D]) == [[A, C], [D]]
 
 
-def test_sft_coef_adds_the_token_mean_nll_of_the_gold_cots_to_the_ppo_loss(policy_and_tokenizer):
+def test_pool_minibatches_draw_distinct_gold_rows_and_split_them_over_processes(monkeypatch):
+    """rl.sft_rows: each minibatch draws min(rows, pool) distinct pool entries from the global RNG (so every process
+    draws the same), and a process keeps its contiguous share: two processes' shares joined are one process's."""
+    pool = [([i], [10 * i]) for i in range(5)]
+    torch.manual_seed(0)
+    one = pool_minibatches(pool, 3, 4)
+    assert [len(m) for m in one] == [3, 3, 3, 3]
+    assert all(len({p[0][0] for p in m}) == 3 for m in one)  # distinct within a minibatch
+    assert len({tuple(p[0][0] for p in m) for m in one}) > 1  # drawn anew for each
+    torch.manual_seed(0)
+    assert [sorted(m) for m in pool_minibatches(pool, 9, 2)] == [pool, pool]  # more rows than the pool: each once
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setattr("reftune.rl.update.shard", lambda n, r=rank: range(0, 2) if r == 0 else range(2, n))
+        torch.manual_seed(0)
+        shares.append(pool_minibatches(pool, 3, 4))
+    assert [a + b for a, b in zip(*shares)] == one
+
+
+@pytest.mark.parametrize("gold_source", ["minibatch", "pool"])
+def test_sft_coef_adds_the_token_mean_nll_of_the_gold_cots_to_the_ppo_loss(policy_and_tokenizer, gold_source):
     """With zero advantages the policy loss has no gradient, so one SGD step of PPO with rl.sft_coef=0.5 is one
     SGD step on 0.5 x the token-mean NLL of the gold CoTs (question 1 answer-only: none), worked out here on the
-    unpadded sequence."""
+    unpadded sequence. With rl.sft_rows the gold CoT comes from the pool of annotated questions instead, though
+    both of the minibatch's questions are answer-only."""
     policy, tok = policy_and_tokenizer
     gold_prompt, gold_target = [5, 6, 7], [20, 21, 22, 23]
     saved = {k: v.clone() for k, v in policy.state_dict().items()}
     batch = score_batch(policy, tok)
-    cfg = RLConfig(ppo_epochs=1, minibatches=1, kl_in="none", num_generations=2, sft_coef=0.5, grad_clip=100.0)
+    pool = gold_source == "pool"
+    cfg = RLConfig(ppo_epochs=1, minibatches=1, kl_in="none", num_generations=2, sft_coef=0.5, grad_clip=100.0,
+                   sft_rows=4 if pool else 0)
     stats = ppo_update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), get_accelerator("fp32"), batch,
                        torch.zeros_like(batch.mask), torch.zeros_like(batch.mask), cfg, use_values=False,
-                       where="test", gold=[(gold_prompt, gold_target), None])
+                       where="test", gold=[None, None] if pool else [(gold_prompt, gold_target), None],
+                       gold_pool=[(gold_prompt, gold_target)] if pool else None)
     ours = {k: v.clone() for k, v in policy.state_dict().items()}
     policy.load_state_dict(saved)
     policy.train()

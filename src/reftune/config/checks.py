@@ -23,7 +23,7 @@ POSITIVE = ("lr", "batch_size", "epochs", "steps", "prompts_per_step", "num_gene
             "save_every", "eval_every_epochs", "temperature", "grad_clip", "max_length", "clip",
             "gradient_accumulation_steps", "rounds")
 NON_NEGATIVE = ("offset", "patience", "save_every_steps", "weight_decay", "warmup_steps", "snapshot_every",
-                "max_refill_rounds", "kl_coef", "vf_coef", "sft_coef", "value_clip", "n_extra", "n_test", "n_pretrain")
+                "max_refill_rounds", "kl_coef", "vf_coef", "sft_coef", "sft_rows", "value_clip", "n_extra", "n_test", "n_pretrain")
 SECTIONS = ("pretrain", "sft", "warmup", "rl", "eval", "verifier", "rm", "selftrain")
 
 
@@ -87,6 +87,9 @@ def check_rl(rl: Any) -> None:
     if rl.sft_coef > 0 and rl.objective != "ppo":
         raise ConfigError("rl.sft_coef: adds an NLL term to PPO's loss; rl.objective=online_self_training already "
                           "trains on the gold CoTs alone (set rl.sft_coef=0)")
+    if rl.sft_rows > 0 and rl.sft_coef <= 0:
+        raise ConfigError("rl.sft_rows: sets how many gold CoTs the SFT term of each minibatch takes; it needs "
+                          "rl.sft_coef > 0")
     if rl.tis_cap is not None:
         positive("rl.tis_cap", rl.tis_cap)
         if rl.temperature != 1.0 or rl.top_p != 1.0:  # the sampler's log-probs are then of another distribution

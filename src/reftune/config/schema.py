@@ -131,6 +131,7 @@ class RLConfig:
     value_clip: float = doc(0.2, "value-loss clip around the rollout values")
     vf_coef: float = doc(0.1, "value-loss coefficient")
     sft_coef: float = doc(0.0, "ppo: weight of the token-mean NLL of the gold CoTs of each minibatch's questions, added to the loss (InstructGPT's PPO-ptx with ReFT's SFT data; answer-only questions add none); 0 = off")
+    sft_rows: int = doc(0, "ppo with sft_coef > 0: the gold CoTs of each minibatch's SFT term drawn at random, this many, from all annotated training questions (a fixed share whatever the RL questions are, e.g. with rl.use_extra; InstructGPT draws its ptx batch apart); 0 = the minibatch's own questions' gold CoTs")
     loss_agg: str = doc("token_mean", "loss aggregation: token_mean | seq_mean_token_mean | seq_sum_norm")
     ppo_epochs: int = doc(2, "passes over each rollout batch")
     minibatches: int = doc(4, "minibatches per pass")

@@ -12,7 +12,7 @@ function that reads as a table of contents. Each iteration is
                   estimator of `rl.advantage`), whitened with `rl.whiten_advantages`;
   5. update     — `update.ppo_update`: `ppo_epochs` passes of `minibatches` with the clipped policy and value
                   losses (`tis_cap`: truncated importance weights p_trainer / p_sampler; `sft_coef`: plus the NLL
-                  of the minibatch's questions' gold CoTs); or, with
+                  of the minibatch's questions' gold CoTs, or of `sft_rows` drawn from all of them); or, with
                   `rl.objective=online_self_training` (ReFT's baseline), `update.nll_update` on the batch's
                   correct finished samples plus its gold CoTs — no KL, reference, value loss or advantages;
   6. record     — `metrics.iteration_record`; validation every `eval_every`, `best/` kept, `last/` resumable
@@ -60,6 +60,8 @@ def check_rl_split(train: list[Example], cfg: RLConfig) -> None:
     if len(train) < cfg.prompts_per_step:
         raise UserError(f"rl.prompts_per_step={cfg.prompts_per_step} is larger than the training split "
                         f"({len(train)} questions); lower rl.prompts_per_step")
+    if cfg.sft_rows and cfg.sft_coef > 0 and not any(e.cot for e in train):
+        raise UserError("rl.sft_rows: no training question has a gold CoT to draw (answer-only data)")
 
 
 def check_data_parallel(cfg: RLConfig) -> None:
@@ -133,6 +135,7 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
     setup = rollout_setup(core, tokenizer, train, cfg, ctx, acc.device, curriculum)
     gold = ([encode_target(tokenizer, build_target(e.cot, ctx.template, e.answer)) if e.cot else None for e in train]
             if cfg.objective == "online_self_training" or cfg.sft_coef > 0 else [])
+    gold_pool = [(setup.prompt_ids[i], g) for i, g in enumerate(gold) if g] if cfg.sft_rows else None
     state = TrainState(ctx.out_dir, core.lm, tokenizer, opt, sched, value_head=core.value_head, unit="step",
                        extras={"curriculum": curriculum})
     state.resume(lr=cfg.lr)
@@ -162,7 +165,7 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
             adv, returns = advantages(batch, rollout.scores, cfg)
             stats = ppo_update(policy, opt, acc, batch, adv, returns, cfg, use_values, where,
                                gold=[(setup.prompt_ids[i], gold[i]) if gold[i] else None for i in rollout.idx]
-                               if gold else None)
+                               if gold else None, gold_pool=gold_pool)
         else:
             stats = self_training_update(policy, opt, acc, rollout, setup.prompt_ids, gold, pad_id, cfg, where)
         sync_engine(setup, core.lm)  # a separate engine (vllm) samples the next rollout from the new weights

@@ -11,7 +11,7 @@ from reftune.model.batching import join_prompt_response
 from reftune.rl.batch import Rollout, ScoredBatch
 from reftune.rl.scoring import response_logprobs, rows_forward
 from reftune.train.accel import (all_sum, all_weighted_means, counts_by_process, num_processes, optimizer_step,
-                                 process_index, row_span)
+                                 process_index, row_span, shard)
 
 LOSS_STATS = ("policy_loss", "value_loss", "kl_loss")  # averaged like the loss; every other statistic per token
 
@@ -70,13 +70,16 @@ def reduce_stats(stats: dict[str, torch.Tensor], tokens: torch.Tensor, count: to
 
 
 def ppo_update(policy, opt, acc, batch: ScoredBatch, adv: torch.Tensor, returns: torch.Tensor, cfg: RLConfig,
-               use_values: bool, where: str, gold: list | None = None) -> dict[str, list[float]]:
+               use_values: bool, where: str, gold: list | None = None,
+               gold_pool: list | None = None) -> dict[str, list[float]]:
     """`rl.ppo_epochs` passes of `rl.minibatches` shuffled minibatches (global torch RNG) with the clipped policy
     loss, plus the clipped value loss (with `use_values`), the KL loss (rl.kl_in="loss") and, with rl.sft_coef > 0,
     `sft_coef` x the token-mean NLL of gold CoTs (`gold`: one (prompt ids, target ids) or None per question of this
     process's batch, in row order): each epoch deals the step's questions into the minibatches at random, and a
     minibatch's loss takes its questions' gold CoTs (InstructGPT's PPO-ptx, with the SFT data ReFT warmed up on).
-    One optimizer step per minibatch. Returns each statistic's value per minibatch.
+    With rl.sft_rows > 0 it takes instead that many (prompt ids, target ids) drawn at random from `gold_pool` (every
+    annotated training question), whatever the minibatch's questions are. One optimizer step per minibatch.
+    Returns each statistic's value per minibatch.
 
     With several processes, `batch` is this process's shard: the minibatches are drawn from the rows of all
     shards (the same permutation everywhere), each process computes its rows' share of the minibatch's loss
@@ -84,12 +87,16 @@ def ppo_update(policy, opt, acc, batch: ScoredBatch, adv: torch.Tensor, returns:
     process with no row in a minibatch backpropagates zero times one row's loss: DDP needs its gradients."""
     first, B = row_span(len(batch))
     mask, size = batch.mask, -(-B // cfg.minibatches)
-    G, with_gold = cfg.num_generations, cfg.sft_coef > 0 and gold is not None
+    G, with_gold = cfg.num_generations, cfg.sft_coef > 0 and (gold_pool if cfg.sft_rows else gold) is not None
     stats: dict[str, list[float]] = {}
     policy.train()
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(B)
-        deal = gold_minibatches(torch.randperm(B // G), -(-B // size), first // G, gold) if with_gold else None
+        deal = None
+        if with_gold and cfg.sft_rows:
+            deal = pool_minibatches(gold_pool, cfg.sft_rows, -(-B // size))
+        elif with_gold:
+            deal = gold_minibatches(torch.randperm(B // G), -(-B // size), first // G, gold)
         for m, s in enumerate(range(0, B, size)):
             j = minibatch_rows(perm[s:s + size], first, len(batch)).to(mask.device)
             here = float(len(j) > 0)  # 0: a stand-in row, masked out and weighted 0
@@ -111,6 +118,14 @@ def gold_minibatches(order: torch.Tensor, minibatches: int, first: int, gold: li
     return [[gold[q - first] for q in order[s:s + size].tolist()
              if first <= q < first + len(gold) and gold[q - first] is not None]
             for s in range(0, size * minibatches, size)]
+
+
+def pool_minibatches(pool: list, rows: int, minibatches: int) -> list[list[tuple]]:
+    """This process's gold (prompt, target) rows of each of `minibatches` minibatches: min(rows, len(pool)) distinct
+    entries of `pool` drawn at random for each (global torch RNG, so every process draws the same), of which this
+    process holds its contiguous share (`shard`)."""
+    picks = [torch.randperm(len(pool))[:rows].tolist() for _ in range(minibatches)]
+    return [[pool[i] for i in pick[shard(len(pick)).start:shard(len(pick)).stop]] for pick in picks]
 
 
 def gold_nll(policy, rows: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
