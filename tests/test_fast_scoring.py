@@ -3,8 +3,8 @@
 Each shortcut is compared with the plain path it replaces, on a random tiny Llama with a random value head, groups
 of G samples of different lengths, and prompts of different lengths:
 - the LM head on the response positions only (`logits_to_keep`) against the head on every position;
-- each prompt encoded once, its KV cache shared by the group, in length-sorted chunks, against one padded
-  forward per row (`response_logprobs` on `join_prompt_response`): log-probs and values within 1e-5 in fp32;
+- each prompt encoded once, its KV cache shared by the group, in length-sorted chunks (the responses in
+  length buckets), against one padded forward per row (`response_logprobs` on `join_prompt_response`): log-probs and values within 1e-5 in fp32;
 - the update's forward of a minibatch of shuffled rows (`rows_forward`: each distinct prompt once, its cache
   gathered for its rows) against the padded forward of those rows: the same losses and gradients;
 - with one PPO epoch of one minibatch, the update reusing the scoring pass's forward against scoring and
@@ -84,12 +84,15 @@ def test_the_lm_head_on_response_positions_only_gives_the_same_logprobs():
     assert (fast_values - values).abs().max() <= TOL
 
 
-@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("packed,response_rows", [(False, 16), (False, 3), (True, 16)])
 @pytest.mark.parametrize("rows_per_chunk", [64, G, 2 * G, 1])
 @torch.no_grad()
-def test_a_shared_prompt_pass_gives_the_padded_forwards_logprobs_and_values(rows_per_chunk, packed):
+def test_a_shared_prompt_pass_gives_the_padded_forwards_logprobs_and_values(monkeypatch, rows_per_chunk, packed,
+                                                                            response_rows):
     # one chunk; one question each; two questions; one question each (a chunk never splits a prompt's rows);
-    # through the prompt's KV cache gathered per row, and packed with its rows
+    # through the prompt's KV cache gathered per row (its rows' response passes in length buckets of 16 rows, or
+    # of 3: [7, 6, 6], [5, 5, 4], [3, 2, 1], [1, 1, 1], the last with no response pass), and packed with its rows
+    monkeypatch.setattr(scoring, "RESPONSE_PASS_ROWS", response_rows)
     policy, rollout = tiny_policy().eval(), make_rollout()
     s = rollout.samples
     logp, values, mask, *_ = plain_pass(policy, rollout, True)
@@ -198,9 +201,17 @@ def test_an_update_of_shuffled_minibatches_through_shared_prompts_gives_the_padd
     assert max((p1 - p2).abs().max().item() for p1, p2 in zip(plain_params, fast_params)) <= TOL
 
 
-def test_a_shared_prompt_forward_gives_the_padded_forwards_gradients():
+def test_response_passes_take_rows_of_similar_length():
+    assert scoring.length_buckets([3, 1, 6, 5, 5, 2], 4) == [[2, 3, 4, 0], [5, 1]]
+    assert scoring.length_buckets([2, 2], 1) == [[0], [1]]
+    assert scoring.length_buckets([], 4) == []
+
+
+@pytest.mark.parametrize("response_rows", [16, 3])
+def test_a_shared_prompt_forward_gives_the_padded_forwards_gradients(monkeypatch, response_rows):
     from reftune.rl.scoring import shared_prompt_logprobs
 
+    monkeypatch.setattr(scoring, "RESPONSE_PASS_ROWS", response_rows)
     rollout = make_rollout()
     s = rollout.samples
     grads = []

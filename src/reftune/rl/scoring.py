@@ -29,6 +29,7 @@ from reftune.model.sharded import is_sharded
 from reftune.rl.batch import Rollout, ScoredBatch
 
 SCORING_ROWS = 64  # rows per gradient-free chunk at most: length buckets pad less, and memory stays bounded
+RESPONSE_PASS_ROWS = 16  # rows per response pass of `shared_prompt_logprobs`: buckets of similar length pad little
 PACK_TOKENS = 1024  # tokens per packed sequence at most (`packed_logprobs`), unless one row alone is longer
 
 
@@ -95,11 +96,12 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
                            pad_id: int, device, with_values: bool):
     """Log-probs [n, R] of `responses` (row i continues prompts[owner[i]]), values [n, R] (None unless
     `with_values`) and the logits [n, R, V] that give the log-probs; R the longest response, log-probs and values 0
-    after each row's end. Gradients flow when enabled (the cache is part of the graph: each prompt's pass gets the
-    gradients of all its rows).
+    after each row's end (logits 0 past the last of the row's bucket). Gradients flow when enabled (the cache is
+    part of the graph: each prompt's pass gets the gradients of all its rows).
 
     Each prompt is encoded once and its KV cache gathered for its rows: the prompt pass gives the logits (and
-    value) of the state before response token 0, the response pass those of the states before tokens 1..R-1.
+    value) of the state before response token 0, the response passes those of the states before tokens 1..R-1,
+    the rows in buckets of similar length (`length_buckets`), each padded to its own longest response only.
     Equal to `response_logprobs` on the joined rows up to float rounding (attention over the cache sums in
     another order)."""
     from transformers import DynamicCache
@@ -116,22 +118,43 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
     with ctx:
         out = lm(input_ids=p_ids, attention_mask=p_attn, position_ids=positions(p_attn), use_cache=True,
                  logits_to_keep=1, output_hidden_states=hidden, **{kw: cache})
-        logits, states = [out.logits[:, -1:].float()[own]], []
-        if hidden:
-            states.append(out.hidden_states[-1][:, -1:][own])
-        if R > 1:
-            cache.batch_select_indices(own)  # each row gets its prompt's keys and values
-            attn = torch.cat([p_attn[own], r_attn], 1)
-            out = lm(input_ids=r_ids[:, :-1], attention_mask=attn[:, :-1],
+        first_logits = out.logits[:, -1:].float()[own]
+        first_state = out.hidden_states[-1][:, -1:][own] if hidden else None
+        prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        logits, states, order = [], [], []
+        for rows in length_buckets([len(r) for r in responses], RESPONSE_PASS_ROWS):
+            Rb, idx = max(len(responses[i]) for i in rows), torch.tensor(rows, device=device)
+            order += rows
+            if Rb <= 1:  # no response pass: token 0 comes from the prompt pass
+                logits.append(first_logits.new_zeros(len(rows), R - 1, first_logits.shape[-1]))
+                if hidden:
+                    states.append(first_state.new_zeros(len(rows), R - 1, first_state.shape[-1]))
+                continue
+            rows_cache = DynamicCache(config=base.config)
+            for layer, (k, v) in enumerate(prompt_kv):  # each row gets its prompt's keys and values
+                rows_cache.update(k[own[idx]], v[own[idx]], layer)
+            attn = torch.cat([p_attn[own[idx]], r_attn[idx, :Rb]], 1)
+            out = lm(input_ids=r_ids[idx, :Rb - 1], attention_mask=attn[:, :-1],
                      position_ids=positions(attn)[:, p_ids.shape[1]:-1], use_cache=True,
-                     output_hidden_states=hidden, **{kw: cache})
-            logits.append(out.logits.float())
+                     output_hidden_states=hidden, **{kw: rows_cache})
+            logits.append(_to_width(out.logits.float(), R - 1))
             if hidden:
-                states.append(out.hidden_states[-1])
-    logits = torch.cat(logits, 1)
+                states.append(_to_width(out.hidden_states[-1], R - 1))
+    back = torch.argsort(torch.tensor(order, device=device))  # bucket order -> row order
+    logits = torch.cat([first_logits, torch.cat(logits)[back]], 1)
     logp = algos.gather_logprobs(logits, r_ids) * r_attn
-    values = head(torch.cat(states, 1).to(head.weight.dtype)).squeeze(-1).float() * r_attn if hidden else None
+    values = None
+    if hidden:
+        states = torch.cat([first_state, torch.cat(states)[back]], 1)
+        values = head(states.to(head.weight.dtype)).squeeze(-1).float() * r_attn
     return logp, values, logits
+
+
+def length_buckets(lengths: list[int], rows: int) -> list[list[int]]:
+    """Row indices sorted by length (longest first, ties in row order), in consecutive buckets of at most `rows`:
+    each response pass pads to its own bucket's longest row."""
+    ranked = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [ranked[s:s + rows] for s in range(0, len(ranked), rows)]
 
 
 def packed_logprobs(model, prompts: list[list[int]], responses: list[list[int]], owner: list[int],
