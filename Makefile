@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
+.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -184,13 +184,21 @@ paper_ptx_extra: $(STAMP)
 	  rl.minibatches=2 rl.lr=1e-4 data.n_annotated=250 rl.steps=49 rl.eval_every=5 report_to=none
 
 # The same hybrid with the answer-only questions, its SFT term on 32 gold CoTs drawn from all 250 annotated questions
-# for each minibatch (rl.sft_rows: as many as paper_ptx's minibatches hold) instead of the minibatch's few, seeds 0, 1.
+# for each minibatch (rl.sft_rows: as many as paper_ptx's minibatches hold) instead of the minibatch's few, 3 seeds.
+POOL_RL = rl.sft_coef=3 rl.sft_rows=32 rl.use_extra=true $(PAPER_DATA) rl.prompts_per_step=64 rl.num_generations=8 \
+  rl.ppo_epochs=1 rl.minibatches=2 rl.lr=1e-4 data.n_annotated=250 rl.eval_every=5 report_to=none
 paper_ptx_pool: $(STAMP)
 	test -f runs/paper_ptx/n250/seed-2/warmup/last/config.json || $(MAKE) paper_ptx
-	printf '%s\n' 0 1 | OMP_NUM_THREADS=1 xargs -P 2 -I{} $(BIN)/python -m reftune.cli rl \
+	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} $(BIN)/python -m reftune.cli rl \
 	  --model runs/paper_ptx/n250/seed-{}/warmup/last out_dir=runs/paper_long/n250_coef/pool-3-seed-{} seed={} \
-	  rl.sft_coef=3 rl.sft_rows=32 rl.use_extra=true $(PAPER_DATA) rl.prompts_per_step=64 rl.num_generations=8 \
-	  rl.ppo_epochs=1 rl.minibatches=2 rl.lr=1e-4 data.n_annotated=250 rl.steps=49 rl.eval_every=5 report_to=none
+	  $(POOL_RL) rl.steps=49
+
+# paper_ptx_pool's runs continued to 98 iterations (a copy of each 49-iteration run resumed), 3 seeds.
+paper_ptx_pool_long: $(STAMP)
+	test -f runs/paper_long/n250_coef/pool-3-seed-2/results.json || $(MAKE) paper_ptx_pool
+	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c 'D=runs/paper_long/n250_coef/pool-3-seed-{}; \
+	  test -d $$D-long || cp -r $$D $$D-long; $(BIN)/python -m reftune.cli rl \
+	  --model runs/paper_ptx/n250/seed-{}/warmup/last out_dir=$$D-long seed={} $(POOL_RL) rl.steps=98 --resume'
 
 # The task of the paper runs; the experiments below start from their checkpoints (`make paper` first).
 PAPER_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=3 data.max_steps=5

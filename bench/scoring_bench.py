@@ -9,18 +9,21 @@ updated on, every pass in its own timed call (the fastest of `--reps`):
   the LM head on every position (prompt included);
 - `policy_head_on_responses`: the same with the LM head on the response positions only;
 - `policy_shared_prompt` / `reference_shared_prompt`: each prompt encoded once, its KV cache shared by the group,
-  in length-sorted chunks (`scoring.grouped_pass(packed=False)`); and the same in bf16 autocast, with the largest
+  in length-sorted chunks (`scoring.grouped_pass(packed=False)`), the responses in length buckets of
+  `scoring.RESPONSE_PASS_ROWS` rows; `policy_shared_prompt_one_bucket` the same with one response pass per chunk
+  (padded to the chunk's longest response, as before the buckets); and the same in bf16 autocast, with the largest
   and mean log-prob difference to fp32 on the response tokens;
 - `policy_packed` / `reference_packed`: each prompt packed with its rows' responses into one sequence with a block
   mask (`scoring.grouped_pass(packed=True)`, what reftune runs where the model takes a 4-D mask);
-- `update`: forward + backward + AdamW step on the whole batch (one minibatch), `plain` (the padded batch) and
-  `shared_prompt` (each prompt once, its cache shared with gradients) and `packed` (each prompt packed with its
-  rows: what the update runs with one epoch of one minibatch where the model takes a 4-D mask), with the FLOP
-  utilisation of the first two: the model FLOPs it computes (6 per weight per token plus attention, padding
-  included) per second over a measured fp32 matmul peak;
+- `update`: forward + backward + AdamW step on the whole batch (one minibatch), `plain` (the padded batch),
+  `shared_prompt` (each prompt once, its cache shared with gradients; what the update runs), `shared_prompt_one_bucket`
+  (the same, one response pass per chunk) and `packed` (each prompt packed with its rows: what the update runs
+  under gradient checkpointing where the model takes a 4-D mask), with the useful FLOP utilisation of each: the model
+  FLOPs of each distinct prompt once and the response tokens without padding (6 per weight per token plus
+  attention at the rows' mean length) per second over a measured fp32 matmul peak, so padding counts as waste;
 - `update_2_minibatches_s`: two such steps on the two halves of a random permutation of the rows (what PPO with
-  rl.minibatches=2 does), each minibatch's forward `padded`, `shared_prompt` or `packed` (`scoring.rows_forward`:
-  each distinct prompt of the minibatch computed once, in length-sorted chunks).
+  rl.minibatches=2 does), each minibatch's forward `padded`, `shared_prompt` (`_one_bucket`) or `packed`
+  (`scoring.rows_forward`: each distinct prompt of the minibatch computed once, in length-sorted chunks).
 With `--checkpointing` the policy's layers recompute their activations in the backward pass (activation
 checkpointing, as `rl.gradient_checkpointing=true` runs them): the KV cache is off in train mode there, so the
 update rows are `plain` and `packed` only.
@@ -84,6 +87,16 @@ def plain_pass(policy, ids, attn, P):
     return algos.gather_logprobs(logits[:, P - 1:-1].float(), ids[:, P:]), values[:, P - 1:-1]
 
 
+def one_bucket(fn):
+    """fn() with `shared_prompt_logprobs` running one response pass per chunk (no length buckets)."""
+    from reftune.rl import scoring
+    rows, scoring.RESPONSE_PASS_ROWS = scoring.RESPONSE_PASS_ROWS, 10 ** 9
+    try:
+        return fn()
+    finally:
+        scoring.RESPONSE_PASS_ROWS = rows
+
+
 def update_flops(lm, n_tokens: int, rows: int, width: int) -> float:
     """6 FLOPs per weight per token (forward + backward; the input embedding only when tied to the head) plus
     attention, 12 * layers * hidden * context per token, context the padded width's causal mean."""
@@ -121,6 +134,8 @@ def measure(args) -> dict:
             model, s.prompt_ids, s.response_ids, tok.pad_token_id, "cpu", R, values, SCORING_ROWS, packed=packed)
         passes["policy_shared_prompt"], (lp1, v1, _) = fastest(lambda: grouped(policy, True), args.reps)
         passes["reference_shared_prompt"], _ = fastest(lambda: grouped(ReferenceLM(ref_lm), False), args.reps)
+        passes["policy_shared_prompt_one_bucket"], _ = fastest(lambda: one_bucket(lambda: grouped(policy, True)),
+                                                               args.reps)
         passes["policy_packed"], (lp3, v3, _) = fastest(lambda: grouped(policy, True, True), args.reps)
         passes["reference_packed"], _ = fastest(lambda: grouped(ReferenceLM(ref_lm), False, True), args.reps)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -150,16 +165,20 @@ def measure(args) -> dict:
         from reftune.model.modeling import enable_activation_checkpointing
         enable_activation_checkpointing(policy.lm)
     peak = matmul_peak(torch.float32)
-    prompt_rows = [len(x) for x in s.prompt_ids[::G]]
-    work = {"plain": update_flops(lm, ids.numel(), ids.shape[0], ids.shape[1]),  # what each path computes
-            "shared_prompt": update_flops(lm, len(prompt_rows) * P + ids.shape[0] * R, ids.shape[0], P + R)}
-    res["update"] = {"matmul_peak_gflops": peak}
-    for name, shared in (("plain", False), ("shared_prompt", True))[:1 if args.checkpointing else 2]:
-        secs, _ = fastest(lambda: update(shared), args.reps)
-        gflops = work[name] / secs / 1e9
-        res["update"][name] = {"seconds": round(secs, 3), "model_gflops_per_s": round(gflops, 2),
-                               "flop_utilisation": round(gflops / peak, 3)}
-    res["update"]["packed"] = {"seconds": round(fastest(lambda: update(True, True), args.reps)[0], 3)}
+    lengths = [len(p) + len(r) for p, r in zip(s.prompt_ids, s.response_ids)]
+    useful = update_flops(lm, sum(len(x) for x in s.prompt_ids[::G]) + int(n_tok), len(ids),  # no padding
+                          round(sum(lengths) / len(lengths)))
+    res["update"] = {"matmul_peak_gflops": peak, "useful_gflop": round(useful / 1e9, 2)}
+    arms = {"plain": lambda: update(False), "shared_prompt": lambda: update(True),
+            "shared_prompt_one_bucket": lambda: one_bucket(lambda: update(True)),
+            "packed": lambda: update(True, True)}
+    for name, fn in arms.items():
+        if args.checkpointing and name.startswith("shared_prompt"):
+            continue
+        secs, _ = fastest(fn, args.reps)
+        gflops = useful / secs / 1e9
+        res["update"][name] = {"seconds": round(secs, 3), "useful_gflops_per_s": round(gflops, 2),
+                               "useful_flop_utilisation": round(gflops / peak, 3)}
     # two minibatches of shuffled rows (as ppo_update draws them with rl.minibatches=2): a minibatch holds part of
     # each question's group; `padded` is one padded forward of its rows, `shared_prompt` what `rows_forward` runs
     perm = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))
@@ -178,10 +197,11 @@ def measure(args) -> dict:
             loss = -(logp * m).sum() / m.sum() + ((values ** 2) * m).sum() / m.sum()
             optimizer_step(acc, loss, policy.parameters(), opt, 1.0)
 
-    res["update_2_minibatches_s"] = {name: round(fastest(lambda: minibatch_updates(*how), args.reps)[0], 3)
-                                     for name, how in (("padded", (False,)), ("shared_prompt", (True, False)),
-                                                       ("packed", (True, True)))
-                                     if not (args.checkpointing and name == "shared_prompt")}
+    arms = {"padded": lambda: minibatch_updates(False), "shared_prompt": lambda: minibatch_updates(True),
+            "shared_prompt_one_bucket": lambda: one_bucket(lambda: minibatch_updates(True)),
+            "packed": lambda: minibatch_updates(True, True)}
+    res["update_2_minibatches_s"] = {name: round(fastest(fn, args.reps)[0], 3) for name, fn in arms.items()
+                                     if not (args.checkpointing and name.startswith("shared_prompt"))}
     return res
 
 
