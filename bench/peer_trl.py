@@ -88,13 +88,14 @@ def use_plain_trainer_side() -> None:
     from reftune.model.batching import join_prompt_response, positions
     from reftune.rl import loop, scoring, update
 
-    def response_logprobs(model, input_ids, attention_mask, prompt_width, with_values):
+    def response_logprobs(model, input_ids, attention_mask, prompt_width, with_values, with_entropy=False):
         logits, values = model(input_ids, attention_mask, positions(attention_mask), with_values=with_values)
         logits = logits[:, prompt_width - 1:-1].float()
         values = values[:, prompt_width - 1:-1].float() if values is not None else None
-        return algos.gather_logprobs(logits, input_ids[:, prompt_width:]), values, logits
+        return (algos.gather_logprobs(logits, input_ids[:, prompt_width:]), values,
+                scoring.token_entropy(logits) if with_entropy else None)
 
-    def grouped_pass(model, prompts, responses, pad_id, device, width, with_values, max_rows, keep_logits=False):
+    def grouped_pass(model, prompts, responses, pad_id, device, width, with_values, max_rows, with_entropy=False):
         ids, attn, _, P = join_prompt_response(prompts, responses, pad_id)
         ids, attn, size = ids.to(device), attn.to(device), max_rows
         parts = [response_logprobs(model, ids[i:i + size], attn[i:i + size], P, with_values)
@@ -102,7 +103,7 @@ def use_plain_trainer_side() -> None:
         return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]) if with_values else None, None
 
     def rows_forward(model, batch, rows, with_values):
-        return response_logprobs(model, batch.ids[rows], batch.attn[rows], batch.prompt_width, with_values)
+        return response_logprobs(model, batch.ids[rows], batch.attn[rows], batch.prompt_width, with_values, True)
 
     loop.reuses_update_forward = lambda cfg: False
     scoring.grouped_pass, update.rows_forward = grouped_pass, rows_forward

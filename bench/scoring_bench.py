@@ -155,9 +155,9 @@ def measure(args) -> dict:
     def update(shared: bool, packed: bool = False):
         if shared:
             logp, values, _ = grouped_pass(policy, s.prompt_ids, s.response_ids, tok.pad_token_id, "cpu", R,
-                                           True, SCORING_ROWS, keep_logits=True, packed=packed)
+                                           True, SCORING_ROWS, with_entropy=True, packed=packed)
         else:
-            logp, values, _ = response_logprobs(policy, ids, attn, P, True)
+            logp, values, _ = response_logprobs(policy, ids, attn, P, True, True)
         loss = -(logp * mask).sum() / n_tok + ((values ** 2) * mask).sum() / n_tok
         optimizer_step(acc, loss, policy.parameters(), opt, 1.0)
 
@@ -189,10 +189,10 @@ def measure(args) -> dict:
             if shared:
                 r = j.tolist()
                 logp, values, _ = grouped_pass(policy, [s.prompt_ids[i] for i in r], [s.response_ids[i] for i in r],
-                                               tok.pad_token_id, "cpu", R, True, SCORING_ROWS, keep_logits=True,
+                                               tok.pad_token_id, "cpu", R, True, SCORING_ROWS, with_entropy=True,
                                                packed=packed)
             else:
-                logp, values, _ = response_logprobs(policy, ids[j], attn[j], P, True)
+                logp, values, _ = response_logprobs(policy, ids[j], attn[j], P, True, True)
             m = mask[j]
             loss = -(logp * m).sum() / m.sum() + ((values ** 2) * m).sum() / m.sum()
             optimizer_step(acc, loss, policy.parameters(), opt, 1.0)

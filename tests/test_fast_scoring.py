@@ -70,6 +70,15 @@ def plain_pass(model, rollout: Rollout, with_values: bool):
     return logp, values[:, P - 1:-1] if values is not None else None, mask.float(), ids, attn, P
 
 
+@torch.no_grad()
+def plain_entropy(model, rollout: Rollout) -> torch.Tensor:
+    """Each response position's entropy [B, R] from the padded forward, by its definition -sum p log p."""
+    s = rollout.samples
+    ids, attn, _, P = join_prompt_response(s.prompt_ids, s.response_ids, PAD)
+    logp = torch.log_softmax(model(ids, attn, positions(attn))[0][:, P - 1:-1].float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
 def no_autocast():
     return torch.autocast("cpu", enabled=False)
 
@@ -78,10 +87,11 @@ def no_autocast():
 def test_the_lm_head_on_response_positions_only_gives_the_same_logprobs():
     policy, rollout = tiny_policy().eval(), make_rollout()
     logp, values, mask, ids, attn, P = plain_pass(policy, rollout, True)
-    fast_logp, fast_values, logits = response_logprobs(policy, ids, attn, P, True)
-    assert logits.shape[:2] == mask.shape
+    fast_logp, fast_values, entropy = response_logprobs(policy, ids, attn, P, True, with_entropy=True)
     assert (fast_logp - logp).abs().max() <= TOL
     assert (fast_values - values).abs().max() <= TOL
+    assert (entropy - plain_entropy(policy, rollout)).abs().max() <= TOL
+    assert response_logprobs(policy, ids, attn, P, True)[2] is None
 
 
 @pytest.mark.parametrize("packed,response_rows", [(False, 16), (False, 3), (True, 16)])
@@ -96,12 +106,16 @@ def test_a_shared_prompt_pass_gives_the_padded_forwards_logprobs_and_values(monk
     policy, rollout = tiny_policy().eval(), make_rollout()
     s = rollout.samples
     logp, values, mask, *_ = plain_pass(policy, rollout, True)
-    fast_logp, fast_values, logits = grouped_pass(policy, s.prompt_ids, s.response_ids, PAD, "cpu", mask.shape[1],
-                                                  True, rows_per_chunk, packed=packed)
-    assert logits is None  # not kept unless asked: a [B, R, V] tensor
+    fast_logp, fast_values, entropy = grouped_pass(policy, s.prompt_ids, s.response_ids, PAD, "cpu", mask.shape[1],
+                                                   True, rows_per_chunk, packed=packed)
+    assert entropy is None  # not computed unless asked
     assert (fast_logp - logp).mul(mask).abs().max() <= TOL
     assert (fast_values - values).mul(mask).abs().max() <= TOL
     assert (fast_logp * (1 - mask)).abs().max() == 0  # nothing written outside the responses
+    entropy = grouped_pass(policy, s.prompt_ids, s.response_ids, PAD, "cpu", mask.shape[1], True, rows_per_chunk,
+                           with_entropy=True, packed=packed)[2]
+    assert (entropy - plain_entropy(policy, rollout)).mul(mask).abs().max() <= TOL
+    assert (entropy * (1 - mask)).abs().max() == 0
     ref_logp, ref_values, _ = grouped_pass(ReferenceLM(policy.lm), s.prompt_ids, s.response_ids, PAD, "cpu",
                                            mask.shape[1], False, rows_per_chunk, packed=packed)
     assert ref_values is None and (ref_logp - logp).mul(mask).abs().max() <= TOL
@@ -244,11 +258,11 @@ def test_a_packed_forward_gives_the_padded_forwards_logprobs_values_and_gradient
     for packed in (False, True):
         policy = tiny_policy().train()
         if packed:
-            logp, values, logits = grouped_pass(policy, s.prompt_ids, s.response_ids, PAD, "cpu",
-                                                max(map(len, s.response_ids)), True, rows_per_chunk, keep_logits=True,
-                                                packed=True)
+            logp, values, entropy = grouped_pass(policy, s.prompt_ids, s.response_ids, PAD, "cpu",
+                                                 max(map(len, s.response_ids)), True, rows_per_chunk,
+                                                 with_entropy=True, packed=True)
             mask = (logp != 0).float()
-            assert logits.shape[:2] == logp.shape
+            assert (entropy - plain_entropy(policy, rollout)).mul(mask).abs().max() <= TOL
         else:
             logp, values, mask, *_ = plain_pass(policy, rollout, True)
         loss = ((logp * mask).sum() + (values * mask).pow(2).sum()) / mask.sum()

@@ -63,7 +63,7 @@ class ScoredBatch:
     the sampled tokens before the update; old_values [B, R]: its values (zeros without a value head);
     ref_logp [B, R] or None: the frozen reference's; sampler_logp [B, R]: the sampler's own (its precision);
     is_weights [B, R] or None: truncated importance weights min(p_trainer / p_sampler, tis_cap);
-    update_forward: (log-probs, values or None, logits) of the policy's scoring pass with their autograd graph, when
+    update_forward: (log-probs, values or None, entropies) of the policy's scoring pass with their autograd graph, when
     that pass is the update's forward (`scoring.reuses_update_forward`), else None; prompt_ids, response_ids: each
     row's tokens unpadded (None: the update runs one padded forward of ids), pad_id: the padding token.
     """
@@ -92,8 +92,8 @@ class ScoredBatch:
         fwd, self.update_forward = self.update_forward, None
         if fwd is None:
             return None
-        logp, values, logits = fwd
-        return logp[rows], values[rows] if values is not None else None, logits[rows]
+        logp, values, entropy = fwd
+        return logp[rows], values[rows] if values is not None else None, entropy[rows]
 
 
 def informative_groups(scores: torch.Tensor, G: int) -> list[int]:

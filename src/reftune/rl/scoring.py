@@ -33,9 +33,10 @@ RESPONSE_PASS_ROWS = 16  # rows per response pass of `shared_prompt_logprobs`: b
 PACK_TOKENS = 1024  # tokens per packed sequence at most (`packed_logprobs`), unless one row alone is longer
 
 
-def response_logprobs(model, input_ids, attention_mask, prompt_width: int, with_values: bool):
-    """Log-probs [B, R] of the response tokens (and values [B, R] of the states before them, or None), and the
-    logits [B, R, V] that give them, in one pass.
+def response_logprobs(model, input_ids, attention_mask, prompt_width: int, with_values: bool,
+                      with_entropy: bool = False):
+    """Log-probs [B, R] of the response tokens (and values [B, R] of the states before them, or None), and with
+    `with_entropy` the entropy [B, R] of each position's distribution (no gradient; else None), in one pass.
 
     Column P-1+j of the sequence predicts response token j (see `batching.join_prompt_response`); the LM head
     runs on the last R+1 columns only.
@@ -46,7 +47,13 @@ def response_logprobs(model, input_ids, attention_mask, prompt_width: int, with_
     logits = logits[:, :-1].float()
     logp = algos.gather_logprobs(logits, input_ids[:, prompt_width:])
     values = values[:, prompt_width - 1:-1].float() if values is not None else None
-    return logp, values, logits
+    return logp, values, token_entropy(logits) if with_entropy else None
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """The entropy [..., T] of logits [..., T, V], outside the autograd graph (a statistic, never a loss here)."""
+    with torch.no_grad():
+        return algos.entropy_from_logits(logits.detach())
 
 
 class ReferenceLM(torch.nn.Module):
@@ -93,17 +100,18 @@ def _lm_parts(model):
 
 
 def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list[int]], owner: list[int],
-                           pad_id: int, device, with_values: bool):
+                           pad_id: int, device, with_values: bool, with_entropy: bool = False):
     """Log-probs [n, R] of `responses` (row i continues prompts[owner[i]]), values [n, R] (None unless
-    `with_values`) and the logits [n, R, V] that give the log-probs; R the longest response, log-probs and values 0
-    after each row's end (logits 0 past the last of the row's bucket). Gradients flow when enabled (the cache is
-    part of the graph: each prompt's pass gets the gradients of all its rows).
+    `with_values`) and each position's entropy [n, R] (None unless `with_entropy`); R the longest response, all
+    three 0 after each row's end. Gradients flow into the log-probs and values when enabled (the cache is part of
+    the graph: each prompt's pass gets the gradients of all its rows).
 
     Each prompt is encoded once and its KV cache gathered for its rows: the prompt pass gives the logits (and
     value) of the state before response token 0, the response passes those of the states before tokens 1..R-1,
-    the rows in buckets of similar length (`length_buckets`), each padded to its own longest response only.
-    Equal to `response_logprobs` on the joined rows up to float rounding (attention over the cache sums in
-    another order)."""
+    the rows in buckets of similar length (`length_buckets`), each padded to its own longest response only; each
+    bucket's logits become log-probs (and entropies) before the rows are put back in order, so no [n, R, vocab]
+    tensor is assembled. Equal to `response_logprobs` on the joined rows up to float rounding (attention over the
+    cache sums in another order)."""
     from transformers import DynamicCache
 
     lm, head, ctx = _lm_parts(model)
@@ -118,36 +126,42 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
     with ctx:
         out = lm(input_ids=p_ids, attention_mask=p_attn, position_ids=positions(p_attn), use_cache=True,
                  logits_to_keep=1, output_hidden_states=hidden, **{kw: cache})
-        first_logits = out.logits[:, -1:].float()[own]
-        first_state = out.hidden_states[-1][:, -1:][own] if hidden else None
+        first_logits = out.logits[:, -1:].float()[own]  # [n, 1, V]: response token 0
+        parts = {"logp": [algos.gather_logprobs(first_logits, r_ids[:, :1])], "state": [], "entropy": []}
+        if hidden:
+            parts["state"].append(out.hidden_states[-1][:, -1:][own])
+        if with_entropy:
+            parts["entropy"].append(token_entropy(first_logits))
         prompt_kv = [(layer.keys, layer.values) for layer in cache.layers]
-        logits, states, order = [], [], []
+        rest: dict[str, list[torch.Tensor]] = {"logp": [], "state": [], "entropy": []}  # tokens 1.., bucket order
+        order = []
         for rows in length_buckets([len(r) for r in responses], RESPONSE_PASS_ROWS):
             Rb, idx = max(len(responses[i]) for i in rows), torch.tensor(rows, device=device)
             order += rows
-            if Rb <= 1:  # no response pass: token 0 comes from the prompt pass
-                logits.append(first_logits.new_zeros(len(rows), R - 1, first_logits.shape[-1]))
+            if Rb <= 1:  # no response pass: token 0 came from the prompt pass
+                rest["logp"].append(first_logits.new_zeros(len(rows), R - 1))
+                rest["entropy"].append(first_logits.new_zeros(len(rows), R - 1))
                 if hidden:
-                    states.append(first_state.new_zeros(len(rows), R - 1, first_state.shape[-1]))
+                    rest["state"].append(parts["state"][0].new_zeros(len(rows), R - 1, parts["state"][0].shape[-1]))
                 continue
             rows_cache = DynamicCache(config=base.config)
             for layer, (k, v) in enumerate(prompt_kv):  # each row gets its prompt's keys and values
-                rows_cache.update(k[own[idx]], v[own[idx]], layer)
+                rows_cache.update(k.index_select(0, own[idx]), v.index_select(0, own[idx]), layer)
             attn = torch.cat([p_attn[own[idx]], r_attn[idx, :Rb]], 1)
             out = lm(input_ids=r_ids[idx, :Rb - 1], attention_mask=attn[:, :-1],
                      position_ids=positions(attn)[:, p_ids.shape[1]:-1], use_cache=True,
                      output_hidden_states=hidden, **{kw: rows_cache})
-            logits.append(_to_width(out.logits.float(), R - 1))
+            logits = out.logits.float()
+            rest["logp"].append(_to_width(algos.gather_logprobs(logits, r_ids[idx, 1:Rb]), R - 1))
+            if with_entropy:
+                rest["entropy"].append(_to_width(token_entropy(logits), R - 1))
             if hidden:
-                states.append(_to_width(out.hidden_states[-1], R - 1))
+                rest["state"].append(_to_width(out.hidden_states[-1], R - 1))
     back = torch.argsort(torch.tensor(order, device=device))  # bucket order -> row order
-    logits = torch.cat([first_logits, torch.cat(logits)[back]], 1)
-    logp = algos.gather_logprobs(logits, r_ids) * r_attn
-    values = None
-    if hidden:
-        states = torch.cat([first_state, torch.cat(states)[back]], 1)
-        values = head(states.to(head.weight.dtype)).squeeze(-1).float() * r_attn
-    return logp, values, logits
+    joined = {k: torch.cat([parts[k][0], torch.cat(rest[k])[back]], 1) for k in parts if parts[k]}
+    logp = joined["logp"] * r_attn
+    values = head(joined["state"].to(head.weight.dtype)).squeeze(-1).float() * r_attn if hidden else None
+    return logp, values, joined["entropy"] * r_attn if with_entropy else None
 
 
 def length_buckets(lengths: list[int], rows: int) -> list[list[int]]:
@@ -158,7 +172,7 @@ def length_buckets(lengths: list[int], rows: int) -> list[list[int]]:
 
 
 def packed_logprobs(model, prompts: list[list[int]], responses: list[list[int]], owner: list[int],
-                    pad_id: int, device, with_values: bool):
+                    pad_id: int, device, with_values: bool, with_entropy: bool = False):
     """What `shared_prompt_logprobs` returns, in one forward without a KV cache (so it also runs under gradient
     checkpointing, which turns the cache off): each prompt packed with its rows' responses into one sequence.
 
@@ -216,7 +230,7 @@ def packed_logprobs(model, prompts: list[list[int]], responses: list[list[int]],
     logits = logits.float()[pack_of, where - first]  # [n, R, V]
     logp = algos.gather_logprobs(logits, r_ids) * r_attn
     values = values.float()[pack_of, where] * r_attn if values is not None else None
-    return logp, values, logits
+    return logp, values, token_entropy(logits) * r_attn if with_entropy else None
 
 
 def supports_packing(model) -> bool:
@@ -269,19 +283,18 @@ def _to_width(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def grouped_pass(model, prompts, responses, pad_id: int, device, width: int, with_values: bool, max_rows: int,
-                 keep_logits: bool = False, packed: bool = False):
+                 with_entropy: bool = False, packed: bool = False):
     """`shared_prompt_logprobs` (or with `packed`, `packed_logprobs`) over `prompt_chunks` of at most `max_rows`
-    rows, back in row order: log-probs [B, width], values [B, width] (None unless `with_values`) and logits
-    [B, width, V] (None unless `keep_logits`), zeros where there is no response token; differentiable when
-    gradients are enabled. Rows that share a prompt (a question's group) encode it once."""
+    rows, back in row order: log-probs [B, width], values [B, width] (None unless `with_values`) and entropies
+    [B, width] (None unless `with_entropy`), zeros where there is no response token; log-probs and values
+    differentiable when gradients are enabled. Rows that share a prompt (a question's group) encode it once."""
     parts, order = [], []
     one_chunk = packed_logprobs if packed else shared_prompt_logprobs
     for groups in prompt_chunks(prompts, responses, max_rows):
         rows = [r for g in groups for r in g]
         owner = [k for k, g in enumerate(groups) for _ in g]
         out = one_chunk(model, [prompts[g[0]] for g in groups], [responses[r] for r in rows], owner,
-                        pad_id, device, with_values)
-        out = out if keep_logits else out[:2] + (None,)
+                        pad_id, device, with_values, with_entropy)
         parts.append([None if t is None else _to_width(t, width) for t in out])
         order += rows
     back = torch.argsort(torch.tensor(order, device=device))  # chunk order -> row order
@@ -299,17 +312,17 @@ def update_forward_kind(model) -> str:
 
 
 def rows_forward(model, batch: ScoredBatch, rows: torch.Tensor, with_values: bool):
-    """The update's forward of `rows` of the batch: (log-probs [n, R], values [n, R] or None, logits [n, R, V]).
+    """The update's forward of `rows` of the batch: (log-probs [n, R], values [n, R] or None, entropies [n, R]).
     Rows that share a prompt encode it once and each chunk of `SCORING_ROWS` rows (sorted by length) pads to its own
     widths (`grouped_pass`), as `update_forward_kind` allows; else one padded forward. An FSDP-sharded model's
     root parameters are unsharded by its own forward only, which the cache path bypasses (it calls the LM inside):
     there the padded forward."""
     kind = "padded" if is_sharded(model) else update_forward_kind(model)
     if batch.prompt_ids is None or kind == "padded":
-        return response_logprobs(model, batch.ids[rows], batch.attn[rows], batch.prompt_width, with_values)
+        return response_logprobs(model, batch.ids[rows], batch.attn[rows], batch.prompt_width, with_values, True)
     r = rows.tolist()
     return grouped_pass(model, [batch.prompt_ids[i] for i in r], [batch.response_ids[i] for i in r], batch.pad_id,
-                        batch.ids.device, batch.mask.shape[1], with_values, SCORING_ROWS, keep_logits=True,
+                        batch.ids.device, batch.mask.shape[1], with_values, SCORING_ROWS, with_entropy=True,
                         packed=kind == "packed")
 
 
@@ -336,10 +349,10 @@ def score(policy, ref, rollout: Rollout, *, pad_id: int, device, autocast, chunk
             with torch.enable_grad():
                 kind = update_forward_kind(policy)
                 if kind == "padded":
-                    live = response_logprobs(policy, ids, attn, P, with_values)
+                    live = response_logprobs(policy, ids, attn, P, with_values, True)
                 else:
                     live = grouped_pass(policy, s.prompt_ids, s.response_ids, pad_id, device, R, with_values,
-                                        SCORING_ROWS, keep_logits=True, packed=kind == "packed")
+                                        SCORING_ROWS, with_entropy=True, packed=kind == "packed")
             old_logp = live[0].detach()
             old_values = live[1].detach() if with_values else torch.zeros_like(old_logp)
         else:

@@ -145,7 +145,7 @@ def _minibatch_step(policy, opt, acc, batch: ScoredBatch, adv, returns, j: torch
     (rl.sft_coef > 0; None: no SFT term). Returns the step's statistics (0-dim)."""
     with acc.autocast():
         # with one epoch of one minibatch, scoring already ran this forward (scoring.reuses_update_forward)
-        logp, values, logits = batch.take_update_forward(j) or rows_forward(policy, batch, j, use_values)
+        logp, values, entropy = batch.take_update_forward(j) or rows_forward(policy, batch, j, use_values)
         pg_loss, pg_stats = algos.clipped_policy_loss(
             logp, batch.old_logp[j], adv[j], mask, cfg.clip, cfg.clip_high, cfg.loss_agg,
             norm_const=cfg.max_new_tokens,
@@ -169,8 +169,7 @@ def _minibatch_step(policy, opt, acc, batch: ScoredBatch, adv, returns, j: torch
             pg_stats["sft_loss"] = (sft_loss.detach() if num_processes() == 1 else  # the whole minibatch's mean
                                     all_weighted_means({"s": sft_loss.detach()}, {"s": gold_tokens})["s"])
     optimizer_step(acc, loss, policy.parameters(), opt, cfg.grad_clip, where=where)
-    with torch.no_grad():
-        pg_stats["entropy"] = algos.masked_mean(algos.entropy_from_logits(logits.detach()), mask)
+    pg_stats["entropy"] = algos.masked_mean(entropy, mask)
     return {**pg_stats, "policy_loss": pg_loss.detach()}
 
 
