@@ -124,8 +124,9 @@ def pool_minibatches(pool: list, rows: int, minibatches: int) -> list[list[tuple
     """This process's gold (prompt, target) rows of each of `minibatches` minibatches: min(rows, len(pool)) distinct
     entries of `pool` drawn at random for each (global torch RNG, so every process draws the same), of which this
     process holds its contiguous share (`shard`)."""
+    mine = shard(min(rows, len(pool)))
     picks = [torch.randperm(len(pool))[:rows].tolist() for _ in range(minibatches)]
-    return [[pool[i] for i in pick[shard(len(pick)).start:shard(len(pick)).stop]] for pick in picks]
+    return [[pool[i] for i in pick[mine.start:mine.stop]] for pick in picks]
 
 
 def gold_nll(policy, rows: list[tuple[list[int], list[int]]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
