@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long paper_ptx_pool_147 sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
+.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long paper_ptx_pool_147 paper_ptx_pool_knobs sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -199,6 +199,13 @@ paper_ptx_pool_long: $(STAMP)
 	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c 'D=runs/paper_long/n250_coef/pool-3-seed-{}; \
 	  test -d $$D-long || cp -r $$D $$D-long; $(BIN)/python -m reftune.cli rl \
 	  --model runs/paper_ptx/n250/seed-{}/warmup/last out_dir=$$D-long seed={} $(POOL_RL) rl.steps=98 --resume'
+
+# Two knobs of paper_ptx_pool on validation, seed 0, 49 iterations: 64 gold CoTs per minibatch (C = 3), and C = 1.
+paper_ptx_pool_knobs: $(STAMP)
+	test -f runs/paper_ptx/n250/seed-0/warmup/last/config.json || $(MAKE) paper_ptx
+	printf '%s\n' "3 64" "1 32" | OMP_NUM_THREADS=1 xargs -P 2 -L 1 sh -c '$(BIN)/python -m reftune.cli rl \
+	  --model runs/paper_ptx/n250/seed-0/warmup/last out_dir=runs/paper_long/n250_coef/pool-knobs-C$$0-rows$$1-seed-0 \
+	  seed=0 $(POOL_RL) rl.sft_coef=$$0 rl.sft_rows=$$1 rl.steps=49'
 
 # ... and those continued to 147 iterations (a copy of each 98-iteration run resumed), 3 seeds.
 paper_ptx_pool_147: $(STAMP)
