@@ -99,7 +99,7 @@ def one_bucket(fn):
 
 def update_flops(lm, n_tokens: int, rows: int, width: int) -> float:
     """6 FLOPs per weight per token (forward + backward; the input embedding only when tied to the head) plus
-    attention, 12 * layers * hidden * context per token, context the padded width's causal mean."""
+    attention, 12 * layers * hidden * context per token, context the causal mean over a sequence of `width`."""
     emb, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
     n = sum(p.numel() for p in lm.parameters()) - (0 if emb is head else emb.numel())
     c = lm.config

@@ -139,15 +139,16 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], responses: list[list
             Rb, idx = max(len(responses[i]) for i in rows), torch.tensor(rows, device=device)
             order += rows
             if Rb <= 1:  # no response pass: token 0 came from the prompt pass
-                rest["logp"].append(first_logits.new_zeros(len(rows), R - 1))
-                rest["entropy"].append(first_logits.new_zeros(len(rows), R - 1))
+                for k in ("logp", "entropy") if with_entropy else ("logp",):
+                    rest[k].append(first_logits.new_zeros(len(rows), R - 1))
                 if hidden:
                     rest["state"].append(parts["state"][0].new_zeros(len(rows), R - 1, parts["state"][0].shape[-1]))
                 continue
+            src = own[idx]  # each row's prompt
             rows_cache = DynamicCache(config=base.config)
             for layer, (k, v) in enumerate(prompt_kv):  # each row gets its prompt's keys and values
-                rows_cache.update(k.index_select(0, own[idx]), v.index_select(0, own[idx]), layer)
-            attn = torch.cat([p_attn[own[idx]], r_attn[idx, :Rb]], 1)
+                rows_cache.update(k.index_select(0, src), v.index_select(0, src), layer)
+            attn = torch.cat([p_attn[src], r_attn[idx, :Rb]], 1)
             out = lm(input_ids=r_ids[idx, :Rb - 1], attention_mask=attn[:, :-1],
                      position_ids=positions(attn)[:, p_ids.shape[1]:-1], use_cache=True,
                      output_hidden_states=hidden, **{kw: rows_cache})
