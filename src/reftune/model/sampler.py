@@ -17,7 +17,7 @@ import torch
 
 from reftune.errors import UserError
 from reftune.model.batching import left_pad, positions
-from reftune.model.kv_cache import preallocated_cache
+from reftune.model.kv_cache import fill_holes, preallocated_cache
 from reftune.model import shared_prefix
 from reftune.model.lm_head import contiguous_lm_head_input, fp32_lm_head
 from reftune.model.samples import Sampler, Samples
@@ -188,8 +188,8 @@ class HFSampler:
             n_alive = int((~ended).sum())  # the step's one host sync
             if n_alive == 0:
                 break
-            if n_alive < len(rows):  # drop finished rows from the batch and the cache
-                keep = (~ended).nonzero().squeeze(-1)
+            if n_alive < len(rows):  # drop finished rows from the batch and the cache (moving the fewest rows)
+                keep = fill_holes(ended)
                 select(keep)
                 rows, tok, attn, next_pos = rows[keep], tok[keep], attn[keep], next_pos[keep]
             if not shared:

@@ -53,8 +53,10 @@ class SharedPrefixState:
         self.prompt_bias = torch.zeros(n_prompts, 1, 1, prompt_mask.shape[1], device=prompt_mask.device).masked_fill(
             prompt_mask[:, None, None, :] == 0, float("-inf"))  # [prompts, 1, 1, P], added to fp32 scores
         dev = prompt_mask.device
-        self.prompt_of_row = torch.arange(n_prompts, device=dev).repeat_interleave(G)  # [rows]
-        self.slot_of_row = torch.arange(G, device=dev).repeat(n_prompts)  # [rows]: which sample of its prompt
+        # [rows]: each row's place prompt * G + sample in the prompt-major layout; None while that is the identity
+        # (every row alive, in order: `_by_prompt` / `_by_row` are then reshapes)
+        self.place_of_row: torch.Tensor | None = None
+        self.n_prompts = n_prompts
         k = prompt_keys[0]
         self.keys = [k.new_empty(n_prompts * G, k.shape[1], capacity, k.shape[-1]) for _ in prompt_keys]
         self.values = [v.new_empty(n_prompts * G, v.shape[1], capacity, v.shape[-1]) for v in prompt_values]
@@ -68,8 +70,9 @@ class SharedPrefixState:
                    [layer.values.contiguous() for layer in cache.layers], prompt_mask, G, capacity)
 
     def select_rows(self, keep: torch.Tensor) -> None:
-        """Keep only rows `keep` (sorted indices), e.g. when the others have finished."""
-        self.prompt_of_row, self.slot_of_row = self.prompt_of_row[keep], self.slot_of_row[keep]
+        """Keep only rows `keep` (row i becomes row keep[i]; any order), e.g. when the others have finished."""
+        places = self.place_of_row
+        self.place_of_row = keep if places is None else places[keep]
         self.keys = [select_rows(buf, keep, self.length) for buf in self.keys]
         self.values = [select_rows(buf, keep, self.length) for buf in self.values]
 
@@ -84,15 +87,16 @@ class SharedPrefixState:
 
     def _by_prompt(self, x: torch.Tensor) -> torch.Tensor:
         """[rows, kv heads, r, n] → [prompts, kv heads, G * r, n] (slots of finished rows are zero)."""
-        n_prompts, G = self.prompt_bias.shape[0], self.G
-        out = x.new_zeros(n_prompts, G, *x.shape[1:])
-        out[self.prompt_of_row, self.slot_of_row] = x
-        return out.transpose(1, 2).reshape(n_prompts, x.shape[1], G * x.shape[2], x.shape[3])
+        if self.place_of_row is not None:
+            x = x.new_zeros(self.n_prompts * self.G, *x.shape[1:]).index_copy_(0, self.place_of_row, x)
+        return x.view(self.n_prompts, self.G, *x.shape[1:]).transpose(1, 2).reshape(
+            self.n_prompts, x.shape[1], self.G * x.shape[2], x.shape[3])
 
     def _by_row(self, x: torch.Tensor, r: int) -> torch.Tensor:
         """The inverse of `_by_prompt`: [prompts, kv heads, G * r, n] → [rows, kv heads, r, n]."""
         n_prompts, h, _, n = x.shape
-        return x.view(n_prompts, h, self.G, r, n).transpose(1, 2)[self.prompt_of_row, self.slot_of_row]
+        x = x.view(n_prompts, h, self.G, r, n).transpose(1, 2).reshape(n_prompts * self.G, h, r, n)
+        return x if self.place_of_row is None else x.index_select(0, self.place_of_row)
 
 
 def shared_prefix_attention(module, query, key, value, attention_mask=None, dropout: float = 0.0,
