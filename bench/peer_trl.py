@@ -27,6 +27,9 @@ cache repeated per sample in the rollout (`rollout.shared_prefix=false`), the ro
 `reftune_vllm` (`rollout.backend=vllm`) and `trl_vllm` (TRL's `use_vllm=True, vllm_mode="colocate"`) roll out
 through a vLLM engine in the training process, both sampling in bfloat16 (`VLLM_ROLLOUT_PRECISION`: the dtype TRL's
 engine picks for an fp32 checkpoint) with fp32 trainers; they need vllm next to TRL (`make bench-trl-vllm`).
+`reftune_vllm_fp32` is reftune's vLLM backend as its README advises on a CPU without bf16 instructions
+(`rl.rollout_precision=fp32`: the engine in fp32, no emulated bf16); TRL's colocated engine has no dtype option
+(GRPOConfig sets none: vLLM's `auto`), so it stays in bf16 — reported against both TRL modes, not as a pair.
 Per iteration: seconds (rollout + scoring + update, i.e. without validation or checkpoints), completion tokens, rollout seconds (reftune: `rollout_s`, which includes
 grading; TRL: time in `_generate_single_turn` plus its reward call), and reftune's `scoring_s` / `update_s` (with
 one epoch of one minibatch the update's forward runs inside scoring); the first iteration of each worker
@@ -55,7 +58,7 @@ GROUP, MAX_NEW, LR, SEED = 8, 96, 1e-6, 0
 # SmolLM2's update on 128 rows x ~200 tokens keeps ~29 GB of fp32 activations: more than this machine has, so both
 # systems recompute them (gradient checkpointing; TRL's default, which the tiny model turns off in both)
 CHECKPOINTING = {"tiny": False, "smollm2": True}
-SYSTEMS = ["reftune", "trl", "reftune_plain", "reftune_repeat", "reftune_vllm", "trl_vllm"]
+SYSTEMS = ["reftune", "trl", "reftune_plain", "reftune_repeat", "reftune_vllm", "trl_vllm", "reftune_vllm_fp32"]
 # the vLLM pair (needs vllm in this venv: `make bench-trl-vllm`): both sample in the dtype TRL's colocated engine
 # picks for an fp32 checkpoint (vLLM's "auto": bfloat16 on this CPU), both trainers stay fp32
 VLLM_ROLLOUT_PRECISION = "bf16"
@@ -205,7 +208,8 @@ def worker(system: str, model: str, warmup: str, iters: int, prompts: int, threa
     torch.set_num_threads(threads)
     load = [round(os.getloadavg()[0], 2)]
     extra = {"reftune_repeat": ("rollout.shared_prefix=false",),
-             "reftune_vllm": ("rollout.backend=vllm", f"rl.rollout_precision={VLLM_ROLLOUT_PRECISION}")}
+             "reftune_vllm": ("rollout.backend=vllm", f"rl.rollout_precision={VLLM_ROLLOUT_PRECISION}"),
+             "reftune_vllm_fp32": ("rollout.backend=vllm", "rl.rollout_precision=fp32")}
     if system.endswith("vllm"):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     with tempfile.TemporaryDirectory() as tmp:
@@ -307,6 +311,10 @@ def main() -> int:
         if "reftune_vllm_speedup" in s:
             print(f"{model}: with vLLM rollouts in both, reftune is {s['reftune_vllm_speedup']:.2f}x TRL's speed "
                   f"({s['reftune_vllm_s']:.2f} vs {s['trl_vllm_s']:.2f} s per iteration)")
+        for peer in ("trl", "trl_vllm"):
+            if f"reftune_vllm_fp32_vs_{peer}" in s:
+                print(f"{model}: reftune's vLLM backend in fp32 is {s[f'reftune_vllm_fp32_vs_{peer}']:.2f}x {peer}'s "
+                      f"speed ({s['reftune_vllm_fp32_s']:.2f} vs {s[f'{peer}_s']:.2f} s per iteration)")
     print(f"written: {args.out}")
     return 0
 
@@ -329,6 +337,9 @@ def summary(runs: list[dict]) -> dict:
             row["reftune_speedup"] = round(med["trl"] / med["reftune"], 3)
         if "reftune_vllm" in med and "trl_vllm" in med:  # the vLLM pair: each system with its vLLM engine
             row["reftune_vllm_speedup"] = round(med["trl_vllm"] / med["reftune_vllm"], 3)
+        for peer in ("trl", "trl_vllm"):  # reftune's vLLM backend in fp32 against each TRL mode
+            if "reftune_vllm_fp32" in med and peer in med:
+                row[f"reftune_vllm_fp32_vs_{peer}"] = round(med[peer] / med["reftune_vllm_fp32"], 3)
         if row:
             out[model] = row
     return out

@@ -2,7 +2,8 @@
 
 `HFSampler` is the dependency-free backend: batched, with a KV cache; each prompt is encoded once and its
 keys/values are shared by the group's samples — read once per prompt at every decode step where the model
-allows it (`reftune.model.shared_prefix`), else repeated per sample; finished rows are dropped as they end.
+allows it (`reftune.model.shared_prefix`), else repeated per sample; finished rows are dropped as they end, the
+last live rows moving into their places (`kv_cache.fill_holes`: a step copies the keys/values of those rows only).
 Both record the log-probability the sampler gave to each sampled token, so the trainer can measure the
 sampler/trainer mismatch. `make_sampler` picks one by name (`rollout.backend`).
 """
