@@ -208,17 +208,23 @@ paper_ptx_pool_knobs: $(STAMP)
 	  seed=0 $(POOL_RL) rl.sft_coef=$$0 rl.sft_rows=$$1 rl.steps=49'
 
 # paper_ptx_pool with 100 annotated questions, where SFT is data-limited (validation and test unchanged): warm-ups by
-# paper_ptx's recipe (2 epochs, own schedule, lr 3e-4), the hybrid from each for 98 iterations (RL epochs over the
-# annotated questions: 98 x 64 x 8 / 100 per question sampled), and the SFT baseline at three learning rates (30
-# epochs, patience 4; the lr chosen on validation). 3 seeds, two single-thread jobs at a time.
+# paper_ptx's recipe (2 epochs, own schedule, lr 3e-4) and at lr 1e-5 (which keeps the base), the hybrid from each
+# 3e-4 warm-up for 98 iterations (3 seeds) and from seed 0's 1e-5 warm-up, the SFT baseline at three learning rates
+# (30 epochs, patience 4; the lr chosen on validation); and the hybrid from a 1e-5 warm-up with 250 annotated
+# questions (seed 0). Two single-thread jobs at a time.
 N100_POOL := runs/paper_ptx/n100
 paper_ptx_pool_n100: $(STAMP)
 	test -f $(BASE)/last/config.json || $(MAKE) base
-	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out $(N100_POOL)/warmup --lrs 3e-4 --epochs 2 --seeds 0 1 2 \
-	  --parallel 2 $(N100_DATA)
-	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} $(BIN)/python -m reftune.cli rl \
-	  --model $(N100_POOL)/warmup/lr3e-4/seed-{}/last out_dir=$(N100_POOL)/pool-seed-{} seed={} $(POOL_RL) \
-	  data.n_annotated=100 rl.steps=98
+	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out $(N100_POOL)/warmup --lrs 3e-4 1e-5 --epochs 2 \
+	  --seeds 0 1 2 --parallel 2 $(N100_DATA)
+	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out runs/paper_ptx/n250_warmup1e-5 --lrs 1e-5 --epochs 2 \
+	  --seeds 0 1 2 --parallel 2 $(PAPER_DATA) data.n_annotated=250
+	printf '%s\n' "3e-4 0 n100/pool-seed-0 100" "3e-4 1 n100/pool-seed-1 100" "3e-4 2 n100/pool-seed-2 100" \
+	  "1e-5 0 n100/pool-w1e-5-seed-0 100" | OMP_NUM_THREADS=1 xargs -P 2 -L 1 sh -c '$(BIN)/python -m reftune.cli \
+	  rl --model $(N100_POOL)/warmup/lr$$0/seed-$$1/last out_dir=runs/paper_ptx/$$2 seed=$$1 $(POOL_RL) \
+	  data.n_annotated=$$3 rl.steps=98'
+	OMP_NUM_THREADS=1 $(BIN)/python -m reftune.cli rl --model runs/paper_ptx/n250_warmup1e-5/lr1e-5/seed-0/last \
+	  out_dir=runs/paper_ptx/n250_w1e-5/pool-seed-0 seed=0 $(POOL_RL) rl.steps=98
 	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out $(N100_POOL)/sft --lrs 3e-5 1e-4 3e-4 --epochs 30 \
 	  --patience 4 --eval-every 2 --test --seeds 0 1 2 --parallel 2 $(N100_DATA)
 
