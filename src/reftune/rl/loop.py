@@ -165,7 +165,7 @@ def train_rl(policy, ref_lm, tokenizer, train: list[Example], val: list[Example]
             adv, returns = advantages(batch, rollout.scores, cfg)
             stats = ppo_update(policy, opt, acc, batch, adv, returns, cfg, use_values, where,
                                gold=[(setup.prompt_ids[i], gold[i]) if gold[i] else None for i in rollout.idx]
-                               if gold else None, gold_pool=gold_pool)
+                               if gold and gold_pool is None else None, gold_pool=gold_pool)
         else:
             stats = self_training_update(policy, opt, acc, rollout, setup.prompt_ids, gold, pad_id, cfg, where)
         sync_engine(setup, core.lm)  # a separate engine (vllm) samples the next rollout from the new weights
