@@ -16,16 +16,22 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 
-def select_rows(buf: torch.Tensor, indices: torch.Tensor, filled: int) -> torch.Tensor:
+def moved_rows(indices: torch.Tensor) -> torch.Tensor:
+    """The positions i where indices[i] != i: the rows `select_rows` copies (compute once for many buffers)."""
+    return (indices != torch.arange(len(indices), device=indices.device)).nonzero().squeeze(-1)
+
+
+def select_rows(buf: torch.Tensor, indices: torch.Tensor, filled: int,
+                moved: torch.Tensor | None = None) -> torch.Tensor:
     """Rows `indices` of a [rows, heads, capacity, head dim] buffer whose first `filled` positions hold keys or
     values, in place: row i becomes row indices[i], only the rows whose index changes are copied (their filled
-    positions), and the result is a view of the buffer's first len(indices) rows. With `fill_holes`' order
-    (finished rows replaced by the last live ones) a step that drops k rows copies k rows, not the whole cache."""
-    m = len(indices)
-    moved = (indices != torch.arange(m, device=indices.device)).nonzero().squeeze(-1)
+    positions; `moved`: `moved_rows(indices)`, if already computed), and the result is a view of the buffer's
+    first len(indices) rows. With `fill_holes`' order (finished rows replaced by the last live ones) a step that
+    drops k rows copies k rows, not the whole cache."""
+    moved = moved_rows(indices) if moved is None else moved
     if len(moved):  # the right side is gathered before anything is written: any order of indices is safe
         buf[moved, ..., :filled, :] = buf[indices[moved], ..., :filled, :]
-    return buf[:m]
+    return buf[:len(indices)]
 
 
 def fill_holes(ended: torch.Tensor) -> torch.Tensor:

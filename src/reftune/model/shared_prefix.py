@@ -33,7 +33,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import AttentionMaskInterface
 
-from reftune.model.kv_cache import select_rows
+from reftune.model.kv_cache import moved_rows, select_rows
 
 NAME = "reftune_shared_prefix"
 
@@ -73,8 +73,9 @@ class SharedPrefixState:
         """Keep only rows `keep` (row i becomes row keep[i]; any order), e.g. when the others have finished."""
         places = self.place_of_row
         self.place_of_row = keep if places is None else places[keep]
-        self.keys = [select_rows(buf, keep, self.length) for buf in self.keys]
-        self.values = [select_rows(buf, keep, self.length) for buf in self.values]
+        moved = moved_rows(keep)  # the same for every layer's buffers
+        self.keys = [select_rows(buf, keep, self.length, moved) for buf in self.keys]
+        self.values = [select_rows(buf, keep, self.length, moved) for buf in self.values]
 
     def check_step(self, n_layers: int) -> None:
         """After a decode step: every layer must have attended through this state (else the model ignored it)."""
