@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long paper_ptx_pool_147 paper_ptx_pool_knobs paper_ptx_pool_n100 sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
+.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long paper_ptx_pool_147 paper_ptx_pool_knobs paper_ptx_pool_n100 paper_ptx_pool_n500 claim sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -234,6 +234,25 @@ paper_ptx_pool_147: $(STAMP)
 	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c 'D=runs/paper_long/n250_coef/pool-3-seed-{}; \
 	  test -d $$D-147 || cp -r $$D-long $$D-147; $(BIN)/python -m reftune.cli rl \
 	  --model runs/paper_ptx/n250/seed-{}/warmup/last out_dir=$$D-147 seed={} $(POOL_RL) rl.steps=147 --resume'
+
+# The same hybrid with all 500 annotated questions (issue 15): warm-ups (2 epochs, lr 3e-4), the hybrid from each
+# (98 iterations) and the SFT baseline (30 epochs, patience 4, lr 3e-4), 3 seeds, two single-thread jobs at a time.
+N500_POOL := runs/paper_ptx/n500
+paper_ptx_pool_n500: $(STAMP)
+	test -f $(BASE)/last/config.json || $(MAKE) base
+	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out $(N500_POOL)/warmup --lrs 3e-4 --epochs 2 \
+	  --seeds 0 1 2 --parallel 2 $(PAPER_DATA) data.n_annotated=500
+	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} $(BIN)/python -m reftune.cli rl \
+	  --model $(N500_POOL)/warmup/lr3e-4/seed-{}/last out_dir=$(N500_POOL)/pool-seed-{} seed={} $(POOL_RL) \
+	  data.n_annotated=500 rl.steps=98
+	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out $(N500_POOL)/sft --lrs 3e-4 --epochs 30 --patience 4 \
+	  --eval-every 2 --test --seeds 0 1 2 --parallel 2 $(PAPER_DATA) data.n_annotated=500
+
+# Issue 15's summary (README "The best RL recipe against SFT, by annotated questions"): one table with each row's
+# compute and the hybrid's validation curves, from the runs of paper_ptx, paper_ptx_pool_long, paper_ptx_pool_n100
+# and paper_ptx_pool_n500 (rows: scripts/claim_rows.yaml).
+claim: $(STAMP)
+	$(BIN)/python scripts/claim_table.py scripts/claim_rows.yaml --out runs/claim --plot docs/claim_hybrid.png
 
 # The task of the paper runs; the experiments below start from their checkpoints (`make paper` first).
 PAPER_DATA := data.exclude_questions=$(BASE)/data data.n_pretrain=0 data.min_steps=3 data.max_steps=5

@@ -76,7 +76,7 @@ def stage_compute(records: list[dict], cfg: dict, n_annotated: int, start: float
         else:  # SFT: loss records every few steps, validation records at the epoch's last step
             c["optimizer_steps"] = max(c["optimizer_steps"], r["step"])
         prev_time = r.get("time", prev_time)
-    rl = cfg["rl"]
+    rl = cfg.get("rl")  # only RL stages use it (`reftune sft` configs have none)
     for st, c in out.items():
         if c["rl_steps"]:
             c["optimizer_steps"] = c["rl_steps"] * rl["ppo_epochs"] * rl["minibatches"]

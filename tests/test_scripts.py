@@ -217,3 +217,53 @@ def test_self_training_rows_take_the_run_with_the_most_rounds_per_schedule(tmp_p
     assert selftrain_runs(tmp_path) == {"offline_st": tmp_path / "selftrain-r1", "expert_iter": tmp_path / "selftrain-r10",
                                         "offline_st_sftrun": tmp_path / "selftrain-r1-sftrun",
                                         "expert_iter_sftrun": tmp_path / "selftrain-r2-sftrun"}
+
+
+def test_claim_table_pairs_each_row_with_sft_and_reads_the_warmups_last_checkpoint(tmp_path):
+    """scripts/claim_table.py: accuracy per row and seed, the paired difference to the same size's SFT row on the
+    seeds both have, a warm-up's last validation (not its best epoch), and an RL run's compute, its minutes from its
+    first iteration when the folder was copied from another run (config newer than its records)."""
+    import json
+    import os
+
+    import yaml
+    from claim_table import collect, table
+
+    def make(run, stage, results, recs, cfg=None, config_time=None):
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps(results))
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"stage": stage, **r}) + "\n" for r in recs))
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg or {}))
+        if config_time is not None:
+            os.utime(run / "config.yaml", (config_time, config_time))
+
+    rl_cfg = {"rl": {"ppo_epochs": 1, "minibatches": 2, "prompts_per_step": 4, "num_generations": 2}}
+    for s, (sft_val, sft_test, rl_val, rl_test) in enumerate([(0.50, 0.52, 0.56, 0.55), (0.54, 0.50, 0.53, 0.58)]):
+        make(tmp_path / f"warm-{s}", "sft", {"sft/val": {"accuracy": 0.45}},  # best epoch 1; RL starts from epoch 2
+             [{"step": 3, "time": 10.0, "epoch": 1.0, "val_accuracy": 0.45},
+              {"step": 6, "time": 20.0, "epoch": 2.0, "val_accuracy": 0.30}], config_time=0.0)
+        make(tmp_path / f"sft-{s}", "sft", {"sft/val": {"accuracy": sft_val}, "sft/test": {"accuracy": sft_test}},
+             [{"step": 5, "time": 60.0, "loss": 1.0}, {"step": 10, "time": 120.0, "epoch": 2.0, "val_accuracy": 0.5}],
+             config_time=0.0)
+        iters = [{"step": t, "time": 1000.0 + 30 * t, "rollout_tokens": 100.0, "accuracy": 0.5, "rollout_s": 10.0,
+                  "scoring_s": 5.0, "update_s": 15.0} for t in (1, 2, 3)]
+        make(tmp_path / f"rl-{s}", "rl", {"rl/val": {"accuracy": rl_val}, "rl/test": {"accuracy": rl_test}}, iters,
+             rl_cfg, config_time=5000.0)  # copied and resumed later: work began at 1000
+    spec = {"sizes": {8: {
+        "warmup": {"label": "warm-up", "run": str(tmp_path / "warm-{s}"), "stage": "sft", "checkpoint": "last"},
+        "sft": {"label": "SFT", "run": str(tmp_path / "sft-{s}"), "stage": "sft"},
+        "hybrid": {"label": "RL", "run": str(tmp_path / "rl-{s}"), "stage": "rl"}}}}
+    found = collect(spec, [0, 1, 2])  # seed 2 has no runs
+    rows = found[8]
+    assert rows["warmup"]["acc"] == {"val": {0: 30.0, 1: 30.0}}
+    assert rows["hybrid"]["acc"]["val"] == pytest.approx({0: 56.0, 1: 53.0})
+    assert rows["hybrid"]["acc"]["test"] == pytest.approx({0: 55.0, 1: 58.0})
+    c = rows["hybrid"]["compute"]
+    assert c["optimizer_steps"] == [6, 6] and c["rollout_tokens"] == [300.0, 300.0] and c["rl_epochs"] == [3.0, 3.0]
+    assert c["minutes"] == [1.5, 1.5] and c["iteration_s"] == [30.0, 30.0]
+    assert rows["sft"]["compute"]["minutes"] == [2.0, 2.0]
+    md = table(found, None).splitlines()
+    hybrid = next(line for line in md if "| RL |" in line)
+    # val: +6, -1 -> +2.5 ± 4.9 (1 of 2 ahead); test: +3, +8 -> +5.5 ± 3.5 (2 of 2)
+    assert "+2.5 ± 4.9 (1/2) / +5.5 ± 3.5 (2/2)" in hybrid
+    assert "| 24 (300) |" in hybrid and "| 0, 1 |" in hybrid
