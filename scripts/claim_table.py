@@ -7,7 +7,8 @@ The rows come from runs that other targets made (`make paper_ptx`, `paper_ptx_po
 annotated questions and model, the folder pattern ({s}: the seed) and the stage of its results.json that holds the
 model (`reftune run`: base, warmup, sft, reft, ...; `reftune sft`: sft; `reftune rl`: rl), or with `checkpoint: last`
 the stage's last validation record (a warm-up from `scripts/sft_lr.py`, whose results.json holds its best epoch
-while RL starts from its last). Per row: validation and
+while RL starts from its last), or `candidates` (folders by name, e.g. by learning rate: the one with the best mean
+validation accuracy is the row). Per row: validation and
 test accuracy (mean ± sd over the seeds found), the paired difference to the same size's SFT row (mean ± sd over
 the seeds both have, and on how many seeds the row is ahead), and the compute that produced it, averaged over
 seeds, from the run's metrics.jsonl (`paper_long.stage_compute`): optimiser steps, RL samples drawn (tokens),
@@ -79,12 +80,24 @@ def paired(row: dict, sft: dict, split: str) -> str:
     return f"{statistics.mean(diffs):+.1f} ± {sd:.1f} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
 
 
+def chosen(spec: dict, n_annotated: int, seeds: list[int]) -> dict:
+    """A row; with `candidates` ({name: folder pattern}, e.g. one per learning rate) the candidate with the highest
+    mean validation accuracy over its seeds, its name appended to the label ("{label}, {name}") and every
+    candidate's mean validation kept under "candidates"."""
+    if "candidates" not in spec:
+        return {**row_of(spec, n_annotated, seeds), "label": spec["label"]}
+    rows = {name: row_of({**spec, "run": run}, n_annotated, seeds) for name, run in spec["candidates"].items()}
+    means = {name: statistics.mean(r["acc"]["val"].values()) for name, r in rows.items() if r["acc"].get("val")}
+    if not means:
+        return {"acc": {}, "compute": {}, "label": spec["label"], "candidates": {}}
+    best = max(means, key=means.get)
+    return {**rows[best], "label": f"{spec['label']}, {best}", "candidates": means}
+
+
 def collect(spec: dict, seeds: list[int]) -> dict:
     """{size: {model: row}} for every size of the spec ("base": the untouched base model, shared by all sizes)."""
-    found = {}
-    for size, rows in spec["sizes"].items():
-        found[int(size)] = {model: {**row_of(r, int(size), seeds), "label": r["label"]} for model, r in rows.items()}
-    return found
+    return {int(size): {model: chosen(r, int(size), seeds) for model, r in rows.items()}
+            for size, rows in spec["sizes"].items()}
 
 
 def table(found: dict, base: dict | None) -> str:
@@ -112,6 +125,11 @@ def table(found: dict, base: dict | None) -> str:
                          f"| {mean_sd(list(row['acc'].get('val', {}).values()))} "
                          f"| {mean_sd(list(row['acc'].get('test', {}).values()))} | {diff} | {avg('optimizer_steps')} "
                          f"| {samples} | {avg('minutes', '{:.1f}')} | {avg('iteration_s', '{:.1f}')} |")
+    for size, rows in found.items():  # the candidates a row was chosen from, by mean validation accuracy
+        for row in rows.values():
+            if row.get("candidates"):
+                lines.append(f"\n{size} annotated questions, {row['label'].rsplit(', ', 1)[0]}: mean validation "
+                             + ", ".join(f"{name} {v:.1f}" for name, v in row["candidates"].items()) + ".")
     return "\n".join(lines)
 
 

@@ -220,9 +220,10 @@ def test_self_training_rows_take_the_run_with_the_most_rounds_per_schedule(tmp_p
 
 
 def test_claim_table_pairs_each_row_with_sft_and_reads_the_warmups_last_checkpoint(tmp_path):
-    """scripts/claim_table.py: accuracy per row and seed, the paired difference to the same size's SFT row on the
-    seeds both have, a warm-up's last validation (not its best epoch), and an RL run's compute, its minutes from its
-    first iteration when the folder was copied from another run (config newer than its records)."""
+    """scripts/claim_table.py: accuracy per row and seed, the SFT row chosen among its candidates on validation (not
+    on test), the paired difference to it on the seeds both have, a warm-up's last validation (not its best epoch),
+    and an RL run's compute, its minutes from its first iteration when the folder was copied from another run
+    (config newer than its records)."""
     import json
     import os
 
@@ -245,13 +246,16 @@ def test_claim_table_pairs_each_row_with_sft_and_reads_the_warmups_last_checkpoi
         make(tmp_path / f"sft-{s}", "sft", {"sft/val": {"accuracy": sft_val}, "sft/test": {"accuracy": sft_test}},
              [{"step": 5, "time": 60.0, "loss": 1.0}, {"step": 10, "time": 120.0, "epoch": 2.0, "val_accuracy": 0.5}],
              config_time=0.0)
+        make(tmp_path / f"sft-other-lr-{s}", "sft", {"sft/val": {"accuracy": 0.4}, "sft/test": {"accuracy": 0.9}},
+             [{"step": 10, "time": 120.0, "epoch": 2.0, "val_accuracy": 0.4}], config_time=0.0)  # worse on val
         iters = [{"step": t, "time": 1000.0 + 30 * t, "rollout_tokens": 100.0, "accuracy": 0.5, "rollout_s": 10.0,
                   "scoring_s": 5.0, "update_s": 15.0} for t in (1, 2, 3)]
         make(tmp_path / f"rl-{s}", "rl", {"rl/val": {"accuracy": rl_val}, "rl/test": {"accuracy": rl_test}}, iters,
              rl_cfg, config_time=5000.0)  # copied and resumed later: work began at 1000
     spec = {"sizes": {8: {
         "warmup": {"label": "warm-up", "run": str(tmp_path / "warm-{s}"), "stage": "sft", "checkpoint": "last"},
-        "sft": {"label": "SFT", "run": str(tmp_path / "sft-{s}"), "stage": "sft"},
+        "sft": {"label": "SFT", "stage": "sft", "candidates": {"lr 1": str(tmp_path / "sft-other-lr-{s}"),
+                                                                "lr 2": str(tmp_path / "sft-{s}")}},
         "hybrid": {"label": "RL", "run": str(tmp_path / "rl-{s}"), "stage": "rl"}}}}
     found = collect(spec, [0, 1, 2])  # seed 2 has no runs
     rows = found[8]
@@ -262,6 +266,7 @@ def test_claim_table_pairs_each_row_with_sft_and_reads_the_warmups_last_checkpoi
     assert c["optimizer_steps"] == [6, 6] and c["rollout_tokens"] == [300.0, 300.0] and c["rl_epochs"] == [3.0, 3.0]
     assert c["minutes"] == [1.5, 1.5] and c["iteration_s"] == [30.0, 30.0]
     assert rows["sft"]["compute"]["minutes"] == [2.0, 2.0]
+    assert rows["sft"]["label"] == "SFT, lr 2" and rows["sft"]["candidates"] == pytest.approx({"lr 1": 40.0, "lr 2": 52.0})
     md = table(found, None).splitlines()
     hybrid = next(line for line in md if "| RL |" in line)
     # val: +6, -1 -> +2.5 ± 4.9 (1 of 2 ahead); test: +3, +8 -> +5.5 ± 3.5 (2 of 2)
