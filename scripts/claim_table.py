@@ -82,7 +82,7 @@ def paired(row: dict, sft: dict, split: str) -> str:
 
 def chosen(spec: dict, n_annotated: int, seeds: list[int]) -> dict:
     """A row; with `candidates` ({name: folder pattern}, e.g. one per learning rate) the candidate with the highest
-    mean validation accuracy over its seeds, its name appended to the label ("{label}, {name}") and every
+    mean validation accuracy over its seeds (a tie keeps the one listed first: list the default first), its name appended to the label ("{label}, {name}") and every
     candidate's mean validation kept under "candidates"."""
     if "candidates" not in spec:
         return {**row_of(spec, n_annotated, seeds), "label": spec["label"]}
@@ -90,7 +90,10 @@ def chosen(spec: dict, n_annotated: int, seeds: list[int]) -> dict:
     means = {name: statistics.mean(r["acc"]["val"].values()) for name, r in rows.items() if r["acc"].get("val")}
     if not means:
         return {"acc": {}, "compute": {}, "label": spec["label"], "candidates": {}}
-    best = max(means, key=means.get)
+    best = next(iter(means))  # the first listed (the default) unless another is better on validation: ties keep it
+    for name, v in means.items():
+        if v > means[best] + 1e-6:
+            best = name
     return {**rows[best], "label": f"{spec['label']}, {best}", "candidates": means}
 
 

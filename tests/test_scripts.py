@@ -255,7 +255,8 @@ def test_claim_table_pairs_each_row_with_sft_and_reads_the_warmups_last_checkpoi
     spec = {"sizes": {8: {
         "warmup": {"label": "warm-up", "run": str(tmp_path / "warm-{s}"), "stage": "sft", "checkpoint": "last"},
         "sft": {"label": "SFT", "stage": "sft", "candidates": {"lr 1": str(tmp_path / "sft-other-lr-{s}"),
-                                                                "lr 2": str(tmp_path / "sft-{s}")}},
+                                                                "lr 2": str(tmp_path / "sft-{s}"),
+                                                                "lr 3": str(tmp_path / "sft-{s}")}},  # a tie: lr 2 kept
         "hybrid": {"label": "RL", "run": str(tmp_path / "rl-{s}"), "stage": "rl"}}}}
     found = collect(spec, [0, 1, 2])  # seed 2 has no runs
     rows = found[8]
@@ -266,7 +267,8 @@ def test_claim_table_pairs_each_row_with_sft_and_reads_the_warmups_last_checkpoi
     assert c["optimizer_steps"] == [6, 6] and c["rollout_tokens"] == [300.0, 300.0] and c["rl_epochs"] == [3.0, 3.0]
     assert c["minutes"] == [1.5, 1.5] and c["iteration_s"] == [30.0, 30.0]
     assert rows["sft"]["compute"]["minutes"] == [2.0, 2.0]
-    assert rows["sft"]["label"] == "SFT, lr 2" and rows["sft"]["candidates"] == pytest.approx({"lr 1": 40.0, "lr 2": 52.0})
+    assert rows["sft"]["label"] == "SFT, lr 2" and rows["sft"]["candidates"] == pytest.approx(
+        {"lr 1": 40.0, "lr 2": 52.0, "lr 3": 52.0})
     md = table(found, None).splitlines()
     hybrid = next(line for line in md if "| RL |" in line)
     # val: +6, -1 -> +2.5 ± 4.9 (1 of 2 ahead); test: +3, +8 -> +5.5 ± 3.5 (2 of 2)
