@@ -158,14 +158,14 @@ def plot(found: dict, spec: dict, seeds: list[int], model: str, path: Path) -> N
             continue
         mean = [statistics.mean(p[t] for p in per_seed) for t in steps]
         sd = [statistics.stdev(p[t] for p in per_seed) if len(per_seed) > 1 else 0.0 for t in steps]
-        ax.plot(steps, mean, color=color, label=f"{size} annotated: {rows[model]['label']}")
+        ax.plot(steps, mean, color=color, label=f"{size} annotated: {spec.get('curves_label', rows[model]['label'])}")
         ax.fill_between(steps, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)], color=color,
                         alpha=0.2)
         sft = list(rows.get("sft", {}).get("acc", {}).get("val", {}).values())
         if sft:
             ax.axhline(statistics.mean(sft), color=color, linestyle="--", linewidth=1,
-                       label=f"{size} annotated: SFT baseline (best epoch)")
-    ax.set_xlabel("RL iteration (64 questions × 8 samples)")
+                       label=f"{size} annotated: SFT baseline (best epoch, lr chosen on val)")
+    ax.set_xlabel("RL iteration")
     ax.set_ylabel("validation accuracy % (greedy)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
