@@ -38,7 +38,8 @@ def run_start(run: Path, records: list[dict]) -> float:
     """When a run's work began: the writing of its training data (`reftune run`: just before its first stage) or
     else of its config file, or, for a folder copied from another run and resumed (both then newer than the copied
     records), the start of its first RL iteration."""
-    start = (run / "data" / "train.jsonl" if (run / "data" / "train.jsonl").is_file() else run / "config.yaml").stat().st_mtime
+    data = run / "data" / "train.jsonl"
+    start = (data if data.is_file() else run / "config.yaml").stat().st_mtime
     for r in records:
         if "rollout_s" in r and "time" in r:
             return min(start, r["time"] - sum(r.get(k, 0.0) for k in ("rollout_s", "scoring_s", "update_s")))
@@ -82,8 +83,8 @@ def paired(row: dict, sft: dict, split: str) -> str:
 
 def chosen(spec: dict, n_annotated: int, seeds: list[int]) -> dict:
     """A row; with `candidates` ({name: folder pattern}, e.g. one per learning rate) the candidate with the highest
-    mean validation accuracy over its seeds (a tie keeps the one listed first: list the default first), its name appended to the label ("{label}, {name}") and every
-    candidate's mean validation kept under "candidates"."""
+    mean validation accuracy over its seeds (a tie keeps the one listed first: list the default first), its name
+    appended to the label ("{label}, {name}") and every candidate's mean validation kept under "candidates"."""
     if "candidates" not in spec:
         return {**row_of(spec, n_annotated, seeds), "label": spec["label"]}
     rows = {name: row_of({**spec, "run": run}, n_annotated, seeds) for name, run in spec["candidates"].items()}
@@ -104,8 +105,8 @@ def collect(spec: dict, seeds: list[int]) -> dict:
 
 
 def table(found: dict, base: dict | None) -> str:
-    lines = ["| annotated questions | model | seeds | val acc % | test acc % | − SFT, paired: val / test (seeds ahead) "
-             "| optimiser steps | RL samples (tokens) | minutes (1 thread) | s / RL iteration |",
+    lines = ["| annotated questions | model | seeds | val acc % | test acc % "
+             "| − SFT, paired: val / test (seeds ahead) | optimiser steps | RL samples (tokens) | minutes (1 thread) | s / RL iteration |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     if base:
         lines.append(f"| all | {base['label']} | | {mean_sd(list(base['acc'].get('val', {}).values()))} "
