@@ -47,28 +47,32 @@ def run_start(run: Path, records: list[dict]) -> float:
 
 
 def row_of(spec: dict, n_annotated: int, seeds: list[int]) -> dict:
-    """{"acc": {split: {seed: %}}, "compute": {key: [per seed]}} for one row of the spec."""
+    """{"acc": {split: {seed: %}}, "compute": {key: [per seed]}, "curves": {seed: {step: validation %}}} for one row
+    of the spec."""
     acc: dict[str, dict[int, float]] = {}
     compute: dict[str, list[float]] = {}
+    curves: dict[int, dict[int, float]] = {}
     for s in seeds:
         run = Path(spec["run"].format(s=s))
         res = run / "results.json"
         if not res.is_file():
             continue
         results = json.loads(res.read_text())
+        records = read_metrics(run) if (run / "metrics.jsonl").is_file() else []
+        curves[s] = {r["step"]: 100 * r["val_accuracy"] for r in records
+                     if r["stage"] == spec["stage"] and "val_accuracy" in r}
         if spec.get("checkpoint") == "last":  # the run's last checkpoint (what RL started from): its last validation
-            last = [r["val_accuracy"] for r in read_metrics(run) if r["stage"] == spec["stage"] and "val_accuracy" in r]
+            last = [r["val_accuracy"] for r in records if r["stage"] == spec["stage"] and "val_accuracy" in r]
             results = {f"{spec['stage']}/val": {"accuracy": last[-1]}} if last else {}
         for split in ("val", "test"):
             if f"{spec['stage']}/{split}" in results:
                 acc.setdefault(split, {})[s] = 100 * results[f"{spec['stage']}/{split}"]["accuracy"]
-        if (run / "metrics.jsonl").is_file() and (run / "config.yaml").is_file():
-            records = read_metrics(run)
+        if records and (run / "config.yaml").is_file():
             cfg = yaml.safe_load((run / "config.yaml").read_text())
             c = stage_compute(records, cfg, n_annotated, run_start(run, records), stages=(spec["stage"],))
             for k, v in c.get(spec["stage"], {}).items():
                 compute.setdefault(k, []).append(v)
-    return {"acc": acc, "compute": compute}
+    return {"acc": acc, "compute": compute, "curves": curves}
 
 
 def paired(row: dict, sft: dict, split: str) -> str:
@@ -90,7 +94,7 @@ def chosen(spec: dict, n_annotated: int, seeds: list[int]) -> dict:
     rows = {name: row_of({**spec, "run": run}, n_annotated, seeds) for name, run in spec["candidates"].items()}
     means = {name: statistics.mean(r["acc"]["val"].values()) for name, r in rows.items() if r["acc"].get("val")}
     if not means:
-        return {"acc": {}, "compute": {}, "label": spec["label"], "candidates": {}}
+        return {"acc": {}, "compute": {}, "curves": {}, "label": spec["label"], "candidates": {}}
     best = next(iter(means))  # the first listed (the default) unless another is better on validation: ties keep it
     for name, v in means.items():
         if v > means[best] + 1e-6:
@@ -106,7 +110,8 @@ def collect(spec: dict, seeds: list[int]) -> dict:
 
 def table(found: dict, base: dict | None) -> str:
     lines = ["| annotated questions | model | seeds | val acc % | test acc % "
-             "| − SFT, paired: val / test (seeds ahead) | optimiser steps | RL samples (tokens) | minutes (1 thread) | s / RL iteration |",
+             "| − SFT, paired: val / test (seeds ahead) "
+             "| optimiser steps | RL samples (tokens) | minutes (1 thread) | s / RL iteration |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     if base:
         lines.append(f"| all | {base['label']} | | {mean_sd(list(base['acc'].get('val', {}).values()))} "
@@ -137,7 +142,7 @@ def table(found: dict, base: dict | None) -> str:
     return "\n".join(lines)
 
 
-def plot(found: dict, spec: dict, seeds: list[int], model: str, path: Path) -> None:
+def plot(found: dict, spec: dict, model: str, path: Path) -> None:
     """Validation accuracy against RL iterations of `model` at each size (mean ± sd over seeds), the same size's
     SFT baseline (best validation epoch) dashed."""
     import matplotlib
@@ -145,15 +150,7 @@ def plot(found: dict, spec: dict, seeds: list[int], model: str, path: Path) -> N
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for color, (size, rows) in zip(("C0", "C1", "C2", "C3"), found.items()):
-        if model not in rows:
-            continue
-        r = spec["sizes"][size][model]
-        per_seed = []
-        for s in seeds:
-            run = Path(r["run"].format(s=s))
-            if (run / "results.json").is_file():
-                per_seed.append({rec["step"]: 100 * rec["val_accuracy"] for rec in read_metrics(run)
-                                 if rec["stage"] == r["stage"] and "val_accuracy" in rec})
+        per_seed = list(rows[model]["curves"].values()) if model in rows else []
         steps = sorted(set.intersection(*(set(p) for p in per_seed))) if per_seed else []
         if not steps:
             continue
@@ -190,7 +187,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_table(args.out, md, {"base": base, "sizes": found})
     if args.plot and spec.get("curves"):
-        plot(found, spec, args.seeds, spec["curves"], args.plot)
+        plot(found, spec, spec["curves"], args.plot)
     print(md)
     return 0
 

@@ -261,6 +261,7 @@ def test_claim_table_pairs_each_row_with_sft_and_reads_the_warmups_last_checkpoi
     found = collect(spec, [0, 1, 2])  # seed 2 has no runs
     rows = found[8]
     assert rows["warmup"]["acc"] == {"val": {0: 30.0, 1: 30.0}}
+    assert rows["warmup"]["curves"] == {0: {3: 45.0, 6: 30.0}, 1: {3: 45.0, 6: 30.0}}  # what the plot draws
     assert rows["hybrid"]["acc"]["val"] == pytest.approx({0: 56.0, 1: 53.0})
     assert rows["hybrid"]["acc"]["test"] == pytest.approx({0: 55.0, 1: 58.0})
     c = rows["hybrid"]["compute"]
